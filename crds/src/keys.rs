@@ -1,0 +1,79 @@
+//! Names StaticPodSet stamps on the objects and files it owns.
+//!
+//! They are the contract between the operator, the agent and the kubelet: the kubelet copies manifest
+//! annotations and labels to the mirror pod, so what the agent stamps into a manifest comes back on the
+//! mirror pod and proves which revision the kubelet runs.
+
+/// The API group of every StaticPodSet kind.
+pub const GROUP: &str = "staticpods.dev";
+
+/// Annotation on a manifest (and so on its mirror pod): `<namespace>/<name>` of the owning set.
+/// A manifest without it is never modified or deleted by the agent.
+pub const ANNOTATION_SET: &str = "staticpods.dev/set";
+
+/// Annotation on a manifest (and so on its mirror pod): the revision (content hash) it was rendered from.
+pub const ANNOTATION_REVISION: &str = "staticpods.dev/revision";
+
+/// Label on every static pod StaticPodSet renders: the owning set's name. Selects mirror pods by set.
+pub const LABEL_SET_NAME: &str = "staticpods.dev/set-name";
+
+/// Finalizer the operator puts on a set so its manifests leave every node before the set is gone.
+pub const FINALIZER: &str = "staticpods.dev/manifests";
+
+/// Every manifest file the agent owns starts with this; the rest is `<namespace>_<set>.yaml`.
+/// Underscores cannot occur in namespaces or set names, so the name parses back unambiguously.
+pub const FILE_PREFIX: &str = "staticpodset_";
+
+/// Annotations the kubelet sets on static and mirror pods.
+pub mod kubelet {
+    /// The kubelet's hash of the static pod it runs; changes with every content change.
+    pub const CONFIG_HASH: &str = "kubernetes.io/config.hash";
+    /// Present only on mirror pods: the hash of the static pod they mirror.
+    pub const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
+    /// `file`, `http` or `api`.
+    pub const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
+}
+
+/// The manifest file name for a set: stable for the set's whole life, since the kubelet hashes the
+/// path into the pod's identity and a renamed file restarts the pod.
+pub fn manifest_file_name(namespace: &str, set: &str) -> String {
+    format!("{FILE_PREFIX}{namespace}_{set}.yaml")
+}
+
+/// Parses a file name written by [`manifest_file_name`] back into `(namespace, set)`.
+/// Returns `None` for any file StaticPodSet does not own by name.
+pub fn parse_manifest_file_name(file: &str) -> Option<(&str, &str)> {
+    let rest = file.strip_prefix(FILE_PREFIX)?.strip_suffix(".yaml")?;
+    let (ns, set) = rest.split_once('_')?;
+    if ns.is_empty() || set.is_empty() || set.contains('_') {
+        return None;
+    }
+    Some((ns, set))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        let f = manifest_file_name("kube-system", "vip.manager");
+        assert_eq!(f, "staticpodset_kube-system_vip.manager.yaml");
+        assert_eq!(parse_manifest_file_name(&f), Some(("kube-system", "vip.manager")));
+    }
+
+    #[test]
+    fn foreign_names_are_not_ours() {
+        for f in [
+            "kube-apiserver.yaml",
+            ".staticpodset_a_b.yaml.tmp",
+            "staticpodset_a_b.yaml.bak",
+            "staticpodset__b.yaml",
+            "staticpodset_a_.yaml",
+            "staticpodset_a_b_c.yaml",
+            "staticpodset_ab.yaml",
+        ] {
+            assert_eq!(parse_manifest_file_name(f), None, "{f}");
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The `NodeStaticPods` kind: what one node must run, and what its agent observed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The static pods one node must run. There is one per node, named after the node; the operator
+/// writes its spec and only that node's agent reads it, so each agent receives exactly what concerns
+/// its own node. The agent reports what it wrote and what the kubelet runs in the status.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
+#[kube(
+    group = "staticpods.dev",
+    version = "v1alpha1",
+    kind = "NodeStaticPods",
+    plural = "nodestaticpods",
+    shortname = "nsp",
+    status = "NodeStaticPodsStatus",
+    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.summary.assigned"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.summary.ready"}"#,
+    printcolumn = r#"{"name":"Problems","type":"integer","jsonPath":".status.summary.problems"}"#,
+    printcolumn = r#"{"name":"Last-Sync","type":"date","jsonPath":".status.lastSyncTime"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStaticPodsSpec {
+    /// One entry per StaticPodSet that selects this node.
+    #[serde(default)]
+    pub pods: Vec<AssignedPod>,
+}
+
+/// One static pod a node must run: the manifest rendered from one StaticPodSet at one revision.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignedPod {
+    /// Namespace of the StaticPodSet (and of the static pod).
+    pub set_namespace: String,
+    /// Name of the StaticPodSet (and of the static pod).
+    pub set_name: String,
+    /// The revision (content hash) of `manifest`; also stamped into it as an annotation.
+    pub revision: String,
+    /// The file name in the kubelet's staticPodPath.
+    pub file_name: String,
+    /// The complete Pod manifest, already validated and rendered by the operator.
+    #[schemars(schema_with = "crate::node_static_pods::any_object")]
+    pub manifest: serde_json::Value,
+}
+
+/// What the node's agent observed, written by the agent only.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStaticPodsStatus {
+    /// The spec generation the agent last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the agent last compared the directory with the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    /// Counts over `pods`, for `kubectl get`.
+    #[serde(default)]
+    pub summary: NodeSummary,
+    /// One report per assigned pod, and per owned manifest still being removed.
+    #[serde(default)]
+    pub pods: Vec<PodReport>,
+}
+
+/// Counts over a node's pod reports.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSummary {
+    /// Pods assigned to the node.
+    #[serde(default)]
+    pub assigned: i32,
+    /// Pods whose mirror pod runs the assigned revision and is Ready.
+    #[serde(default)]
+    pub ready: i32,
+    /// Pods with a conflict, write error, or missing mirror pod.
+    #[serde(default)]
+    pub problems: i32,
+}
+
+/// The state of one set's static pod on this node.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodReport {
+    /// Namespace of the StaticPodSet.
+    pub set_namespace: String,
+    /// Name of the StaticPodSet.
+    pub set_name: String,
+    /// Where the manifest stands on disk.
+    pub phase: ManifestPhase,
+    /// The revision the agent wrote into the kubelet's directory, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_revision: Option<String>,
+    /// The mirror pod the kubelet created for the static pod, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_pod: Option<MirrorPodReport>,
+    /// Why the pod is not where it should be, in words for a human.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where a manifest stands on the node's disk.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ManifestPhase {
+    /// The manifest is in the directory with the assigned content.
+    Written,
+    /// Not written yet.
+    #[default]
+    Pending,
+    /// A file or pod the agent does not own has the same file name or pod name; nothing was written.
+    Conflict,
+    /// Writing or removing failed; see the message.
+    Error,
+    /// The set no longer selects this node; the manifest is being removed.
+    Removing,
+}
+
+/// What the mirror pod shows of the static pod the kubelet runs.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorPodReport {
+    /// The mirror pod's name, `<set name>-<node name>`.
+    pub name: String,
+    /// The mirror pod's UID.
+    pub uid: String,
+    /// The revision annotation on the mirror pod: the revision the kubelet runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The kubelet's `kubernetes.io/config.hash` for the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// Whether the mirror pod runs the revision the agent wrote.
+    #[serde(default)]
+    pub up_to_date: bool,
+    /// Whether the pod's Ready condition is True.
+    #[serde(default)]
+    pub ready: bool,
+    /// Since when the pod has been Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_since: Option<Time>,
+    /// Container restarts summed over the pod's containers.
+    #[serde(default)]
+    pub restart_count: i32,
+}
+
+/// Schema of an arbitrary JSON object kept as it is (the rendered Pod manifest).
+pub fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}

@@ -1,0 +1,70 @@
+//! The `StaticPodSet` kind: a pod template that selected nodes run as static pods.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A pod that every selected node runs as a kubelet static pod, so it keeps running while the API
+/// server is down. The operator renders the template into one manifest per node; each node's agent
+/// writes it into the kubelet's staticPodPath. The kubelet then runs the pod and publishes it as the
+/// mirror pod `<set name>-<node name>` in the set's namespace.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
+#[kube(
+    group = "staticpods.dev",
+    version = "v1alpha1",
+    kind = "StaticPodSet",
+    namespaced,
+    shortname = "sps",
+    status = "StaticPodSetStatus",
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredNumberScheduled"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.numberReady"}"#,
+    printcolumn = r#"{"name":"Up-to-date","type":"integer","jsonPath":".status.updatedNumberScheduled"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticPodSetSpec {
+    /// The pod every selected node runs. Its labels and annotations reach the mirror pods, so
+    /// selectors work on them. The static pod is named after the set and lives in the set's
+    /// namespace; the kubelet appends `-<node name>` for the mirror pod.
+    /// Static pods cannot reference other API objects: no serviceAccountName, Secrets, ConfigMaps,
+    /// PersistentVolumeClaims, projected service account tokens, CSI or ephemeral volumes,
+    /// resource claims or imagePullSecrets, and no ephemeral containers. Such a template is rejected.
+    pub template: PodTemplateSpec,
+
+    /// Which nodes run the pod, by the Nodes' labels. Empty or absent selects every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+}
+
+/// The observed state of a StaticPodSet, summed over its nodes. Per-node detail is on each node's
+/// NodeStaticPods object (`kubectl get nodestaticpods`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticPodSetStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Nodes the set selects: the nodes that should run the pod.
+    #[serde(default)]
+    pub desired_number_scheduled: i32,
+    /// Selected nodes whose agent has written the current manifest into the kubelet's directory.
+    #[serde(default)]
+    pub number_written: i32,
+    /// Selected nodes whose mirror pod proves the kubelet runs the current revision, and is Ready.
+    #[serde(default)]
+    pub number_ready: i32,
+    /// Selected nodes whose mirror pod runs the current revision (Ready or not).
+    #[serde(default)]
+    pub updated_number_scheduled: i32,
+    /// Selected nodes that report a problem (a conflict, a write error, no mirror pod).
+    #[serde(default)]
+    pub number_misscheduled: i32,
+    /// The revision (a hash of the rendered pod) the set currently asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+    /// `Available`, `Progressing`, `Degraded` and `Valid`, with reasons and messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

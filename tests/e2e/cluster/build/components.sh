@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Builds every cluster component at its pinned version into the cache folder, skipping what is there.
+#
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl  -> $BIN_DIR
+#   etcd, etcdctl, containerd, containerd-shim-runc-v2, ctr, helm, crictl     -> $TOOLS_BIN
+#
+# Everything comes from the Go module proxy; runc and the CNI plugins come from Debian (host-deps.sh).
+# Each step prints its duration so the cold-build budget (CI has 90 minutes on 2 cores) stays visible.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
+source "$HARNESS_DIR/build/go-wrapper.sh"
+
+have_all() {
+  local dir=$1; shift
+  local b
+  for b in "$@"; do [[ -x $dir/$b ]] || return 1; done
+}
+
+# Kubernetes: the release's go.mod requires every staging module (k8s.io/api, client-go, …) at v0.0.0
+# and points them at ./staging. We generate one replace per such module to its published v0.N.P tag,
+# straight from the release's own go.mod, so the list never drifts from the pinned version.
+build_kubernetes() {
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+  if have_all "$BIN_DIR" "${cmds[@]}"; then log "kubernetes $K8S_VERSION: cached"; return; fi
+  local staging_ver="v0.${K8S_VERSION#v1.}"
+  local gomod
+  gomod=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  [[ -f $gomod ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION's go.mod"
+  local replaces godebug
+  replaces=$(awk -v v="$staging_ver" '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" { printf "\t%s => %s %s\n", $1, $1, v }' "$gomod" | sort -u)
+  godebug=$(grep -E '^godebug ' "$gomod" || true)
+  local body
+  body=$(printf '%s\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n%s\n)\n' "$godebug" "$K8S_VERSION" "$replaces")
+  # The same -X flags as upstream's hack/lib/version.sh, so /version reports the real release
+  # (helm's kubeVersion checks and feature gating read it).
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  local ld="" pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X '$pkg.gitVersion=$K8S_VERSION' -X '$pkg.gitMajor=1' -X '$pkg.gitMinor=$minor'"
+    ld+=" -X '$pkg.gitTreeState=clean' -X '$pkg.buildDate=$date' -X '$pkg.gitCommit=$K8S_VERSION'"
+  done
+  local pkgs=()
+  for pkg in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$pkg"); done
+  go_wrapper_build kubernetes "$BIN_DIR" "$body" "$ld" "${pkgs[@]}"
+}
+
+# etcd's server module replaces its sibling modules with ../ paths; we require them all at one tag.
+build_etcd() {
+  if have_all "$TOOLS_BIN" etcd etcdctl; then log "etcd $ETCD_VERSION: cached"; return; fi
+  local body m
+  body="require ("
+  for m in server/v3 etcdctl/v3 api/v3 client/pkg/v3 client/v3 pkg/v3; do
+    body+=$'\n\t'"go.etcd.io/etcd/$m $ETCD_VERSION"
+  done
+  body+=$'\n)'
+  go_wrapper_build etcd "$TOOLS_BIN" "$body" "" \
+    "go.etcd.io/etcd/server/v3=etcd" "go.etcd.io/etcd/etcdctl/v3=etcdctl"
+}
+
+# containerd 2.x with its runc shim and ctr. The tags drop snapshotters that need cgo headers.
+build_containerd() {
+  if have_all "$TOOLS_BIN" containerd containerd-shim-runc-v2 ctr; then log "containerd $CONTAINERD_VERSION: cached"; return; fi
+  local m=github.com/containerd/containerd/v2
+  GO_BUILD_TAGS="no_btrfs no_devmapper no_zfs no_aufs" go_wrapper_build containerd "$TOOLS_BIN" \
+    "require $m $CONTAINERD_VERSION" "-X $m/version.Version=$CONTAINERD_VERSION" \
+    "$m/cmd/containerd" "$m/cmd/containerd-shim-runc-v2" "$m/cmd/ctr"
+}
+
+build_helm() {
+  if have_all "$TOOLS_BIN" helm; then log "helm $HELM_VERSION: cached"; return; fi
+  go_wrapper_build helm "$TOOLS_BIN" "require helm.sh/helm/v3 $HELM_VERSION" \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+}
+
+# crictl lets tests kill a static pod's container the way an operator would on a node.
+build_crictl() {
+  if have_all "$TOOLS_BIN" crictl; then log "crictl $CRICTL_VERSION: cached"; return; fi
+  go_wrapper_build crictl "$TOOLS_BIN" "require sigs.k8s.io/cri-tools $CRICTL_VERSION" \
+    "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
+}
+
+main() {
+  command -v go >/dev/null || die "Go is required to build the cluster components"
+  timed "etcd build" build_etcd
+  timed "containerd build" build_containerd
+  timed "helm build" build_helm
+  timed "crictl build" build_crictl
+  timed "kubernetes build" build_kubernetes
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then main "$@"; fi

@@ -1,0 +1,90 @@
+# shellcheck shell=bash
+# Shared settings for the local cluster harness: pinned versions, where things live, and small helpers.
+# Sourced by every script under tests/e2e/cluster/. Everything that must survive between runs (built
+# binaries, images) lives in the cache folder outside the clone; everything a running cluster needs
+# (certs, data dirs, sockets, logs) lives in the run folder and is removed by `down`.
+
+set -euo pipefail
+
+# --- Pinned versions ----------------------------------------------------------------------------
+# Kubernetes 1.36 is the newest minor whose go.mod (`go 1.26.0`) builds with the Go on our machines.
+K8S_VERSION=${K8S_VERSION:-v1.36.3}
+# etcd 3.6: kube-apiserver >=1.31 needs RequestWatchProgress, which Debian's 3.4.23 lacks.
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+# containerd 2.3: the recommended line for Kubernetes 1.36 (RuntimeConfig CRI call, cgroup driver via CRI).
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.3.7}
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
+CRICTL_VERSION=${CRICTL_VERSION:-v1.37.0}
+
+# --- Paths ----------------------------------------------------------------------------------------
+HARNESS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO_ROOT=$(cd "$HARNESS_DIR/../../.." && pwd)
+CACHE_DIR=${STATICPODSET_CACHE:-$HOME/.cache/staticpodset}
+BIN_DIR=$CACHE_DIR/k8s-$K8S_VERSION/bin
+TOOLS_BIN=$CACHE_DIR/tools/bin            # etcd, containerd, helm, crictl (own versions)
+IMAGES_DIR=$CACHE_DIR/images             # OCI archives we assemble
+# The run folder holds the live cluster. It is a fixed path so that `down` and a second `up` find it.
+RUN_DIR=${STATICPODSET_RUN:-/var/lib/staticpodset-e2e}
+CERT_DIR=$RUN_DIR/pki
+LOG_DIR=$RUN_DIR/logs
+PID_DIR=$RUN_DIR/pids
+KUBECONFIG_ADMIN=$RUN_DIR/admin.kubeconfig
+
+API_PORT=${API_PORT:-6443}
+ETCD_CLIENT_PORT=${ETCD_CLIENT_PORT:-2379}
+ETCD_PEER_PORT=${ETCD_PEER_PORT:-2380}
+SERVICE_CIDR=10.0.0.0/24
+CLUSTER_DNS=10.0.0.10
+
+# The nodes: name, kubelet port, healthz port, pod subnet, bridge. Everything else is derived.
+NODES=(spsnode-a spsnode-b)
+declare -A NODE_KUBELET_PORT=([spsnode-a]=10250 [spsnode-b]=10260)
+declare -A NODE_HEALTHZ_PORT=([spsnode-a]=10248 [spsnode-b]=10258)
+declare -A NODE_POD_CIDR=([spsnode-a]=10.88.1.0/24 [spsnode-b]=10.88.2.0/24)
+declare -A NODE_BRIDGE=([spsnode-a]=spsbr-a [spsnode-b]=spsbr-b)
+# The image containerd runs as every pod's sandbox; we build and import it ourselves.
+PAUSE_IMAGE=registry.k8s.io/pause:3.10-sps
+BUSYBOX_IMAGE=docker.io/library/busybox:1.35-sps
+
+export PATH="$BIN_DIR:$TOOLS_BIN:$PATH"
+
+node_dir() { echo "$RUN_DIR/nodes/$1"; }
+containerd_sock() { echo "$(node_dir "$1")/containerd/containerd.sock"; }
+static_pod_dir() { echo "$(node_dir "$1")/manifests"; }
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# Runs a step and prints how long it took, so slow steps are visible in CI logs.
+timed() {
+  local what=$1; shift
+  local start=$SECONDS
+  "$@"
+  log "$what took $((SECONDS - start))s"
+}
+
+# Polls a command until it succeeds or the deadline (seconds) passes. Never a blind sleep.
+wait_for() {
+  local what=$1 deadline=$2; shift 2
+  local end=$((SECONDS + deadline))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= end)); then
+      log "timed out after ${deadline}s waiting for $what"
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+# Starts a long-running process in its own session, records its pid, logs to LOG_DIR.
+start_daemon() {
+  local name=$1; shift
+  mkdir -p "$LOG_DIR" "$PID_DIR"
+  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  echo $! >"$PID_DIR/$name.pid"
+}
+
+daemon_running() {
+  local pidfile=$PID_DIR/$1.pid
+  [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
