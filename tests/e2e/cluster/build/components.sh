@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds every cluster component at its pinned version into the cache folder, skipping what is there.
 #
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl  -> $BIN_DIR
-#   etcd, etcdctl, containerd, containerd-shim-runc-v2, ctr, helm, crictl     -> $TOOLS_BIN
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, kube-proxy -> $BIN_DIR
+#   etcd, etcdctl, containerd, containerd-shim-runc-v2, ctr, runc, helm, crictl -> $TOOLS_BIN
 #
-# Everything comes from the Go module proxy; runc and the CNI plugins come from Debian (host-deps.sh).
+# Everything comes from the Go module proxy; the CNI plugins come from Debian (host-deps.sh).
 # Each step prints its duration so the cold-build budget (CI has 90 minutes on 2 cores) stays visible.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 source "$HARNESS_DIR/build/go-wrapper.sh"
@@ -19,7 +19,7 @@ have_all() {
 # and points them at ./staging. We generate one replace per such module to its published v0.N.P tag,
 # straight from the release's own go.mod, so the list never drifts from the pinned version.
 build_kubernetes() {
-  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
   if have_all "$BIN_DIR" "${cmds[@]}"; then log "kubernetes $K8S_VERSION: cached"; return; fi
   local staging_ver="v0.${K8S_VERSION#v1.}"
   local gomod
@@ -72,6 +72,16 @@ build_helm() {
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 }
 
+# runc: Debian's 1.1.5 fails to start containers for containerd 2.x on current kernels ("can't get
+# final child's PID from pipe"), so we build a current one. It needs cgo (its nsenter is C) and
+# libseccomp for seccomp profiles (RuntimeDefault).
+build_runc() {
+  if have_all "$TOOLS_BIN" runc; then log "runc $RUNC_VERSION: cached"; return; fi
+  CGO_ENABLED=1 GO_BUILD_TAGS="seccomp" go_wrapper_build runc "$TOOLS_BIN" \
+    "require github.com/opencontainers/runc $RUNC_VERSION" "-X main.version=${RUNC_VERSION#v}" \
+    github.com/opencontainers/runc
+}
+
 # crictl lets tests kill a static pod's container the way an operator would on a node.
 build_crictl() {
   if have_all "$TOOLS_BIN" crictl; then log "crictl $CRICTL_VERSION: cached"; return; fi
@@ -83,6 +93,7 @@ main() {
   command -v go >/dev/null || die "Go is required to build the cluster components"
   timed "etcd build" build_etcd
   timed "containerd build" build_containerd
+  timed "runc build" build_runc
   timed "helm build" build_helm
   timed "crictl build" build_crictl
   timed "kubernetes build" build_kubernetes

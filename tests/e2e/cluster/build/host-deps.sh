@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs the host packages the cluster needs from Debian, when they are missing:
-#   runc                         the OCI runtime containerd's shim calls
 #   containernetworking-plugins  bridge/host-local/loopback/portmap CNI plugins (installs to /usr/lib/cni)
 #   busybox-static               a static busybox, the root filesystem of our test workload image
 #   iptables, conntrack          used by the bridge plugin's masquerading and by kubelet probes
 #   openssl                      certificates
-#   gcc, libc6-dev               the pause binary (a few lines of C, linked statically)
+#   gcc, libc6-dev               the pause binary (a few lines of C, linked statically) and runc's cgo
+#   libseccomp-dev, pkg-config   runc's seccomp support
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 
-PACKAGES=(runc containernetworking-plugins busybox-static iptables conntrack openssl gcc libc6-dev curl)
+PACKAGES=(containernetworking-plugins libseccomp-dev pkg-config busybox-static iptables conntrack openssl gcc libc6-dev curl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

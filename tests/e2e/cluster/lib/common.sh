@@ -13,6 +13,7 @@ K8S_VERSION=${K8S_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 # containerd 2.3: the recommended line for Kubernetes 1.36 (RuntimeConfig CRI call, cgroup driver via CRI).
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.3.7}
+RUNC_VERSION=${RUNC_VERSION:-v1.5.2}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 CRICTL_VERSION=${CRICTL_VERSION:-v1.37.0}
 
@@ -25,6 +26,8 @@ TOOLS_BIN=$CACHE_DIR/tools/bin            # etcd, containerd, helm, crictl (own 
 IMAGES_DIR=$CACHE_DIR/images             # OCI archives we assemble
 # The run folder holds the live cluster. It is a fixed path so that `down` and a second `up` find it.
 RUN_DIR=${STATICPODSET_RUN:-/var/lib/staticpodset-e2e}
+# containerd limits its shim socket dir to 42 characters, so node sockets live under a short path.
+SOCK_DIR=/run/staticpodset-e2e
 CERT_DIR=$RUN_DIR/pki
 LOG_DIR=$RUN_DIR/logs
 PID_DIR=$RUN_DIR/pids
@@ -34,7 +37,12 @@ API_PORT=${API_PORT:-6443}
 ETCD_CLIENT_PORT=${ETCD_CLIENT_PORT:-2379}
 ETCD_PEER_PORT=${ETCD_PEER_PORT:-2380}
 SERVICE_CIDR=10.0.0.0/24
+SERVICE_API_IP=10.0.0.1
 CLUSTER_DNS=10.0.0.10
+# The API server advertises (and the nodes report) an address of our own that we add to the loopback
+# link: the in-cluster `kubernetes` Service needs a non-127.0.0.0/8 endpoint, pods reach it through
+# the host, and the machine's real interfaces are left alone. Traffic to it never leaves the machine.
+API_ADDRESS=10.89.0.1
 
 # The nodes: name, kubelet port, healthz port, pod subnet, bridge. Everything else is derived.
 NODES=(spsnode-a spsnode-b)
@@ -82,6 +90,26 @@ start_daemon() {
   mkdir -p "$LOG_DIR" "$PID_DIR"
   setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$PID_DIR/$name.pid"
+}
+
+# Waits for a daemon started with start_daemon to pass a health command; fails at once, showing the
+# end of its log, if the process exits first.
+wait_daemon() {
+  local name=$1 deadline=$2; shift 2
+  local end=$((SECONDS + deadline))
+  until "$@" >/dev/null 2>&1; do
+    if ! daemon_running "$name"; then
+      log "$name exited; last lines of $LOG_DIR/$name.log:"
+      tail -n 15 "$LOG_DIR/$name.log" >&2
+      return 1
+    fi
+    if ((SECONDS >= end)); then
+      log "timed out after ${deadline}s waiting for $name; last lines of its log:"
+      tail -n 15 "$LOG_DIR/$name.log" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
 }
 
 daemon_running() {

@@ -1,0 +1,28 @@
+# Targets match README. Caches live in $(STATICPODSET_CACHE), outside the clone.
+STATICPODSET_CACHE ?= $(HOME)/.cache/staticpodset
+export STATICPODSET_CACHE
+export CARGO_TARGET_DIR ?= $(STATICPODSET_CACHE)/target
+
+.PHONY: test unit lint crds cluster-up cluster-down
+
+## test: everything — lints, unit tests, real cluster up, e2e suites, cluster down
+test:
+	bash tests/run-all.sh
+
+## unit: cargo tests only (no cluster)
+unit:
+	cargo test --workspace
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## crds: regenerate the CRD YAML from the Rust types
+crds:
+	cargo run -q -p staticpodset-api --bin crdgen -- crds/
+
+cluster-up:
+	bash tests/e2e/cluster/up
+
+cluster-down:
+	bash tests/e2e/cluster/down

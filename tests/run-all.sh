@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The one test command (README: `make test`). Runs, in order, and stops at the first failure:
+#   1. formatting and lints             cargo fmt --check, cargo clippy -D warnings
+#   2. unit and temp-directory tests    cargo test --workspace
+#   3. the real cluster                 tests/e2e/cluster/up (builds what is missing, into the cache)
+#   4. end-to-end suites                tests/e2e/*.sh against that cluster
+#   5. tear-down                        tests/e2e/cluster/down (also on failure)
+# Caches (cargo target dir, Kubernetes binaries, images) live in ${STATICPODSET_CACHE:-~/.cache/staticpodset}.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export STATICPODSET_CACHE=${STATICPODSET_CACHE:-$HOME/.cache/staticpodset}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$STATICPODSET_CACHE/target}
+
+passed=0
+failed=0
+suite() {
+  local name=$1; shift
+  local start=$SECONDS
+  echo "=== $name"
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "=== $name: ok ($((SECONDS - start))s)"
+  else
+    failed=$((failed + 1))
+    echo "=== $name: FAILED ($((SECONDS - start))s)"
+    return 1
+  fi
+}
+
+finish() {
+  local rc=$?
+  if [[ ${KEEP_CLUSTER:-0} != 1 ]]; then tests/e2e/cluster/down || rc=1; fi
+  echo "$passed passed, $failed failed"
+  exit "$rc"
+}
+trap finish EXIT
+
+suite "cargo fmt" cargo fmt --all -- --check
+suite "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+suite "cargo test" cargo test --workspace --locked
+
+up_out=$(tests/e2e/cluster/up)
+eval "$(tail -n 1 <<<"$up_out")"
+export PATH="$STATICPODSET_CACHE/k8s-v1.36.3/bin:$STATICPODSET_CACHE/tools/bin:$PATH"
+
+suite "e2e: cluster smoke" tests/e2e/smoke.sh
+for t in tests/e2e/[0-9][0-9]-*.sh; do
+  [[ -e $t ]] || continue
+  suite "e2e: $(basename "$t" .sh)" "$t"
+done
