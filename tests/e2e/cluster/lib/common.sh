@@ -58,7 +58,10 @@ export PATH="$BIN_DIR:$TOOLS_BIN:$PATH"
 
 node_dir() { echo "$RUN_DIR/nodes/$1"; }
 containerd_sock() { echo "$(node_dir "$1")/containerd/containerd.sock"; }
-static_pod_dir() { echo "$(node_dir "$1")/manifests"; }
+# All nodes' staticPodPaths share one parent, so one DaemonSet (hostPath = the parent, subPathExpr =
+# the node name) gives each agent exactly its own node's directory, as on a real cluster.
+MANIFESTS_ROOT=$RUN_DIR/manifests
+static_pod_dir() { echo "$MANIFESTS_ROOT/$1"; }
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
