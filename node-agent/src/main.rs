@@ -1,1 +1,205 @@
-fn main() {}
+//! `staticpodset-node-agent`: runs on every node (a DaemonSet with the kubelet's manifest directory
+//! mounted), writes the static pod manifests its NodeStaticPods assigns, and reports back.
+//!
+//! RBAC (least privilege; the chart turns this into a ClusterRole, see README-rbac.md):
+//!
+//! | API group        | resource               | verbs       | why                                    |
+//! |------------------|------------------------|-------------|----------------------------------------|
+//! | staticpods.dev   | nodestaticpods         | list, watch | its own object, by field selector      |
+//! | staticpods.dev   | nodestaticpods/status  | patch       | the status report (server-side apply)  |
+//! | "" (core)        | pods                   | list, watch | its node's mirror pods, by spec.nodeName |
+//!
+//! The agent emits no Events and never reads Secrets, ConfigMaps or Nodes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use kube::Client;
+use staticpodset_node_agent::agent::{self, Context};
+use staticpodset_node_agent::http::{self, Readiness};
+use staticpodset_node_agent::manifest_dir::ManifestDir;
+use staticpodset_node_agent::metrics::Metrics;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// Writes a node's StaticPodSet manifests into the kubelet's static pod directory.
+#[derive(Parser, Debug)]
+#[command(name = "staticpodset-node-agent", version, about)]
+struct Args {
+    /// This node's name, from the downward API (fieldRef spec.nodeName).
+    #[arg(long, env = "NODE_NAME", value_parser = parse_node_name)]
+    node_name: String,
+
+    /// The kubelet's staticPodPath.
+    #[arg(
+        long,
+        env = "MANIFEST_DIR",
+        default_value = "/etc/kubernetes/manifests"
+    )]
+    manifest_dir: PathBuf,
+
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, default_value = "0.0.0.0:9102")]
+    http_addr: SocketAddr,
+
+    /// How often to compare the directory with the spec even without any event (e.g. 30s, 5m).
+    /// Also the shortest interval between status writes that only refresh lastSyncTime.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    resync_interval: Duration,
+
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    info!(node = %args.node_name, dir = %args.manifest_dir.display(), "starting");
+
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let (readiness, readiness_rx) = watch::channel(Readiness::NotReady("starting".to_owned()));
+    let (stop, stop_rx) = watch::channel(false);
+
+    let listener = TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.http_addr))?;
+    let server = tokio::spawn(http::serve(
+        listener,
+        metrics.clone(),
+        readiness_rx,
+        stopped(stop_rx.clone()),
+    ));
+
+    // Builds the configuration only; no request is made, so a down API server does not stop the
+    // agent from starting (and leaving the directory alone).
+    let client = Client::try_default()
+        .await
+        .context("cannot configure the Kubernetes client")?;
+
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        stop.send_replace(true);
+    });
+
+    let ctx = Context {
+        client,
+        node_name: args.node_name,
+        dir: ManifestDir::new(args.manifest_dir),
+        metrics,
+        readiness,
+        resync_interval: args.resync_interval,
+    };
+    agent::run(ctx, stopped(stop_rx)).await;
+    server.await.context("the HTTP server task failed")?;
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    // An Err means the sender is gone, which only happens at exit: stop as well.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Node names are DNS subdomains; anything else is a misconfigured downward API.
+fn parse_node_name(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not a node name"))
+    }
+}
+
+/// `30s`, `5m`, `1h`, `500ms`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if d.is_zero() {
+        return Err("the interval must be positive".to_owned());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "s", "0s", "1d", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        let args = Args::try_parse_from(["agent", "--node-name", "node-1"]).expect("args");
+        assert_eq!(
+            args.manifest_dir,
+            PathBuf::from("/etc/kubernetes/manifests")
+        );
+        assert_eq!(args.http_addr, "0.0.0.0:9102".parse().expect("addr"));
+        assert_eq!(args.resync_interval, Duration::from_secs(30));
+        assert!(Args::try_parse_from(["agent", "--node-name", "../x"]).is_err());
+        assert!(
+            Args::try_parse_from(["agent", "--node-name", "n", "--log-format", "json"]).is_ok()
+        );
+    }
+}

@@ -1,0 +1,340 @@
+//! The agent's loop: watch the node's NodeStaticPods and mirror pods, sync the directory whenever
+//! something changes (or the resync interval passes), and report back in the status.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource};
+use staticpodset_api::{NodeStaticPods, NodeStaticPodsStatus, PodReport};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::dir_watcher::DirWatcher;
+use crate::http::Readiness;
+use crate::manifest_dir::{ManifestDir, PodKey};
+use crate::metrics::Metrics;
+use crate::mirror_pods;
+use crate::report::{self, LastPatch};
+use crate::sync::{sync_directory, DirSync};
+
+/// The field manager of the agent's status patches.
+pub const FIELD_MANAGER: &str = "staticpodset-node-agent";
+
+/// A failure talking to the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Patching the NodeStaticPods status failed.
+    #[error("cannot patch the status of NodeStaticPods {node}: {source}")]
+    PatchStatus {
+        /// The node (and object) name.
+        node: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The blocking directory sync panicked or was cancelled.
+    #[error("the directory sync task of node {node} did not complete: {source}")]
+    SyncTask {
+        /// The node name.
+        node: String,
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Everything the loop needs, built once in `main`.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// This node's name (and the name of its NodeStaticPods).
+    pub node_name: String,
+    /// The kubelet's manifest directory.
+    pub dir: ManifestDir,
+    /// The agent's metrics.
+    pub metrics: Metrics,
+    /// What `/readyz` answers.
+    pub readiness: watch::Sender<Readiness>,
+    /// The periodic resync, also the minimum interval between status heartbeats.
+    pub resync_interval: Duration,
+}
+
+/// What the loop remembers between syncs (owned by the loop, never shared).
+#[derive(Default)]
+struct LoopState {
+    last_patch: Option<LastPatch>,
+    last_reports: Vec<PodReport>,
+    dir_watcher: Option<DirWatcher>,
+    warned_missing: bool,
+}
+
+/// The caches the watchers fill.
+struct Caches {
+    node_static_pods: Store<NodeStaticPods>,
+    pods: Store<Pod>,
+}
+
+/// Runs until `shutdown` completes; a sync in progress finishes first.
+pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
+    let node = ctx.node_name.clone();
+    let wake = Arc::new(Notify::new());
+
+    let dir = ctx.dir.clone();
+    match tokio::task::spawn_blocking(move || dir.remove_stale_temp_files()).await {
+        Ok(Ok(removed)) if !removed.is_empty() => info!(?removed, "removed stale temp files"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(error = %e, "cannot clean up stale temp files"),
+        Err(e) => warn!(error = %e, "temp file cleanup did not complete"),
+    }
+
+    let nsp_api: Api<NodeStaticPods> = Api::all(ctx.client.clone());
+    let (nsp_store, nsp_writer) = reflector::store();
+    let nsp_events = reflector::reflector(
+        nsp_writer,
+        watcher(
+            nsp_api.clone(),
+            watcher::Config::default().fields(&format!("metadata.name={node}")),
+        )
+        .default_backoff(),
+    );
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_events = reflector::reflector(
+        pod_writer,
+        watcher(
+            Api::<Pod>::all(ctx.client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+        )
+        // Only metadata and status are read; the rest would only take memory.
+        .modify(|pod: &mut Pod| {
+            pod.spec = None;
+            pod.metadata.managed_fields = None;
+        })
+        .default_backoff(),
+    );
+    let nsp_task = tokio::spawn(
+        forward(nsp_events, wake.clone(), |_: &NodeStaticPods| true)
+            .instrument(info_span!("watch", kind = "NodeStaticPods", node = %node)),
+    );
+    let pod_task = tokio::spawn(
+        forward(pod_events, wake.clone(), mirror_pods::is_ours)
+            .instrument(info_span!("watch", kind = "Pod", node = %node)),
+    );
+
+    let caches = Caches {
+        node_static_pods: nsp_store,
+        pods: pod_store,
+    };
+    let mut state = LoopState::default();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let recheck = sync_once(&ctx, &caches, &nsp_api, &wake, &mut state)
+            .instrument(info_span!("sync", node = %node))
+            .await;
+        let deadline = Instant::now()
+            + recheck
+                .map(|d| d.min(ctx.resync_interval))
+                .unwrap_or(ctx.resync_interval);
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = wake.notified() => debug!("woken by a change"),
+            () = tokio::time::sleep_until(deadline) => debug!("periodic resync"),
+        }
+    }
+    nsp_task.abort();
+    pod_task.abort();
+    info!("agent stopped");
+}
+
+/// Drives a reflector stream and wakes the loop on events that matter. Errors are logged; the
+/// watcher's backoff retries, and the caches keep their last state meanwhile.
+async fn forward<K: Resource>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    wake: Arc<Notify>,
+    matters: impl Fn(&K) -> bool,
+) {
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) if matters(&obj) => {
+                wake.notify_one()
+            }
+            Ok(watcher::Event::InitDone) => wake.notify_one(),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "watch failed; retrying with backoff, cached state kept"),
+        }
+    }
+}
+
+/// One sync. Returns how soon to look again if something will change by itself.
+async fn sync_once(
+    ctx: &Context,
+    caches: &Caches,
+    api: &Api<NodeStaticPods>,
+    wake: &Arc<Notify>,
+    state: &mut LoopState,
+) -> Option<Duration> {
+    let node = &ctx.node_name;
+    if state.dir_watcher.as_ref().is_none_or(DirWatcher::is_broken) {
+        state.dir_watcher = match DirWatcher::start(ctx.dir.path(), wake.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, dir = %ctx.dir.path().display(),
+                      "cannot watch the manifest directory; relying on the periodic resync");
+                None
+            }
+        };
+    }
+
+    // Until the first complete list, an empty cache means "unknown", not "nothing assigned".
+    if !matches!(
+        caches.node_static_pods.wait_until_ready().now_or_never(),
+        Some(Ok(()))
+    ) {
+        ctx.readiness.send_replace(Readiness::NotReady(format!(
+            "waiting for the first list of NodeStaticPods {node} from the API server; the \
+             manifest directory is left as it is"
+        )));
+        return None;
+    }
+    let Some(object) = caches.node_static_pods.get(&ObjectRef::new(node)) else {
+        if !state.warned_missing {
+            warn!("NodeStaticPods {node} does not exist; the manifest directory is left as it is");
+            state.warned_missing = true;
+        }
+        ctx.readiness.send_replace(Readiness::NotReady(format!(
+            "NodeStaticPods {node} does not exist; the manifest directory is left as it is"
+        )));
+        return None;
+    };
+    state.warned_missing = false;
+
+    // Observed when dropped, on every return path.
+    let _timer = ctx.metrics.sync_duration.start_timer();
+    ctx.metrics.syncs.inc();
+    let now = SystemTime::now();
+    let dir = ctx.dir.clone();
+    let assigned = object.spec.pods.clone();
+    let dir_sync =
+        match tokio::task::spawn_blocking(move || sync_directory(&dir, &assigned, now)).await {
+            Ok(s) => s,
+            Err(source) => {
+                let e = AgentError::SyncTask {
+                    node: node.clone(),
+                    source,
+                };
+                warn!(error = %e, "sync failed");
+                ctx.metrics.sync_errors.inc();
+                return None;
+            }
+        };
+    record(&ctx.metrics, &dir_sync);
+    ctx.readiness.send_replace(Readiness::Ready);
+
+    // Without the pod list every mirror pod would look missing.
+    caches.pods.wait_until_ready().now_or_never()?.ok()?;
+    let built = report::build(
+        node,
+        object.meta().generation,
+        &dir_sync.sets,
+        &dir_sync.removals,
+        |key: &PodKey| {
+            caches
+                .pods
+                .get(&ObjectRef::new(&key.name).within(&key.namespace))
+        },
+        now,
+    );
+    log_changes(&state.last_reports, &built.status.pods);
+    state.last_reports = built.status.pods.clone();
+
+    if report::should_patch(
+        object.status.as_ref(),
+        state.last_patch.as_ref(),
+        &built.status,
+        now,
+        ctx.resync_interval,
+    ) {
+        match patch_status(api, node, &built.status).await {
+            Ok(()) => {
+                ctx.metrics.status_patches.inc();
+                state.last_patch = Some(LastPatch {
+                    status: built.status.clone(),
+                    at: now,
+                });
+            }
+            Err(e) => {
+                // The directory is already right; the next sync retries the report.
+                warn!(error = %e, "status not reported");
+                ctx.metrics.sync_errors.inc();
+            }
+        }
+    }
+    built
+        .recheck_at
+        .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+fn record(metrics: &Metrics, dir_sync: &DirSync) {
+    metrics.manifests_written.inc_by(dir_sync.written);
+    metrics.manifests_removed.inc_by(dir_sync.removed);
+    metrics
+        .conflicts
+        .set(i64::try_from(dir_sync.conflicts()).unwrap_or(i64::MAX));
+    if dir_sync.failed {
+        metrics.sync_errors.inc();
+    }
+}
+
+/// Server-side apply on the status subresource, owned by [`FIELD_MANAGER`]: only the status
+/// fields the agent sends are its own, the operator's spec is never touched.
+async fn patch_status(
+    api: &Api<NodeStaticPods>,
+    node: &str,
+    status: &NodeStaticPodsStatus,
+) -> Result<(), AgentError> {
+    let body = serde_json::json!({
+        "apiVersion": NodeStaticPods::api_version(&()),
+        "kind": NodeStaticPods::kind(&()),
+        "metadata": { "name": node },
+        "status": status,
+    });
+    api.patch_status(
+        node,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| AgentError::PatchStatus {
+        node: node.to_owned(),
+        source,
+    })
+}
+
+/// Logs each set whose phase or message changed, once, rather than every sync.
+fn log_changes(before: &[PodReport], after: &[PodReport]) {
+    for report in after {
+        let previous = before
+            .iter()
+            .find(|b| b.set_namespace == report.set_namespace && b.set_name == report.set_name);
+        let changed =
+            previous.is_none_or(|p| p.phase != report.phase || p.message != report.message);
+        if !changed {
+            continue;
+        }
+        let set = format!("{}/{}", report.set_namespace, report.set_name);
+        match &report.message {
+            Some(message) => {
+                warn!(set = %set, phase = ?report.phase, %message, "pod needs attention")
+            }
+            None => info!(set = %set, phase = ?report.phase, "pod state changed"),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The agent's Prometheus metrics, registered in one place on a registry of its own.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+
+/// Every metric the agent exports, and the registry that serves them.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Syncs run (directory compared with the spec).
+    pub syncs: IntCounter,
+    /// Syncs in which anything failed: scanning, a write or removal, or the status patch.
+    pub sync_errors: IntCounter,
+    /// Wall time of one sync.
+    pub sync_duration: Histogram,
+    /// Manifests written (created or replaced).
+    pub manifests_written: IntCounter,
+    /// Manifests removed.
+    pub manifests_removed: IntCounter,
+    /// Assigned sets currently in conflict with a foreign file or pod.
+    pub conflicts: IntGauge,
+    /// NodeStaticPods status patches sent.
+    pub status_patches: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers all metrics.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let syncs = IntCounter::new(
+            "staticpodset_agent_syncs_total",
+            "Syncs of the manifest directory with the node's NodeStaticPods",
+        )?;
+        let sync_errors = IntCounter::new(
+            "staticpodset_agent_sync_errors_total",
+            "Syncs in which reading the directory, a write, a removal or the status patch failed",
+        )?;
+        let sync_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "staticpodset_agent_sync_duration_seconds",
+                "Duration of one sync, status patch included",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        let manifests_written = IntCounter::new(
+            "staticpodset_agent_manifests_written_total",
+            "Manifests written into the kubelet's directory",
+        )?;
+        let manifests_removed = IntCounter::new(
+            "staticpodset_agent_manifests_removed_total",
+            "Owned manifests removed from the kubelet's directory",
+        )?;
+        let conflicts = IntGauge::new(
+            "staticpodset_agent_conflicts",
+            "Assigned pods not written because a foreign file or pod is in the way",
+        )?;
+        let status_patches = IntCounter::new(
+            "staticpodset_agent_status_patches_total",
+            "NodeStaticPods status patches sent to the API server",
+        )?;
+        registry.register(Box::new(syncs.clone()))?;
+        registry.register(Box::new(sync_errors.clone()))?;
+        registry.register(Box::new(sync_duration.clone()))?;
+        registry.register(Box::new(manifests_written.clone()))?;
+        registry.register(Box::new(manifests_removed.clone()))?;
+        registry.register(Box::new(conflicts.clone()))?;
+        registry.register(Box::new(status_patches.clone()))?;
+        Ok(Self {
+            registry,
+            syncs,
+            sync_errors,
+            sync_duration,
+            manifests_written,
+            manifests_removed,
+            conflicts,
+            status_patches,
+        })
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        TextEncoder::new().encode_to_string(&self.registry.gather())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_every_metric() {
+        let m = Metrics::new().expect("metrics");
+        m.syncs.inc();
+        m.sync_duration.observe(0.02);
+        let text = m.encode().expect("encode");
+        for name in [
+            "staticpodset_agent_syncs_total 1",
+            "staticpodset_agent_sync_errors_total 0",
+            "staticpodset_agent_sync_duration_seconds_bucket",
+            "staticpodset_agent_manifests_written_total 0",
+            "staticpodset_agent_manifests_removed_total 0",
+            "staticpodset_agent_conflicts 0",
+            "staticpodset_agent_status_patches_total 0",
+        ] {
+            assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! What a mirror pod tells about the static pod the kubelet runs. Pure: Pod in, report out.
+//!
+//! The kubelet copies the manifest's annotations onto the mirror pod, so the revision annotation the
+//! agent wrote comes back on the mirror pod once the kubelet runs that content.
+
+use k8s_openapi::api::core::v1::Pod;
+use staticpodset_api::keys::{kubelet, ANNOTATION_REVISION, ANNOTATION_SET};
+use staticpodset_api::MirrorPodReport;
+
+use crate::manifest_dir::PodKey;
+
+/// The mirror pod the kubelet creates for static pod `pod` on `node`: `<name>-<node>`, with the node
+/// name lowercased as the kubelet does.
+pub fn mirror_pod_key(pod: &PodKey, node: &str) -> PodKey {
+    PodKey {
+        namespace: pod.namespace.clone(),
+        name: format!("{}-{}", pod.name, node.to_lowercase()),
+    }
+}
+
+fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+/// Whether `pod` is a mirror pod (an API pod that merely reflects a static pod).
+pub fn is_mirror_pod(pod: &Pod) -> bool {
+    annotation(pod, kubelet::CONFIG_MIRROR).is_some()
+}
+
+/// Whether `pod` is a mirror pod of a StaticPodSet manifest; only those are worth a sync.
+pub fn is_ours(pod: &Pod) -> bool {
+    is_mirror_pod(pod) && annotation(pod, ANNOTATION_SET).is_some()
+}
+
+/// The report for a mirror pod, or `None` if `pod` is not a mirror pod (an ordinary pod that
+/// happens to have the name says nothing about the static pod).
+pub fn mirror_report(pod: &Pod, written_revision: Option<&str>) -> Option<MirrorPodReport> {
+    if !is_mirror_pod(pod) {
+        return None;
+    }
+    let revision = annotation(pod, ANNOTATION_REVISION).map(str::to_owned);
+    let status = pod.status.as_ref();
+    let ready_condition = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+    let ready = ready_condition.is_some_and(|c| c.status == "True");
+    let restart_count = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0);
+    Some(MirrorPodReport {
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        up_to_date: written_revision.is_some() && revision.as_deref() == written_revision,
+        revision,
+        config_hash: annotation(pod, kubelet::CONFIG_HASH).map(str::to_owned),
+        ready,
+        ready_since: if ready {
+            ready_condition.and_then(|c| c.last_transition_time.clone())
+        } else {
+            None
+        },
+        restart_count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mirror(revision: &str, ready: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "vip-node-1",
+                "namespace": "kube-system",
+                "uid": "u-1",
+                "annotations": {
+                    "kubernetes.io/config.mirror": "h1",
+                    "kubernetes.io/config.hash": "h1",
+                    "staticpods.dev/set": "kube-system/vip",
+                    "staticpods.dev/revision": revision,
+                },
+            },
+            "status": {
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                    {"type": "Ready", "status": ready, "lastTransitionTime": "2026-01-02T03:04:05Z"},
+                ],
+                "containerStatuses": [
+                    {"name": "a", "image": "i", "imageID": "", "ready": true, "restartCount": 2},
+                    {"name": "b", "image": "i", "imageID": "", "ready": true, "restartCount": 3},
+                ],
+            },
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn mirror_pod_name_follows_the_kubelet() {
+        let key = PodKey {
+            namespace: "kube-system".into(),
+            name: "vip".into(),
+        };
+        assert_eq!(mirror_pod_key(&key, "Node-1").name, "vip-node-1");
+    }
+
+    #[test]
+    fn reports_a_ready_up_to_date_mirror() {
+        let report = mirror_report(&mirror("r1", "True"), Some("r1")).expect("mirror");
+        assert_eq!(report.name, "vip-node-1");
+        assert_eq!(report.uid, "u-1");
+        assert_eq!(report.revision.as_deref(), Some("r1"));
+        assert_eq!(report.config_hash.as_deref(), Some("h1"));
+        assert!(report.up_to_date);
+        assert!(report.ready);
+        assert_eq!(
+            report.ready_since.map(|t| t.0.to_string()),
+            Some("2026-01-02T03:04:05Z".into())
+        );
+        assert_eq!(report.restart_count, 5);
+    }
+
+    #[test]
+    fn an_old_revision_or_unready_pod_says_so() {
+        let report = mirror_report(&mirror("r1", "False"), Some("r2")).expect("mirror");
+        assert!(!report.up_to_date);
+        assert!(!report.ready);
+        assert_eq!(report.ready_since, None);
+        assert!(
+            !mirror_report(&mirror("r1", "True"), None)
+                .expect("mirror")
+                .up_to_date
+        );
+    }
+
+    #[test]
+    fn an_ordinary_pod_is_no_mirror() {
+        let mut pod = mirror("r1", "True");
+        pod.metadata.annotations = None;
+        assert_eq!(mirror_report(&pod, Some("r1")), None);
+        assert!(!is_ours(&pod));
+        assert!(is_ours(&mirror("r1", "True")));
+    }
+}

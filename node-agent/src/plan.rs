@@ -1,0 +1,673 @@
+//! The pure heart of the agent: what the directory must look like, given what the API assigns and
+//! what the scan found. No I/O here, so every ownership and conflict rule is a plain unit test.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::time::SystemTime;
+
+use serde_json::Value;
+use staticpodset_api::keys::{manifest_file_name, ANNOTATION_REVISION, ANNOTATION_SET};
+use staticpodset_api::AssignedPod;
+
+use crate::manifest_dir::{is_owned_file_name, Action, DirScan, PodKey, ScannedFile};
+use crate::manifest_yaml::to_yaml;
+
+/// A StaticPodSet, by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SetKey {
+    /// The set's namespace.
+    pub namespace: String,
+    /// The set's name.
+    pub name: String,
+}
+
+impl SetKey {
+    /// The key of the set an assignment comes from.
+    pub fn of(pod: &AssignedPod) -> Self {
+        Self {
+            namespace: pod.set_namespace.clone(),
+            name: pod.set_name.clone(),
+        }
+    }
+}
+
+impl fmt::Display for SetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Where one assigned set stands after planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetState {
+    /// The file already holds exactly the assigned content; `since` is its modification time.
+    Current {
+        /// When the file was last written.
+        since: Option<SystemTime>,
+    },
+    /// The plan writes the file (its action is in [`Plan::actions`]).
+    Write,
+    /// Another file stands in the way; nothing is written. The text says which and why.
+    Conflict(String),
+    /// The assignment itself cannot be written (bad file name, malformed manifest).
+    Invalid(String),
+}
+
+/// The decision for one assigned set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetPlan {
+    /// The set.
+    pub set: SetKey,
+    /// The file name from the spec (validated unless `state` is `Invalid`).
+    pub file_name: String,
+    /// The assigned revision.
+    pub revision: String,
+    /// The static pod the manifest defines, when the manifest is valid.
+    pub pod: Option<PodKey>,
+    /// The revision of the owned file found on disk, if any.
+    pub on_disk_revision: Option<String>,
+    /// What happens to it.
+    pub state: SetState,
+}
+
+/// An owned manifest whose set is no longer assigned; its `Remove` action is in [`Plan::actions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// The set the file belonged to.
+    pub set: SetKey,
+    /// The file.
+    pub file_name: String,
+}
+
+/// Everything one sync does to the directory, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Removals first, then writes: a pod that moves between files never runs twice.
+    pub actions: Vec<Action>,
+    /// One entry per assigned set, in spec order (duplicates reported as invalid).
+    pub sets: Vec<SetPlan>,
+    /// Owned files being removed.
+    pub removals: Vec<Removal>,
+}
+
+/// The set that owns `file`, if any: its name must be in our format and its content must carry the
+/// set annotation naming the same set. Anything else is foreign and never modified or deleted.
+pub fn owner(file: &ScannedFile) -> Option<SetKey> {
+    if !file.regular || !is_owned_file_name(&file.name) {
+        return None;
+    }
+    let (namespace, name) = staticpodset_api::keys::parse_manifest_file_name(&file.name)?;
+    let key = SetKey {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    };
+    (file.info.set.as_deref() == Some(key.to_string().as_str())).then_some(key)
+}
+
+/// Decides the actions that bring the directory to the assigned state.
+///
+/// `assigned` is `None` while the agent has no complete view of its NodeStaticPods (initial list not
+/// done, or the object does not exist): then nothing is planned, so running static pods keep running
+/// whatever happens to the API server.
+pub fn plan(assigned: Option<&[AssignedPod]>, scan: &DirScan) -> Plan {
+    let Some(assigned) = assigned else {
+        return Plan::default();
+    };
+    let mut out = Plan::default();
+
+    let listed: BTreeSet<SetKey> = assigned.iter().map(SetKey::of).collect();
+    let by_name: HashMap<&str, &ScannedFile> =
+        scan.files.iter().map(|f| (f.name.as_str(), f)).collect();
+
+    for file in &scan.files {
+        let Some(set) = owner(file) else { continue };
+        if listed.contains(&set) {
+            continue;
+        }
+        // An owned file always has content: ownership is read from it.
+        let Some(content) = &file.content else {
+            continue;
+        };
+        out.actions.push(Action::Remove {
+            file_name: file.name.clone(),
+            expected: content.clone(),
+        });
+        out.removals.push(Removal {
+            set,
+            file_name: file.name.clone(),
+        });
+    }
+
+    let mut seen = BTreeSet::new();
+    for pod in assigned {
+        let set = SetKey::of(pod);
+        let mut set_plan = SetPlan {
+            set: set.clone(),
+            file_name: pod.file_name.clone(),
+            revision: pod.revision.clone(),
+            pod: None,
+            on_disk_revision: None,
+            state: SetState::Write,
+        };
+        if !seen.insert(set.clone()) {
+            set_plan.state = SetState::Invalid(format!(
+                "set {set} is assigned more than once; only the first entry is written"
+            ));
+            out.sets.push(set_plan);
+            continue;
+        }
+        let rendered = match render_manifest(pod) {
+            Ok(r) => r,
+            Err(message) => {
+                set_plan.state = SetState::Invalid(message);
+                out.sets.push(set_plan);
+                continue;
+            }
+        };
+        set_plan.pod = Some(rendered.pod.clone());
+        let existing = by_name.get(pod.file_name.as_str()).copied();
+        if let Some(file) = existing.filter(|f| owner(f).as_ref() == Some(&set)) {
+            set_plan.on_disk_revision = file.info.revision.clone();
+        }
+        set_plan.state = decide(&set, pod, &rendered, existing, scan);
+        if set_plan.state == SetState::Write {
+            out.actions.push(Action::Write {
+                file_name: pod.file_name.clone(),
+                content: rendered.content,
+                expected: existing.and_then(|f| f.content.clone()),
+            });
+        }
+        out.sets.push(set_plan);
+    }
+    out
+}
+
+fn decide(
+    set: &SetKey,
+    pod: &AssignedPod,
+    rendered: &Rendered,
+    existing: Option<&ScannedFile>,
+    scan: &DirScan,
+) -> SetState {
+    if let Some(file) = existing {
+        if owner(file).as_ref() != Some(set) {
+            return SetState::Conflict(format!(
+                "{} already exists and is not managed by StaticPodSet (it lacks the annotation \
+                 {ANNOTATION_SET}: {set}); the agent does not overwrite it. Move it away to let \
+                 the agent write the manifest",
+                pod.file_name
+            ));
+        }
+    }
+    let shadowing = scan
+        .files
+        .iter()
+        .filter(|f| f.name != pod.file_name && owner(f).is_none())
+        .find(|f| f.info.pod.as_ref() == Some(&rendered.pod));
+    if let Some(file) = shadowing {
+        return SetState::Conflict(format!(
+            "{} in the manifest directory already defines pod {} and is not managed by \
+             StaticPodSet; the kubelet keys static pods by namespace/name, so only one of them \
+             could run. Rename the set's pod or remove the other manifest",
+            file.name, rendered.pod
+        ));
+    }
+    match existing {
+        Some(file) if file.content.as_deref() == Some(rendered.content.as_slice()) => {
+            SetState::Current {
+                since: file.modified,
+            }
+        }
+        _ => SetState::Write,
+    }
+}
+
+/// A validated assignment rendered to the exact bytes of its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The pod the manifest defines.
+    pub pod: PodKey,
+    /// The file content.
+    pub content: Vec<u8>,
+}
+
+/// Validates an assignment and renders its manifest as YAML.
+///
+/// The annotations are checked rather than added: they are how the agent recognises its own files
+/// and how the mirror pod proves its revision, so a manifest without them would be disowned by the
+/// agent's next scan or never report up to date.
+pub fn render_manifest(pod: &AssignedPod) -> Result<Rendered, String> {
+    let set = SetKey::of(pod);
+    if !is_dns_name(&pod.set_namespace) || !is_dns_name(&pod.set_name) {
+        return Err(format!(
+            "set {set} does not have a valid namespace and name; nothing is written"
+        ));
+    }
+    let expected_file = manifest_file_name(&pod.set_namespace, &pod.set_name);
+    if pod.file_name != expected_file || !is_owned_file_name(&pod.file_name) {
+        return Err(format!(
+            "file name {:?} is not {expected_file:?}; the agent only writes files named after \
+             their set, inside the manifest directory",
+            pod.file_name
+        ));
+    }
+    let manifest = pod
+        .manifest
+        .as_object()
+        .ok_or("the manifest is not a JSON object")?;
+    if let Some(kind) = manifest.get("kind") {
+        if kind != "Pod" {
+            return Err(format!("the manifest's kind is {kind}, not Pod"));
+        }
+    }
+    let metadata = manifest.get("metadata").and_then(Value::as_object);
+    let text = |key: &str| {
+        metadata
+            .and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let name = text("name").ok_or("the manifest has no metadata.name")?;
+    let namespace = text("namespace").unwrap_or("default");
+    let annotation = |key: &str| {
+        metadata
+            .and_then(|m| m.get("annotations"))
+            .and_then(|a| a.get(key))
+            .and_then(Value::as_str)
+    };
+    if annotation(ANNOTATION_SET) != Some(set.to_string().as_str()) {
+        return Err(format!(
+            "the manifest lacks the annotation {ANNOTATION_SET}: {set}, without which the agent \
+             would not recognise the file as its own"
+        ));
+    }
+    if annotation(ANNOTATION_REVISION) != Some(pod.revision.as_str()) {
+        return Err(format!(
+            "the manifest's annotation {ANNOTATION_REVISION} is not the assigned revision {}",
+            pod.revision
+        ));
+    }
+    let yaml = to_yaml(&pod.manifest);
+    let content = format!(
+        "# Managed by StaticPodSet {set} through the staticpodset node agent.\n\
+         # Local edits are reverted; change the StaticPodSet instead.\n{yaml}"
+    );
+    Ok(Rendered {
+        pod: PodKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        },
+        content: content.into_bytes(),
+    })
+}
+
+/// An RFC 1123 subdomain, the shape of namespace and StaticPodSet names. Rejecting anything else
+/// keeps path tricks out of file names whatever the spec says.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.split('.')
+            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest_dir::parse_manifest;
+    use serde_json::json;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn assigned(ns: &str, set: &str, rev: &str) -> AssignedPod {
+        AssignedPod {
+            set_namespace: ns.into(),
+            set_name: set.into(),
+            revision: rev.into(),
+            file_name: manifest_file_name(ns, set),
+            manifest: json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": set,
+                    "namespace": ns,
+                    "annotations": {
+                        ANNOTATION_SET: format!("{ns}/{set}"),
+                        ANNOTATION_REVISION: rev,
+                    },
+                    "labels": {"staticpods.dev/set-name": set},
+                },
+                "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
+            }),
+        }
+    }
+
+    fn file(name: &str, content: &[u8]) -> ScannedFile {
+        ScannedFile {
+            name: name.into(),
+            regular: true,
+            content: Some(content.to_vec()),
+            modified: Some(UNIX_EPOCH + Duration::from_secs(1000)),
+            info: parse_manifest(content),
+        }
+    }
+
+    fn rendered(pod: &AssignedPod) -> Vec<u8> {
+        render_manifest(pod).expect("valid").content
+    }
+
+    fn scan(files: Vec<ScannedFile>) -> DirScan {
+        DirScan { files }
+    }
+
+    const KUBE_APISERVER: &[u8] =
+        b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\n  namespace: kube-system\n";
+
+    #[test]
+    fn no_api_data_means_no_actions() {
+        let ours = assigned("ns", "a", "r1");
+        let dir = scan(vec![file(&ours.file_name, &rendered(&ours))]);
+        assert_eq!(plan(None, &dir), Plan::default());
+    }
+
+    #[test]
+    fn writes_a_missing_manifest() {
+        let a = assigned("ns", "a", "r1");
+        let p = plan(
+            Some(std::slice::from_ref(&a)),
+            &scan(vec![file("kube-apiserver.yaml", KUBE_APISERVER)]),
+        );
+        assert_eq!(
+            p.actions,
+            vec![Action::Write {
+                file_name: a.file_name.clone(),
+                content: rendered(&a),
+                expected: None
+            }]
+        );
+        assert_eq!(p.sets[0].state, SetState::Write);
+        assert_eq!(
+            p.sets[0].pod.as_ref().map(ToString::to_string),
+            Some("ns/a".into())
+        );
+    }
+
+    #[test]
+    fn identical_content_is_left_untouched() {
+        let a = assigned("ns", "a", "r1");
+        let on_disk = file(&a.file_name, &rendered(&a));
+        let p = plan(Some(&[a]), &scan(vec![on_disk.clone()]));
+        assert!(p.actions.is_empty());
+        assert_eq!(
+            p.sets[0].state,
+            SetState::Current {
+                since: on_disk.modified
+            }
+        );
+        assert_eq!(p.sets[0].on_disk_revision.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn owned_drift_and_new_revisions_are_rewritten() {
+        let old = assigned("ns", "a", "r1");
+        let new = assigned("ns", "a", "r2");
+        let old_bytes = rendered(&old);
+        let p = plan(
+            Some(std::slice::from_ref(&new)),
+            &scan(vec![file(&old.file_name, &old_bytes)]),
+        );
+        assert_eq!(
+            p.actions,
+            vec![Action::Write {
+                file_name: new.file_name.clone(),
+                content: rendered(&new),
+                expected: Some(old_bytes)
+            }]
+        );
+        assert_eq!(p.sets[0].on_disk_revision.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn removes_only_owned_files_no_longer_assigned() {
+        let kept = assigned("ns", "kept", "r1");
+        let gone = assigned("ns", "gone", "r1");
+        let gone_bytes = rendered(&gone);
+        // Named like ours but without our annotation: foreign.
+        let impostor = file("staticpodset_ns_other.yaml", KUBE_APISERVER);
+        // Named like ours, annotated for a different set: foreign.
+        let mismatched = file("staticpodset_ns_third.yaml", &gone_bytes);
+        let dir = scan(vec![
+            file("kube-apiserver.yaml", KUBE_APISERVER),
+            file(&kept.file_name, &rendered(&kept)),
+            file(&gone.file_name, &gone_bytes),
+            impostor,
+            mismatched,
+        ]);
+        let p = plan(Some(&[kept]), &dir);
+        assert_eq!(
+            p.actions,
+            vec![Action::Remove {
+                file_name: gone.file_name.clone(),
+                expected: gone_bytes
+            }]
+        );
+        assert_eq!(
+            p.removals,
+            vec![Removal {
+                set: SetKey::of(&gone),
+                file_name: gone.file_name
+            }]
+        );
+    }
+
+    #[test]
+    fn an_empty_spec_removes_every_owned_file_and_nothing_else() {
+        let a = assigned("ns", "a", "r1");
+        let mut symlink = file(&a.file_name, &rendered(&a));
+        symlink.regular = false;
+        let dir = scan(vec![file("kube-apiserver.yaml", KUBE_APISERVER), symlink]);
+        assert!(plan(Some(&[]), &dir).actions.is_empty());
+        let dir = scan(vec![file(&a.file_name, &rendered(&a))]);
+        assert_eq!(plan(Some(&[]), &dir).actions.len(), 1);
+    }
+
+    #[test]
+    fn a_foreign_file_with_our_name_is_a_conflict() {
+        let a = assigned("ns", "a", "r1");
+        let p = plan(
+            Some(std::slice::from_ref(&a)),
+            &scan(vec![file(&a.file_name, KUBE_APISERVER)]),
+        );
+        assert!(p.actions.is_empty());
+        let SetState::Conflict(message) = &p.sets[0].state else {
+            panic!("{:?}", p.sets[0].state)
+        };
+        assert!(message.contains(&a.file_name), "{message}");
+        assert!(message.contains(ANNOTATION_SET), "{message}");
+        assert_eq!(p.sets[0].on_disk_revision, None);
+    }
+
+    #[test]
+    fn an_unreadable_file_with_our_name_is_a_conflict() {
+        let a = assigned("ns", "a", "r1");
+        let mut unreadable = file(&a.file_name, b"");
+        unreadable.content = None;
+        let p = plan(Some(&[a]), &scan(vec![unreadable]));
+        assert!(p.actions.is_empty());
+        assert!(matches!(p.sets[0].state, SetState::Conflict(_)));
+    }
+
+    #[test]
+    fn a_foreign_manifest_defining_the_same_pod_is_a_conflict() {
+        let a = assigned("kube-system", "kube-apiserver", "r1");
+        let p = plan(
+            Some(&[a]),
+            &scan(vec![file("kube-apiserver.yaml", KUBE_APISERVER)]),
+        );
+        assert!(p.actions.is_empty());
+        let SetState::Conflict(message) = &p.sets[0].state else {
+            panic!("{:?}", p.sets[0].state)
+        };
+        assert!(message.contains("kube-apiserver.yaml"), "{message}");
+        assert!(message.contains("kube-system/kube-apiserver"), "{message}");
+    }
+
+    #[test]
+    fn a_conflict_never_removes_our_existing_file() {
+        let a = assigned("kube-system", "kube-apiserver", "r2");
+        let ours = file(
+            &a.file_name,
+            &rendered(&assigned("kube-system", "kube-apiserver", "r1")),
+        );
+        let p = plan(
+            Some(&[a]),
+            &scan(vec![file("kube-apiserver.yaml", KUBE_APISERVER), ours]),
+        );
+        assert!(p.actions.is_empty());
+        assert!(matches!(p.sets[0].state, SetState::Conflict(_)));
+    }
+
+    #[test]
+    fn same_pod_name_in_another_namespace_is_no_conflict() {
+        let a = assigned("default", "kube-apiserver", "r1");
+        let p = plan(
+            Some(&[a]),
+            &scan(vec![file("kube-apiserver.yaml", KUBE_APISERVER)]),
+        );
+        assert_eq!(p.sets[0].state, SetState::Write);
+    }
+
+    #[test]
+    fn bad_file_names_are_rejected_and_nothing_is_written() {
+        for bad in [
+            "../etc/passwd",
+            "/etc/kubernetes/manifests/staticpodset_ns_a.yaml",
+            "staticpodset_ns_b.yaml",
+            "staticpodset_ns_a.yml",
+            ".staticpodset_ns_a.yaml",
+            "kube-apiserver.yaml",
+            "",
+        ] {
+            let mut a = assigned("ns", "a", "r1");
+            a.file_name = bad.into();
+            let p = plan(Some(&[a]), &DirScan::default());
+            assert!(p.actions.is_empty(), "{bad}");
+            assert!(matches!(p.sets[0].state, SetState::Invalid(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_set_names_are_rejected() {
+        for (ns, set) in [
+            ("ns", "a/../../b"),
+            ("..", "a"),
+            ("ns", "A"),
+            ("ns", "a_b"),
+            ("", "a"),
+        ] {
+            let mut a = assigned("ns", "a", "r1");
+            a.set_namespace = ns.into();
+            a.set_name = set.into();
+            a.file_name = format!("staticpodset_{ns}_{set}.yaml");
+            let p = plan(Some(&[a]), &DirScan::default());
+            assert!(p.actions.is_empty(), "{ns}/{set}");
+            assert!(
+                matches!(p.sets[0].state, SetState::Invalid(_)),
+                "{ns}/{set}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_manifests_are_rejected() {
+        type Mutation = Box<dyn Fn(&mut AssignedPod)>;
+        let cases: Vec<Mutation> = vec![
+            Box::new(|a| a.manifest = json!("not an object")),
+            Box::new(|a| a.manifest["kind"] = json!("Deployment")),
+            Box::new(|a| a.manifest["metadata"]["name"] = json!("")),
+            Box::new(|a| a.manifest["metadata"]["annotations"] = json!({})),
+            Box::new(|a| a.manifest["metadata"]["annotations"][ANNOTATION_SET] = json!("ns/other")),
+            Box::new(|a| a.revision = "r2".into()),
+        ];
+        for (i, mutate) in cases.iter().enumerate() {
+            let mut a = assigned("ns", "a", "r1");
+            mutate(&mut a);
+            let p = plan(Some(&[a]), &DirScan::default());
+            assert!(p.actions.is_empty(), "case {i}");
+            assert!(matches!(p.sets[0].state, SetState::Invalid(_)), "case {i}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_assignment_keeps_its_existing_file() {
+        let good = assigned("ns", "a", "r1");
+        let mut bad = assigned("ns", "a", "r2");
+        bad.manifest = json!({});
+        let p = plan(
+            Some(&[bad]),
+            &scan(vec![file(&good.file_name, &rendered(&good))]),
+        );
+        assert!(p.actions.is_empty());
+    }
+
+    #[test]
+    fn duplicate_assignments_write_once() {
+        let a = assigned("ns", "a", "r1");
+        let p = plan(Some(&[a.clone(), a]), &DirScan::default());
+        assert_eq!(p.actions.len(), 1);
+        assert!(matches!(p.sets[1].state, SetState::Invalid(_)));
+    }
+
+    #[test]
+    fn rendering_round_trips_and_is_stable() {
+        let a = assigned("ns", "a", "r1");
+        let bytes = rendered(&a);
+        assert_eq!(bytes, rendered(&a));
+        let info = parse_manifest(&bytes);
+        assert_eq!(info.set.as_deref(), Some("ns/a"));
+        assert_eq!(info.revision.as_deref(), Some("r1"));
+        let back: Value = serde_yaml::from_slice(&bytes).expect("yaml");
+        assert_eq!(back, a.manifest);
+    }
+
+    #[test]
+    fn strings_that_look_like_other_types_stay_strings() {
+        let mut a = assigned("ns", "a", "r1");
+        let tricky = json!([
+            "yes",
+            "no",
+            "on",
+            "off",
+            "y",
+            "n",
+            "true",
+            "null",
+            "~",
+            "0755",
+            "0x1f",
+            "1e3",
+            "1_000",
+            ".5",
+            "12:30",
+            "2024-01-01",
+            "",
+            " x",
+            "a: b",
+            "- c",
+            "#d"
+        ]);
+        a.manifest["spec"]["containers"][0]["args"] = tricky.clone();
+        let bytes = rendered(&a);
+        let back: Value = serde_yaml::from_slice(&bytes).expect("yaml");
+        assert_eq!(back["spec"]["containers"][0]["args"], tricky);
+        // The kubelet's YAML reader follows YAML 1.1, where yes/no/on/off/y/n are booleans and
+        // 0755 is octal, so they must be quoted whatever our own parser thinks.
+        let text = String::from_utf8(bytes).expect("utf-8");
+        for word in ["yes", "no", "on", "off", "y", "n", "0755", "12:30", "1_000"] {
+            assert!(
+                text.contains(&format!("'{word}'")) || text.contains(&format!("\"{word}\"")),
+                "{word} unquoted in:\n{text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! Builds the NodeStaticPods status from what one sync decided and did, and decides whether it is
+//! worth an API write. Pure: at 5,000 nodes every avoided status write counts.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use staticpodset_api::{ManifestPhase, NodeStaticPodsStatus, NodeSummary, PodReport};
+
+use crate::manifest_dir::{DirError, PodKey};
+use crate::mirror_pods::{mirror_pod_key, mirror_report};
+use crate::plan::{Plan, SetKey, SetState};
+
+/// How long the kubelet gets to publish the mirror pod of a freshly written manifest before the
+/// report calls it a problem. The kubelet re-lists every 20s and usually reacts to inotify at once.
+pub const MIRROR_GRACE: Duration = Duration::from_secs(60);
+
+/// What happened to one assigned set in one sync.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetOutcome {
+    /// The set.
+    pub set: SetKey,
+    /// Where its manifest stands.
+    pub phase: ManifestPhase,
+    /// The revision now in the directory for this set, if any.
+    pub written_revision: Option<String>,
+    /// When that revision was written (the file's mtime, or now).
+    pub written_at: Option<SystemTime>,
+    /// The static pod the manifest defines.
+    pub pod: Option<PodKey>,
+    /// Why it is not simply written.
+    pub message: Option<String>,
+}
+
+/// Joins the plan with the results of its actions (`results[i]` belongs to `plan.actions[i]`).
+/// Returns one outcome per assigned set, and a report for each owned file that could not be removed.
+pub fn outcomes(
+    plan: &Plan,
+    results: &[Result<(), DirError>],
+    now: SystemTime,
+) -> (Vec<SetOutcome>, Vec<PodReport>) {
+    let result_for = |file_name: &str| {
+        plan.actions
+            .iter()
+            .zip(results)
+            .find(|(action, _)| action.file_name() == file_name)
+            .map(|(_, result)| result)
+    };
+    let sets = plan
+        .sets
+        .iter()
+        .map(|p| {
+            let on_disk = p.on_disk_revision.clone();
+            let (phase, written_revision, written_at, message) = match &p.state {
+                SetState::Current { since } => (
+                    ManifestPhase::Written,
+                    Some(p.revision.clone()),
+                    *since,
+                    None,
+                ),
+                SetState::Write => match result_for(&p.file_name) {
+                    Some(Ok(())) => (
+                        ManifestPhase::Written,
+                        Some(p.revision.clone()),
+                        Some(now),
+                        None,
+                    ),
+                    Some(Err(e @ DirError::Changed { .. })) => {
+                        (ManifestPhase::Pending, on_disk, None, Some(e.to_string()))
+                    }
+                    Some(Err(e)) => (ManifestPhase::Error, on_disk, None, Some(e.to_string())),
+                    None => (ManifestPhase::Pending, on_disk, None, None),
+                },
+                SetState::Conflict(m) => (ManifestPhase::Conflict, on_disk, None, Some(m.clone())),
+                SetState::Invalid(m) => (ManifestPhase::Error, on_disk, None, Some(m.clone())),
+            };
+            SetOutcome {
+                set: p.set.clone(),
+                phase,
+                written_revision,
+                written_at,
+                pod: p.pod.clone(),
+                message,
+            }
+        })
+        .collect();
+    let removals = plan
+        .removals
+        .iter()
+        .filter_map(|r| match result_for(&r.file_name) {
+            Some(Err(e)) => Some(PodReport {
+                set_namespace: r.set.namespace.clone(),
+                set_name: r.set.name.clone(),
+                phase: ManifestPhase::Removing,
+                message: Some(e.to_string()),
+                ..PodReport::default()
+            }),
+            _ => None,
+        })
+        .collect();
+    (sets, removals)
+}
+
+/// Outcomes for every assigned set when the directory could not even be read.
+pub fn unreadable_dir(plan_sets: &[SetKey], error: &DirError) -> Vec<SetOutcome> {
+    plan_sets
+        .iter()
+        .map(|set| SetOutcome {
+            set: set.clone(),
+            phase: ManifestPhase::Error,
+            written_revision: None,
+            written_at: None,
+            pod: None,
+            message: Some(error.to_string()),
+        })
+        .collect()
+}
+
+/// The status to publish, and when it would change by itself (a mirror pod's grace running out).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The full status, `last_sync_time` = now.
+    pub status: NodeStaticPodsStatus,
+    /// When to look again even if nothing else happens.
+    pub recheck_at: Option<SystemTime>,
+}
+
+/// Builds the status from the sets' outcomes and their mirror pods.
+/// `find_pod` looks a pod up by namespace/name among the pods bound to this node.
+pub fn build(
+    node: &str,
+    generation: Option<i64>,
+    sets: &[SetOutcome],
+    removals: &[PodReport],
+    find_pod: impl Fn(&PodKey) -> Option<Arc<Pod>>,
+    now: SystemTime,
+) -> Report {
+    let mut summary = NodeSummary::default();
+    let mut recheck_at: Option<SystemTime> = None;
+    let mut pods = Vec::with_capacity(sets.len() + removals.len());
+    for outcome in sets {
+        let static_pod = outcome.pod.clone().unwrap_or_else(|| PodKey {
+            namespace: outcome.set.namespace.clone(),
+            name: outcome.set.name.clone(),
+        });
+        let mirror_key = mirror_pod_key(&static_pod, node);
+        let mirror = find_pod(&mirror_key)
+            .and_then(|p| mirror_report(&p, outcome.written_revision.as_deref()));
+        let mut message = outcome.message.clone();
+        let mut problem = matches!(
+            outcome.phase,
+            ManifestPhase::Conflict | ManifestPhase::Error | ManifestPhase::Removing
+        );
+        let up_to_date = mirror.as_ref().is_some_and(|m| m.up_to_date);
+        if outcome.phase == ManifestPhase::Written && !up_to_date {
+            let deadline = outcome.written_at.map(|t| t + MIRROR_GRACE);
+            if deadline.is_some_and(|d| d > now) {
+                recheck_at = recheck_at.min(deadline).or(deadline);
+            } else {
+                let revision = outcome.written_revision.as_deref().unwrap_or("?");
+                message = Some(match &mirror {
+                    None => {
+                        problem = true;
+                        format!(
+                            "the kubelet has not created mirror pod {mirror_key} within {}s of \
+                             writing revision {revision} (check the kubelet log: a manifest the \
+                             kubelet cannot parse or NodeRestriction admission rejects runs no \
+                             mirror pod)",
+                            MIRROR_GRACE.as_secs()
+                        )
+                    }
+                    Some(m) => format!(
+                        "mirror pod {mirror_key} still shows revision {}, not revision {revision} \
+                         written over {}s ago (check the kubelet log)",
+                        m.revision.as_deref().unwrap_or("<none>"),
+                        MIRROR_GRACE.as_secs()
+                    ),
+                });
+            }
+        }
+        summary.assigned += 1;
+        if mirror.as_ref().is_some_and(|m| m.up_to_date && m.ready) {
+            summary.ready += 1;
+        }
+        if problem {
+            summary.problems += 1;
+        }
+        pods.push(PodReport {
+            set_namespace: outcome.set.namespace.clone(),
+            set_name: outcome.set.name.clone(),
+            phase: outcome.phase,
+            written_revision: outcome.written_revision.clone(),
+            mirror_pod: mirror,
+            message,
+        });
+    }
+    summary.problems += i32::try_from(removals.len()).unwrap_or(i32::MAX);
+    pods.extend(removals.iter().cloned());
+    Report {
+        status: NodeStaticPodsStatus {
+            observed_generation: generation,
+            last_sync_time: Some(to_time(now)),
+            summary,
+            pods,
+        },
+        recheck_at,
+    }
+}
+
+/// A status the agent patched, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastPatch {
+    /// What was sent.
+    pub status: NodeStaticPodsStatus,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// Whether `desired` is worth a status write. Content changes always are; `lastSyncTime` alone is
+/// refreshed at most once per `heartbeat`. `observed` is the status in the agent's watch cache,
+/// `last` what the agent itself wrote last (the cache may not show it yet).
+pub fn should_patch(
+    observed: Option<&NodeStaticPodsStatus>,
+    last: Option<&LastPatch>,
+    desired: &NodeStaticPodsStatus,
+    now: SystemTime,
+    heartbeat: Duration,
+) -> bool {
+    let timeless = |s: &NodeStaticPodsStatus| NodeStaticPodsStatus {
+        last_sync_time: None,
+        ..s.clone()
+    };
+    let desired_content = timeless(desired);
+    let last_sync = observed
+        .and_then(|s| s.last_sync_time.as_ref())
+        .map(|t| SystemTime::from(t.0))
+        .into_iter()
+        .chain(last.map(|l| l.at))
+        .max();
+    if last_sync.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= heartbeat) {
+        return true;
+    }
+    let unchanged = observed.is_some_and(|s| timeless(s) == desired_content)
+        || last.is_some_and(|l| timeless(&l.status) == desired_content);
+    !unchanged
+}
+
+/// A Kubernetes timestamp, whole seconds as the API server stores them.
+pub fn to_time(t: SystemTime) -> Time {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Time(Timestamp::from_second(i64::try_from(secs).unwrap_or(0)).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest_dir::Action;
+    use crate::plan::{Removal, SetPlan};
+    use serde_json::json;
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    const NODE: &str = "node-1";
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn set(name: &str) -> SetKey {
+        SetKey {
+            namespace: "kube-system".into(),
+            name: name.into(),
+        }
+    }
+
+    fn pod_key(name: &str) -> PodKey {
+        PodKey {
+            namespace: "kube-system".into(),
+            name: name.into(),
+        }
+    }
+
+    fn set_plan(name: &str, state: SetState) -> SetPlan {
+        SetPlan {
+            set: set(name),
+            file_name: format!("staticpodset_kube-system_{name}.yaml"),
+            revision: "r2".into(),
+            pod: Some(pod_key(name)),
+            on_disk_revision: Some("r1".into()),
+            state,
+        }
+    }
+
+    fn written(name: &str, at: u64) -> SetOutcome {
+        SetOutcome {
+            set: set(name),
+            phase: ManifestPhase::Written,
+            written_revision: Some("r2".into()),
+            written_at: Some(t(at)),
+            pod: Some(pod_key(name)),
+            message: None,
+        }
+    }
+
+    fn mirror(name: &str, revision: &str, ready: bool) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {
+                    "name": format!("{name}-{NODE}"), "namespace": "kube-system", "uid": "u",
+                    "annotations": {"kubernetes.io/config.mirror": "h", "staticpods.dev/revision": revision},
+                },
+                "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+            }))
+            .expect("pod"),
+        )
+    }
+
+    fn pods(list: Vec<Arc<Pod>>) -> impl Fn(&PodKey) -> Option<Arc<Pod>> {
+        let map: HashMap<PodKey, Arc<Pod>> = list
+            .into_iter()
+            .map(|p| {
+                let key = PodKey {
+                    namespace: p.metadata.namespace.clone().unwrap_or_default(),
+                    name: p.metadata.name.clone().unwrap_or_default(),
+                };
+                (key, p)
+            })
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn outcomes_follow_plan_and_results() {
+        let plan = Plan {
+            actions: vec![
+                Action::Remove {
+                    file_name: "staticpodset_kube-system_old.yaml".into(),
+                    expected: vec![],
+                },
+                Action::Write {
+                    file_name: "staticpodset_kube-system_ok.yaml".into(),
+                    content: vec![],
+                    expected: None,
+                },
+                Action::Write {
+                    file_name: "staticpodset_kube-system_fail.yaml".into(),
+                    content: vec![],
+                    expected: None,
+                },
+                Action::Write {
+                    file_name: "staticpodset_kube-system_raced.yaml".into(),
+                    content: vec![],
+                    expected: None,
+                },
+            ],
+            sets: vec![
+                set_plan("ok", SetState::Write),
+                set_plan("fail", SetState::Write),
+                set_plan("raced", SetState::Write),
+                set_plan("same", SetState::Current { since: Some(t(5)) }),
+                set_plan("conflict", SetState::Conflict("taken".into())),
+                set_plan("invalid", SetState::Invalid("bad".into())),
+            ],
+            removals: vec![Removal {
+                set: set("old"),
+                file_name: "staticpodset_kube-system_old.yaml".into(),
+            }],
+        };
+        let io_error = || DirError::Io {
+            op: "remove",
+            path: PathBuf::from("/m/x"),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let results = vec![
+            Err(io_error()),
+            Ok(()),
+            Err(io_error()),
+            Err(DirError::Changed {
+                path: PathBuf::from("/m/raced"),
+            }),
+        ];
+        let (sets, removals) = outcomes(&plan, &results, t(100));
+        let phases: Vec<_> = sets.iter().map(|s| s.phase).collect();
+        assert_eq!(
+            phases,
+            vec![
+                ManifestPhase::Written,
+                ManifestPhase::Error,
+                ManifestPhase::Pending,
+                ManifestPhase::Written,
+                ManifestPhase::Conflict,
+                ManifestPhase::Error
+            ]
+        );
+        assert_eq!(sets[0].written_revision.as_deref(), Some("r2"));
+        assert_eq!(sets[0].written_at, Some(t(100)));
+        assert_eq!(sets[1].written_revision.as_deref(), Some("r1"));
+        assert!(sets[1]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("/m/x")));
+        assert_eq!(sets[3].written_at, Some(t(5)));
+        assert_eq!(sets[4].message.as_deref(), Some("taken"));
+        assert_eq!(removals.len(), 1);
+        assert_eq!(removals[0].phase, ManifestPhase::Removing);
+        assert_eq!(removals[0].set_name, "old");
+    }
+
+    #[test]
+    fn a_ready_up_to_date_mirror_counts_as_ready() {
+        let r = build(
+            NODE,
+            Some(3),
+            &[written("vip", 0)],
+            &[],
+            pods(vec![mirror("vip", "r2", true)]),
+            t(10),
+        );
+        assert_eq!(r.status.observed_generation, Some(3));
+        assert_eq!(
+            r.status.summary,
+            NodeSummary {
+                assigned: 1,
+                ready: 1,
+                problems: 0
+            }
+        );
+        let m = r.status.pods[0].mirror_pod.as_ref().expect("mirror");
+        assert!(m.up_to_date && m.ready);
+        assert_eq!(r.status.pods[0].message, None);
+        assert_eq!(r.recheck_at, None);
+    }
+
+    #[test]
+    fn a_missing_mirror_is_fine_within_grace_then_a_problem() {
+        let early = build(
+            NODE,
+            None,
+            &[written("vip", 100)],
+            &[],
+            pods(vec![]),
+            t(130),
+        );
+        assert_eq!(early.status.pods[0].message, None);
+        assert_eq!(early.status.summary.problems, 0);
+        assert_eq!(early.recheck_at, Some(t(160)));
+
+        let late = build(
+            NODE,
+            None,
+            &[written("vip", 100)],
+            &[],
+            pods(vec![]),
+            t(160),
+        );
+        let message = late.status.pods[0].message.clone().expect("message");
+        assert!(message.contains("kube-system/vip-node-1"), "{message}");
+        assert!(message.contains("kubelet log"), "{message}");
+        assert_eq!(late.status.summary.problems, 1);
+        assert_eq!(late.recheck_at, None);
+        // The message does not tick with time, or every sync would write the status.
+        let later = build(
+            NODE,
+            None,
+            &[written("vip", 100)],
+            &[],
+            pods(vec![]),
+            t(999),
+        );
+        assert_eq!(later.status.pods, late.status.pods);
+    }
+
+    #[test]
+    fn an_outdated_mirror_is_reported_but_not_counted_as_a_problem() {
+        let r = build(
+            NODE,
+            None,
+            &[written("vip", 0)],
+            &[],
+            pods(vec![mirror("vip", "r1", true)]),
+            t(100),
+        );
+        assert!(r.status.pods[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("still shows revision r1")));
+        assert_eq!(r.status.summary.ready, 0);
+        assert_eq!(r.status.summary.problems, 0);
+    }
+
+    #[test]
+    fn conflicts_errors_and_failed_removals_are_problems() {
+        let mut conflict = written("a", 0);
+        conflict.phase = ManifestPhase::Conflict;
+        conflict.message = Some("taken".into());
+        let mut error = written("b", 0);
+        error.phase = ManifestPhase::Error;
+        let removal = PodReport {
+            set_namespace: "kube-system".into(),
+            set_name: "old".into(),
+            phase: ManifestPhase::Removing,
+            ..PodReport::default()
+        };
+        let r = build(
+            NODE,
+            None,
+            &[conflict, error],
+            &[removal],
+            pods(vec![]),
+            t(0),
+        );
+        assert_eq!(r.status.summary.assigned, 2);
+        assert_eq!(r.status.summary.problems, 3);
+        assert_eq!(r.status.pods.len(), 3);
+        assert_eq!(r.status.pods[0].message.as_deref(), Some("taken"));
+    }
+
+    #[test]
+    fn status_writes_only_on_change_or_heartbeat() {
+        let hb = Duration::from_secs(30);
+        let status = |ready: i32, at: u64| NodeStaticPodsStatus {
+            last_sync_time: Some(to_time(t(at))),
+            summary: NodeSummary {
+                ready,
+                ..NodeSummary::default()
+            },
+            ..NodeStaticPodsStatus::default()
+        };
+        // Never written: write.
+        assert!(should_patch(None, None, &status(0, 100), t(100), hb));
+        // Same content, recent sync time: skip.
+        assert!(!should_patch(
+            Some(&status(0, 90)),
+            None,
+            &status(0, 100),
+            t(100),
+            hb
+        ));
+        // Same content, stale sync time: heartbeat.
+        assert!(should_patch(
+            Some(&status(0, 60)),
+            None,
+            &status(0, 100),
+            t(100),
+            hb
+        ));
+        // Changed content: write at once.
+        assert!(should_patch(
+            Some(&status(0, 90)),
+            None,
+            &status(1, 100),
+            t(100),
+            hb
+        ));
+        // Our own write is not in the cache yet: do not repeat it.
+        let last = LastPatch {
+            status: status(1, 95),
+            at: t(95),
+        };
+        assert!(!should_patch(
+            Some(&status(0, 60)),
+            Some(&last),
+            &status(1, 100),
+            t(100),
+            hb
+        ));
+        // ...until the heartbeat is due.
+        assert!(should_patch(
+            Some(&status(0, 60)),
+            Some(&last),
+            &status(1, 125),
+            t(125),
+            hb
+        ));
+    }
+}

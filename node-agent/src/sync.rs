@@ -1,0 +1,95 @@
+//! One pass over the manifest directory: scan, plan, execute. Blocking file I/O only; the API side
+//! (what is assigned, where the status goes) belongs to the caller.
+
+use std::time::SystemTime;
+
+use staticpodset_api::keys::parse_manifest_file_name;
+use staticpodset_api::{AssignedPod, ManifestPhase, PodReport};
+use tracing::{info, info_span, warn};
+
+use crate::manifest_dir::{Action, DirError, ManifestDir};
+use crate::plan::{plan, SetKey};
+use crate::report::{outcomes, unreadable_dir, SetOutcome};
+
+/// What one pass did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirSync {
+    /// One outcome per assigned set.
+    pub sets: Vec<SetOutcome>,
+    /// Reports for owned files that could not be removed.
+    pub removals: Vec<PodReport>,
+    /// Manifests written.
+    pub written: u64,
+    /// Manifests removed.
+    pub removed: u64,
+    /// Whether anything failed (reading the directory, a write, a removal).
+    pub failed: bool,
+}
+
+impl DirSync {
+    /// Assigned sets in conflict.
+    pub fn conflicts(&self) -> usize {
+        self.sets
+            .iter()
+            .filter(|s| s.phase == ManifestPhase::Conflict)
+            .count()
+    }
+}
+
+/// Brings the directory to the `assigned` state. Call it only with API data in hand: the caller's
+/// knowing what is assigned is what allows removals.
+pub fn sync_directory(dir: &ManifestDir, assigned: &[AssignedPod], now: SystemTime) -> DirSync {
+    let scan = match dir.scan() {
+        Ok(scan) => scan,
+        Err(e) => {
+            warn!(error = %e, "cannot read the manifest directory; nothing written or removed");
+            let sets: Vec<SetKey> = assigned.iter().map(SetKey::of).collect();
+            return DirSync {
+                sets: unreadable_dir(&sets, &e),
+                removals: Vec::new(),
+                written: 0,
+                removed: 0,
+                failed: true,
+            };
+        }
+    };
+    let plan = plan(Some(assigned), &scan);
+    let results = dir.execute(&plan.actions);
+    let mut sync = DirSync {
+        sets: Vec::new(),
+        removals: Vec::new(),
+        written: 0,
+        removed: 0,
+        failed: false,
+    };
+    for (action, result) in plan.actions.iter().zip(&results) {
+        let set = parse_manifest_file_name(action.file_name())
+            .map(|(ns, name)| format!("{ns}/{name}"))
+            .unwrap_or_default();
+        let _span = info_span!("manifest", set = %set, file = action.file_name()).entered();
+        match (action, result) {
+            (Action::Write { expected, .. }, Ok(())) => {
+                sync.written += 1;
+                if expected.is_some() {
+                    info!("manifest rewritten");
+                } else {
+                    info!("manifest written");
+                }
+            }
+            (Action::Remove { .. }, Ok(())) => {
+                sync.removed += 1;
+                info!("manifest removed: the set no longer selects this node");
+            }
+            // A concurrent edit: not a failure, the change's own inotify event brings the next sync.
+            (_, Err(e @ DirError::Changed { .. })) => {
+                info!(reason = %e, "manifest action deferred")
+            }
+            (_, Err(e)) => {
+                sync.failed = true;
+                warn!(error = %e, "manifest action failed");
+            }
+        }
+    }
+    (sync.sets, sync.removals) = outcomes(&plan, &results, now);
+    sync
+}
