@@ -1,0 +1,36 @@
+# shellcheck shell=bash
+# Helpers for the product's end-to-end suites: the cluster harness's settings plus installing
+# StaticPodSet into the running cluster with helm, from images we build and import ourselves.
+source "$(dirname "${BASH_SOURCE[0]}")/cluster/lib/common.sh"
+: "${KUBECONFIG:?KUBECONFIG must point at the test cluster (tests/e2e/cluster/up prints it)}"
+
+RELEASE=${RELEASE:-sps}
+RELEASE_NS=${RELEASE_NS:-staticpodset-system}
+PRODUCT_IMAGES=$CACHE_DIR/product-images
+E2E_NS=${E2E_NS:-sps-e2e}
+
+fail() {
+  log "FAIL: $*"
+  kubectl get sps,pods -A -o wide >&2 || true
+  kubectl get nodestaticpods -o yaml >&2 || true
+  exit 1
+}
+
+# Builds both images, imports them into every node, and installs/upgrades the chart. Idempotent.
+install_product() {
+  timed "product images" bash "$REPO_ROOT/images/build.sh" "$PRODUCT_IMAGES"
+  timed "image load" bash "$HARNESS_DIR/load-image" "$PRODUCT_IMAGES/operator.tar" "$PRODUCT_IMAGES/node-agent.tar"
+  timed "helm install" helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/staticpodset" \
+    --namespace "$RELEASE_NS" --create-namespace --wait --timeout 5m \
+    --set image.tag=dev --set image.pullPolicy=Never \
+    --set agent.manifestDir="$MANIFESTS_ROOT" --set agent.manifestSubPathExpr='$(NODE_NAME)' \
+    --set agent.manifestDirType=DirectoryOrCreate --set agent.resyncInterval=10s \
+    --set operator.logFormat=text --set agent.logFormat=text
+}
+
+# jsonpath of a set's status field, empty when absent.
+sps_status() { kubectl get sps -n "$E2E_NS" "$1" -o "jsonpath={.status.$2}" 2>/dev/null; }
+
+mirror_ready() { # ns pod
+  [[ $(kubectl get pod -n "$1" "$2" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
+}
