@@ -3,11 +3,19 @@ STATICPODSET_CACHE ?= $(HOME)/.cache/staticpodset
 export STATICPODSET_CACHE
 export CARGO_TARGET_DIR ?= $(STATICPODSET_CACHE)/target
 
-.PHONY: test unit lint crds cluster-up cluster-down
+.PHONY: test demo unit lint crds images cluster-up cluster-down
 
 ## test: everything — lints, unit tests, real cluster up, e2e suites, cluster down
 test:
 	bash tests/run-all.sh
+
+## demo: local cluster + chart + examples/static-web.yaml, left running
+demo:
+	bash tests/e2e/demo.sh
+
+## images: operator and agent OCI archives (images/build.sh)
+images:
+	bash images/build.sh
 
 ## unit: cargo tests only (no cluster)
 unit:
