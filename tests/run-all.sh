@@ -40,6 +40,8 @@ suite "cargo fmt" cargo fmt --all -- --check
 suite "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 suite "cargo test" cargo test --workspace --locked
 
+# Every run starts from a clean cluster: a previous run or session may have been cut off mid-way.
+tests/e2e/cluster/down
 up_out=$(tests/e2e/cluster/up)
 eval "$(tail -n 1 <<<"$up_out")"
 export PATH="$STATICPODSET_CACHE/k8s-v1.36.3/bin:$STATICPODSET_CACHE/tools/bin:$PATH"
