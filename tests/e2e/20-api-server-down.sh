@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Static pods must outlive the API server, and so must their manifests:
+#   a set runs on both nodes -> stop kube-apiserver -> kill both agents' containers (the kubelet
+#   restarts them with no API server to talk to) -> the restarted agents leave the directory alone and
+#   the static pods keep running -> start kube-apiserver -> the set is Ready again, manifests unchanged.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$HARNESS_DIR/lib/control-plane.sh"
+
+A=${NODES[0]} B=${NODES[1]}
+passed=0
+ok() { passed=$((passed + 1)); log "ok: $*"; }
+restore_api() { daemon_running kube-apiserver || start_apiserver >/dev/null 2>&1 || true; }
+cleanup() {
+  restore_api
+  kubectl delete sps -n "$E2E_NS" survivor --wait=true --timeout=120s >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+install_product
+kubectl create namespace "$E2E_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -f - >/dev/null <<YAML
+apiVersion: staticpods.dev/v1alpha1
+kind: StaticPodSet
+metadata: {name: survivor, namespace: $E2E_NS}
+spec:
+  template:
+    metadata: {labels: {app: survivor}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - {name: main, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: [sleep, "100000"]}
+YAML
+both_ready() { mirror_ready "$E2E_NS" "survivor-$A" && mirror_ready "$E2E_NS" "survivor-$B"; }
+wait_for "survivor Ready on both nodes" 180 both_ready || fail "survivor not Ready on both nodes"
+ok "survivor Ready on both nodes"
+
+sums=$(sha256sum "$(static_pod_dir "$A")"/staticpodset_* "$(static_pod_dir "$B")"/staticpodset_*)
+crictl_on() { local n=$1; shift; crictl --runtime-endpoint "unix://$(containerd_sock "$n")" "$@"; }
+running_id() { crictl_on "$1" ps -q --name "$2" --state running | head -n1; }
+declare -A agent_before workload_before
+for n in "$A" "$B"; do
+  agent_before[$n]=$(running_id "$n" agent)
+  workload_before[$n]=$(running_id "$n" main)
+  [[ -n ${agent_before[$n]} && -n ${workload_before[$n]} ]] || fail "agent or workload container missing on $n"
+done
+
+log "stopping kube-apiserver"
+kill -TERM "$(cat "$PID_DIR/kube-apiserver.pid")"
+wait_for "kube-apiserver to exit" 60 bash -c "! kill -0 $(cat "$PID_DIR/kube-apiserver.pid")" || fail "kube-apiserver did not stop"
+rm -f "$PID_DIR/kube-apiserver.pid"
+
+for n in "$A" "$B"; do crictl_on "$n" stop --timeout 5 "${agent_before[$n]}" >/dev/null; done
+agent_restarted() { # node
+  local id; id=$(running_id "$1" agent)
+  [[ -n $id && $id != "${agent_before[$1]}" ]]
+}
+for n in "$A" "$B"; do
+  wait_for "agent restarted on $n" 120 agent_restarted "$n" || fail "the kubelet did not restart the agent on $n"
+done
+ok "both agents restarted while the API server is down"
+
+# The restarted agents must have started, found no API server, and left everything as it was. Their
+# own log says when they gave up waiting for the first list; until then, poll what must stay true.
+agent_logged_api_error() { crictl_on "$1" logs "$(running_id "$1" agent)" 2>&1 | grep -qiE "error|unreachable|refused|retry"; }
+for n in "$A" "$B"; do
+  wait_for "agent on $n to report the unreachable API" 60 agent_logged_api_error "$n" ||
+    fail "agent on $n never reported the unreachable API server"
+done
+sha256sum -c <<<"$sums" >/dev/null || fail "manifests changed while the API server was down"
+for n in "$A" "$B"; do
+  [[ $(running_id "$n" main) == "${workload_before[$n]}" ]] || fail "the static pod's container on $n was restarted or stopped"
+done
+ok "with no API server: manifests unchanged, static pods untouched on both nodes"
+
+log "starting kube-apiserver again"
+start_apiserver
+wait_for "survivor Ready again" 180 both_ready || fail "survivor not Ready after the API server came back"
+sha256sum -c <<<"$sums" >/dev/null || fail "manifests changed after the API server came back"
+for n in "$A" "$B"; do
+  [[ $(running_id "$n" main) == "${workload_before[$n]}" ]] || fail "static pod restarted on $n after the API came back"
+done
+ok "API server back: same containers, same manifests, set Ready"
+echo "20-api-server-down: $passed passed, 0 failed"
