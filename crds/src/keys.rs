@@ -59,7 +59,10 @@ mod tests {
     fn file_names_round_trip() {
         let f = manifest_file_name("kube-system", "vip.manager");
         assert_eq!(f, "staticpodset_kube-system_vip.manager.yaml");
-        assert_eq!(parse_manifest_file_name(&f), Some(("kube-system", "vip.manager")));
+        assert_eq!(
+            parse_manifest_file_name(&f),
+            Some(("kube-system", "vip.manager"))
+        );
     }
 
     #[test]

@@ -5,11 +5,63 @@
 //! - [`NodeStaticPods`]: one per node, written by the operator and read by that node's agent only;
 //!   it carries exactly the manifests that node must run, and the agent reports back in its status.
 //!
-//! The CRD YAML under `crds/` is generated from these types by `cargo run -p staticpodset-api --bin crdgen`.
+//! The CRD YAML under `crds/` is generated from these types by
+//! `cargo run -p staticpodset-api --bin crdgen -- crds/`; use [`crds`], not `StaticPodSet::crd()`,
+//! wherever a CRD is needed (see [`crds`] for why).
+//!
+//! [`validation`] holds what a static pod may not contain, as CEL rules in the CRD and as Rust.
 
+#![deny(missing_docs)]
+
+mod crd_schema;
 pub mod keys;
 pub mod node_static_pods;
 pub mod static_pod_set;
+pub mod validation;
 
 pub use node_static_pods::*;
 pub use static_pod_set::*;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// The CustomResourceDefinitions of StaticPodSet, as they are installed: what `crdgen` prints and
+/// what is checked in under `crds/`.
+///
+/// `StaticPodSet::crd()` alone is the raw derive output: it embeds the whole upstream
+/// PodTemplateSpec schema with all its descriptions (about 340 KB of JSON, more than the 256 KiB
+/// `kubectl apply` can store in its last-applied-configuration annotation) and lacks the CEL rules
+/// that reject what a static pod may not contain. This function drops the upstream descriptions
+/// below `spec.template` (the structural validation stays), bounds the lists the rules iterate
+/// and adds the rules; see the `crd_schema` module. It also joins our wrapped doc lines into
+/// paragraphs for `kubectl explain`.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    let mut static_pod_set = StaticPodSet::crd();
+    crd_schema::finish_static_pod_set(&mut static_pod_set);
+    let mut crds = vec![static_pod_set, NodeStaticPods::crd()];
+    for crd in &mut crds {
+        crd_schema::unwrap_descriptions(crd);
+    }
+    crds
+}
+
+/// The checked-in CRD files: `(file name, YAML)` per CRD of [`crds`], one CRD per file, named
+/// `<crd name>.yaml` (for example `staticpodsets.staticpods.dev.yaml`).
+pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    crds()
+        .iter()
+        .map(|crd| {
+            let name = crd
+                .metadata
+                .name
+                .as_deref()
+                .unwrap_or(&crd.spec.names.plural);
+            let yaml = serde_yaml::to_string(crd)?;
+            Ok((format!("{name}.yaml"), format!("{CRD_FILE_HEADER}{yaml}")))
+        })
+        .collect()
+}
+
+/// First lines of every generated CRD file.
+const CRD_FILE_HEADER: &str = "# Generated from the Rust types in crds/src by \
+`cargo run -p staticpodset-api --bin crdgen -- crds/`. Do not edit.\n";

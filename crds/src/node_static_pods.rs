@@ -5,9 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The static pods one node must run. There is one per node, named after the node; the operator
-/// writes its spec and only that node's agent reads it, so each agent receives exactly what concerns
-/// its own node. The agent reports what it wrote and what the kubelet runs in the status.
+/// The static pods one node must run, written by the operator.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
 #[kube(
     group = "staticpods.dev",
@@ -16,6 +14,7 @@ use serde::{Deserialize, Serialize};
     plural = "nodestaticpods",
     shortname = "nsp",
     status = "NodeStaticPodsStatus",
+    doc = "The static pods one node must run. There is one per node, named after the node; the operator writes its spec and only that node's agent reads it, so each agent receives exactly what concerns its own node. The agent reports what it wrote and what the kubelet runs in the status.",
     printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.summary.assigned"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.summary.ready"}"#,
     printcolumn = r#"{"name":"Problems","type":"integer","jsonPath":".status.summary.problems"}"#,

@@ -6,10 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A pod that every selected node runs as a kubelet static pod, so it keeps running while the API
-/// server is down. The operator renders the template into one manifest per node; each node's agent
-/// writes it into the kubelet's staticPodPath. The kubelet then runs the pod and publishes it as the
-/// mirror pod `<set name>-<node name>` in the set's namespace.
+/// What a StaticPodSet runs and where: the pod template and the nodes that run it.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
 #[kube(
     group = "staticpods.dev",
@@ -18,6 +15,7 @@ use serde::{Deserialize, Serialize};
     namespaced,
     shortname = "sps",
     status = "StaticPodSetStatus",
+    doc = "A pod that every selected node runs as a kubelet static pod, so it keeps running while the API server is down. The operator renders the template into one manifest per node; each node's agent writes it into the kubelet's staticPodPath; the kubelet runs the pod and publishes it as the mirror pod `<set name>-<node name>` in the set's namespace. The name of a StaticPodSet must be a DNS-1123 label (lowercase letters, digits and '-', no dots) of at most 40 characters: it names the static pod, and the kubelet names the mirror pod `<set name>-<node name>` and uses that name, cut to 63 characters, as the pod's hostname.",
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredNumberScheduled"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.numberReady"}"#,
     printcolumn = r#"{"name":"Up-to-date","type":"integer","jsonPath":".status.updatedNumberScheduled"}"#,
@@ -28,9 +26,15 @@ pub struct StaticPodSetSpec {
     /// The pod every selected node runs. Its labels and annotations reach the mirror pods, so
     /// selectors work on them. The static pod is named after the set and lives in the set's
     /// namespace; the kubelet appends `-<node name>` for the mirror pod.
-    /// Static pods cannot reference other API objects: no serviceAccountName, Secrets, ConfigMaps,
-    /// PersistentVolumeClaims, projected service account tokens, CSI or ephemeral volumes,
-    /// resource claims or imagePullSecrets, and no ephemeral containers. Such a template is rejected.
+    /// Static pods cannot reference other API objects, so a template is rejected that sets
+    /// serviceAccountName, automountServiceAccountToken: true, imagePullSecrets,
+    /// ephemeralContainers or resourceClaims; that uses secret, configMap, persistentVolumeClaim,
+    /// ephemeral, csi, glusterfs or azureFile volumes, a secretRef in any volume, or secret,
+    /// configMap, serviceAccountToken, clusterTrustBundle or podCertificate projections; or that
+    /// takes env or envFrom from a Secret or ConfigMap. Files from the node go in hostPath volumes.
+    /// Lists are bounded: 64 containers per list, 256 volumes, 512 env and 64 envFrom entries per
+    /// container, 64 projected sources per volume.
+    /// The fields below are those of a Pod: see `kubectl explain pod.spec` for their docs.
     pub template: PodTemplateSpec,
 
     /// Which nodes run the pod, by the Nodes' labels. Empty or absent selects every node.
