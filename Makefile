@@ -25,9 +25,10 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-## crds: regenerate the CRD YAML from the Rust types
+## crds: regenerate the CRD YAML from the Rust types (crds/ and the chart's copy)
 crds:
 	cargo run -q -p staticpodset-api --bin crdgen -- crds/
+	cargo run -q -p staticpodset-api --bin crdgen -- charts/staticpodset/crds/
 
 cluster-up:
 	bash tests/e2e/cluster/up
