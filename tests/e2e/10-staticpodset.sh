@@ -24,6 +24,12 @@ cleanup() {
 trap cleanup EXIT
 
 install_product
+explain=$(kubectl explain staticpodset.spec)
+for want in "nodeSelector" "template" "Which nodes run the pod" "static pod"; do
+  grep -q "$want" <<<"$explain" || fail "kubectl explain staticpodset.spec lacks '$want':
+$explain"
+done
+ok "kubectl explain staticpodset.spec documents the fields"
 kubectl create namespace "$E2E_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 
 # A kubeadm-style manifest we do not own, next to ours. It must stay byte-for-byte untouched.
