@@ -221,19 +221,24 @@ async fn sync_once(
     let now = SystemTime::now();
     let dir = ctx.dir.clone();
     let assigned = object.spec.pods.clone();
-    let dir_sync =
-        match tokio::task::spawn_blocking(move || sync_directory(&dir, &assigned, now)).await {
-            Ok(s) => s,
-            Err(source) => {
-                let e = AgentError::SyncTask {
-                    node: node.clone(),
-                    source,
-                };
-                warn!(error = %e, "sync failed");
-                ctx.metrics.sync_errors.inc();
-                return None;
-            }
-        };
+    // The blocking thread does not inherit the span; carry it over so its logs name the node.
+    let span = tracing::Span::current();
+    let dir_sync = match tokio::task::spawn_blocking(move || {
+        span.in_scope(|| sync_directory(&dir, &assigned, now))
+    })
+    .await
+    {
+        Ok(s) => s,
+        Err(source) => {
+            let e = AgentError::SyncTask {
+                node: node.clone(),
+                source,
+            };
+            warn!(error = %e, "sync failed");
+            ctx.metrics.sync_errors.inc();
+            return None;
+        }
+    };
     record(&ctx.metrics, &dir_sync);
     ctx.readiness.send_replace(Readiness::Ready);
 

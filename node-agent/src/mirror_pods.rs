@@ -36,10 +36,15 @@ pub fn is_ours(pod: &Pod) -> bool {
     is_mirror_pod(pod) && annotation(pod, ANNOTATION_SET).is_some()
 }
 
-/// The report for a mirror pod, or `None` if `pod` is not a mirror pod (an ordinary pod that
-/// happens to have the name says nothing about the static pod).
-pub fn mirror_report(pod: &Pod, written_revision: Option<&str>) -> Option<MirrorPodReport> {
-    if !is_mirror_pod(pod) {
+/// The report for the mirror pod of set `set` (`<namespace>/<name>`), or `None` if `pod` is not
+/// one: an ordinary pod that happens to have the name, or the mirror of someone else's static pod
+/// (kubeadm's, say), says nothing about ours.
+pub fn mirror_report(
+    pod: &Pod,
+    set: &str,
+    written_revision: Option<&str>,
+) -> Option<MirrorPodReport> {
+    if !is_mirror_pod(pod) || annotation(pod, ANNOTATION_SET) != Some(set) {
         return None;
     }
     let revision = annotation(pod, ANNOTATION_REVISION).map(str::to_owned);
@@ -72,6 +77,8 @@ pub fn mirror_report(pod: &Pod, written_revision: Option<&str>) -> Option<Mirror
 mod tests {
     use super::*;
     use serde_json::json;
+
+    const SET: &str = "kube-system/vip";
 
     fn mirror(revision: &str, ready: &str) -> Pod {
         serde_json::from_value(json!({
@@ -111,7 +118,7 @@ mod tests {
 
     #[test]
     fn reports_a_ready_up_to_date_mirror() {
-        let report = mirror_report(&mirror("r1", "True"), Some("r1")).expect("mirror");
+        let report = mirror_report(&mirror("r1", "True"), SET, Some("r1")).expect("mirror");
         assert_eq!(report.name, "vip-node-1");
         assert_eq!(report.uid, "u-1");
         assert_eq!(report.revision.as_deref(), Some("r1"));
@@ -127,12 +134,12 @@ mod tests {
 
     #[test]
     fn an_old_revision_or_unready_pod_says_so() {
-        let report = mirror_report(&mirror("r1", "False"), Some("r2")).expect("mirror");
+        let report = mirror_report(&mirror("r1", "False"), SET, Some("r2")).expect("mirror");
         assert!(!report.up_to_date);
         assert!(!report.ready);
         assert_eq!(report.ready_since, None);
         assert!(
-            !mirror_report(&mirror("r1", "True"), None)
+            !mirror_report(&mirror("r1", "True"), SET, None)
                 .expect("mirror")
                 .up_to_date
         );
@@ -142,8 +149,21 @@ mod tests {
     fn an_ordinary_pod_is_no_mirror() {
         let mut pod = mirror("r1", "True");
         pod.metadata.annotations = None;
-        assert_eq!(mirror_report(&pod, Some("r1")), None);
+        assert_eq!(mirror_report(&pod, SET, Some("r1")), None);
         assert!(!is_ours(&pod));
         assert!(is_ours(&mirror("r1", "True")));
+    }
+
+    #[test]
+    fn another_sets_or_a_foreign_mirror_is_not_ours() {
+        assert_eq!(
+            mirror_report(&mirror("r1", "True"), "kube-system/other", Some("r1")),
+            None
+        );
+        let mut kubeadm = mirror("r1", "True");
+        if let Some(a) = kubeadm.metadata.annotations.as_mut() {
+            a.remove(ANNOTATION_SET);
+        }
+        assert_eq!(mirror_report(&kubeadm, SET, None), None);
     }
 }

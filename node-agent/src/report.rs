@@ -146,8 +146,14 @@ pub fn build(
             name: outcome.set.name.clone(),
         });
         let mirror_key = mirror_pod_key(&static_pod, node);
-        let mirror = find_pod(&mirror_key)
-            .and_then(|p| mirror_report(&p, outcome.written_revision.as_deref()));
+        let holder = find_pod(&mirror_key);
+        let mirror = holder.as_ref().and_then(|p| {
+            mirror_report(
+                p,
+                &outcome.set.to_string(),
+                outcome.written_revision.as_deref(),
+            )
+        });
         let mut message = outcome.message.clone();
         let mut problem = matches!(
             outcome.phase,
@@ -156,11 +162,17 @@ pub fn build(
         let up_to_date = mirror.as_ref().is_some_and(|m| m.up_to_date);
         if outcome.phase == ManifestPhase::Written && !up_to_date {
             let deadline = outcome.written_at.map(|t| t + MIRROR_GRACE);
-            if deadline.is_some_and(|d| d > now) {
-                recheck_at = recheck_at.min(deadline).or(deadline);
+            if let Some(d) = deadline.filter(|d| *d > now) {
+                recheck_at = Some(recheck_at.map_or(d, |r| r.min(d)));
             } else {
                 let revision = outcome.written_revision.as_deref().unwrap_or("?");
                 message = Some(match &mirror {
+                    None if holder.is_some() => {
+                        problem = true;
+                        format!(
+                            "pod {mirror_key} exists but is not the mirror pod of this set, so                              the kubelet cannot publish the static pod under that name; delete                              that pod or rename the set"
+                        )
+                    }
                     None => {
                         problem = true;
                         format!(
@@ -312,7 +324,8 @@ mod tests {
             serde_json::from_value(json!({
                 "metadata": {
                     "name": format!("{name}-{NODE}"), "namespace": "kube-system", "uid": "u",
-                    "annotations": {"kubernetes.io/config.mirror": "h", "staticpods.dev/revision": revision},
+                    "annotations": {"kubernetes.io/config.mirror": "h", "staticpods.dev/revision": revision,
+                                    "staticpods.dev/set": format!("kube-system/{name}")},
                 },
                 "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
             }))
@@ -473,6 +486,26 @@ mod tests {
             t(999),
         );
         assert_eq!(later.status.pods, late.status.pods);
+    }
+
+    #[test]
+    fn a_pod_squatting_the_mirror_name_is_named() {
+        let mut squatter = (*mirror("vip", "r2", true)).clone();
+        squatter.metadata.annotations = None;
+        let r = build(
+            NODE,
+            None,
+            &[written("vip", 0)],
+            &[],
+            pods(vec![Arc::new(squatter)]),
+            t(100),
+        );
+        assert_eq!(r.status.pods[0].mirror_pod, None);
+        assert!(r.status.pods[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("is not the mirror pod")));
+        assert_eq!(r.status.summary.problems, 1);
     }
 
     #[test]

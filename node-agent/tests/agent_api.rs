@@ -1,0 +1,413 @@
+//! The whole agent loop against an in-process fake API server (list, watch, status patch) and a real
+//! temp directory: nothing is touched without API data, nothing while the object is missing, the
+//! assigned state once it exists, and drift is restored from the cache while the API server is down.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use serde_json::{json, Value};
+use staticpodset_api::keys::{manifest_file_name, ANNOTATION_REVISION, ANNOTATION_SET};
+use staticpodset_node_agent::agent::{self, Context};
+use staticpodset_node_agent::http::Readiness;
+use staticpodset_node_agent::manifest_dir::ManifestDir;
+use staticpodset_node_agent::metrics::Metrics;
+use tokio::sync::{mpsc, oneshot, watch};
+
+const NODE: &str = "node-1";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// What the fake API server serves and what it received.
+#[derive(Default)]
+struct ApiState {
+    down: bool,
+    node_static_pods: Option<Value>,
+    pods: Vec<Value>,
+    nsp_watches: Vec<mpsc::UnboundedSender<Bytes>>,
+    pod_watches: Vec<mpsc::UnboundedSender<Bytes>>,
+    // Events since the list's resourceVersion, replayed to every new watch as the API server
+    // would, so an event is not lost to a watch that connects late.
+    nsp_history: Vec<Bytes>,
+    pod_history: Vec<Bytes>,
+    requests: Vec<String>,
+    patches: Vec<(String, Value)>,
+}
+
+type Shared = Arc<Mutex<ApiState>>;
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, ApiState> {
+    state.lock().expect("fake API state")
+}
+
+fn full(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed_unsync())
+        .expect("response")
+}
+
+fn stream(rx: mpsc::UnboundedReceiver<Bytes>) -> Response<Body> {
+    let frames = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(StreamBody::new(frames).boxed_unsync())
+        .expect("response")
+}
+
+fn watch_event(kind: &str, object: &Value) -> Bytes {
+    Bytes::from(format!("{}\n", json!({"type": kind, "object": object})))
+}
+
+async fn handle(state: Shared, req: Request<kube::client::Body>) -> Response<Body> {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let body = req.into_body().collect_bytes().await.unwrap_or_default();
+    let mut s = lock(&state);
+    s.requests.push(format!("{method} {uri}"));
+    if s.down {
+        return full(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "ServiceUnavailable", "code": 503, "message": "down"}),
+        );
+    }
+    let path = uri.path();
+    let query = uri.query().unwrap_or_default();
+    let watching = query.contains("watch=true");
+    match (method.as_str(), path) {
+        ("GET", "/apis/staticpods.dev/v1alpha1/nodestaticpods") => {
+            assert!(
+                query.contains(&format!("metadata.name%3D{NODE}")),
+                "{query}"
+            );
+            if watching {
+                let (tx, rx) = mpsc::unbounded_channel();
+                for event in &s.nsp_history {
+                    let _ = tx.send(event.clone());
+                }
+                s.nsp_watches.push(tx);
+                return stream(rx);
+            }
+            let items: Vec<Value> = s.node_static_pods.iter().cloned().collect();
+            full(
+                StatusCode::OK,
+                &json!({"apiVersion": "staticpods.dev/v1alpha1", "kind": "NodeStaticPodsList",
+                        "metadata": {"resourceVersion": "10"}, "items": items}),
+            )
+        }
+        ("GET", "/api/v1/pods") => {
+            assert!(
+                query.contains(&format!("spec.nodeName%3D{NODE}")),
+                "{query}"
+            );
+            if watching {
+                let (tx, rx) = mpsc::unbounded_channel();
+                for event in &s.pod_history {
+                    let _ = tx.send(event.clone());
+                }
+                s.pod_watches.push(tx);
+                return stream(rx);
+            }
+            full(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "PodList",
+                        "metadata": {"resourceVersion": "10"}, "items": s.pods}),
+            )
+        }
+        ("PATCH", p)
+            if p == format!("/apis/staticpods.dev/v1alpha1/nodestaticpods/{NODE}/status") =>
+        {
+            let patch: Value = serde_json::from_slice(&body).expect("patch body is JSON");
+            s.patches.push((query.to_owned(), patch.clone()));
+            let mut object = s.node_static_pods.clone().unwrap_or(Value::Null);
+            object["status"] = patch["status"].clone();
+            full(StatusCode::OK, &object)
+        }
+        _ => full(
+            StatusCode::NOT_FOUND,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "NotFound", "code": 404, "message": format!("{method} {path}")}),
+        ),
+    }
+}
+
+fn manifest(set: &str, rev: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": set,
+            "namespace": "kube-system",
+            "annotations": {ANNOTATION_SET: format!("kube-system/{set}"), ANNOTATION_REVISION: rev},
+        },
+        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
+    })
+}
+
+fn node_static_pods(sets: &[&str], rv: u32) -> Value {
+    let pods: Vec<Value> = sets
+        .iter()
+        .map(|set| {
+            json!({
+                "setNamespace": "kube-system",
+                "setName": set,
+                "revision": "r1",
+                "fileName": manifest_file_name("kube-system", set),
+                "manifest": manifest(set, "r1"),
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "staticpods.dev/v1alpha1",
+        "kind": "NodeStaticPods",
+        "metadata": {"name": NODE, "resourceVersion": rv.to_string(), "generation": 1},
+        "spec": {"pods": pods},
+    })
+}
+
+fn listing(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| {
+            let e = e.expect("entry");
+            (
+                e.file_name().into_string().expect("utf-8"),
+                fs::read(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Polls `check` until it holds or the deadline passes.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn readiness_becomes(
+    rx: &mut watch::Receiver<Readiness>,
+    what: &str,
+    f: impl Fn(&Readiness) -> bool,
+) {
+    tokio::time::timeout(DEADLINE, rx.wait_for(|r| f(r)))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for readiness: {what}"))
+        .expect("readiness sender alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kubeadm =
+        b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\n  namespace: kube-system\n";
+    fs::write(tmp.path().join("kube-apiserver.yaml"), kubeadm).expect("write");
+    // An owned manifest from before the restart, for a set the spec will no longer list.
+    let old = staticpodset_node_agent::plan::render_manifest(
+        &serde_json::from_value(node_static_pods(&["old"], 1)["spec"]["pods"][0].clone())
+            .expect("assigned pod"),
+    )
+    .expect("render")
+    .content;
+    fs::write(
+        tmp.path().join(manifest_file_name("kube-system", "old")),
+        &old,
+    )
+    .expect("write");
+    let before = listing(tmp.path());
+
+    let state: Shared = Arc::new(Mutex::new(ApiState {
+        down: true,
+        ..ApiState::default()
+    }));
+    let service = {
+        let state = state.clone();
+        tower::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, req).await) }
+        })
+    };
+    let client = kube::Client::new(service, "default");
+    let (readiness, mut ready_rx) = watch::channel(Readiness::NotReady("starting".into()));
+    let ctx = Context {
+        client,
+        node_name: NODE.into(),
+        dir: ManifestDir::new(tmp.path()),
+        metrics: Metrics::new().expect("metrics"),
+        readiness,
+        resync_interval: Duration::from_secs(3600),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(agent::run(ctx, async move {
+        let _ = stopped.await;
+    }));
+
+    // 1. No API server: the directory is left alone.
+    eventually("a list attempt", || !lock(&state).requests.is_empty()).await;
+    readiness_becomes(
+        &mut ready_rx,
+        "waiting for the first list",
+        |r| matches!(r, Readiness::NotReady(m) if m.contains("first list")),
+    )
+    .await;
+    assert_eq!(listing(tmp.path()), before);
+
+    // 2. The API answers, but the object does not exist: still left alone.
+    lock(&state).down = false;
+    readiness_becomes(
+        &mut ready_rx,
+        "object missing",
+        |r| matches!(r, Readiness::NotReady(m) if m.contains("does not exist")),
+    )
+    .await;
+    assert_eq!(listing(tmp.path()), before);
+
+    // 3. The object appears: the assigned manifest is written, the unlisted owned one removed,
+    //    kubeadm's file untouched, and the status reported by server-side apply.
+    let object = node_static_pods(&["vip"], 11);
+    {
+        let mut s = lock(&state);
+        s.node_static_pods = Some(object.clone());
+        let event = watch_event("ADDED", &object);
+        s.nsp_history.push(event.clone());
+        for w in &s.nsp_watches {
+            let _ = w.send(event.clone());
+        }
+    }
+    readiness_becomes(&mut ready_rx, "ready", |r| *r == Readiness::Ready).await;
+    let vip = tmp.path().join(manifest_file_name("kube-system", "vip"));
+    eventually("the vip status report", || {
+        lock(&state)
+            .patches
+            .iter()
+            .any(|(_, p)| p["status"]["pods"][0]["phase"] == "Written")
+    })
+    .await;
+    let files: Vec<String> = listing(tmp.path()).into_keys().collect();
+    assert_eq!(
+        files,
+        vec![
+            "kube-apiserver.yaml".to_owned(),
+            manifest_file_name("kube-system", "vip")
+        ]
+    );
+    assert_eq!(
+        fs::read(tmp.path().join("kube-apiserver.yaml")).expect("read"),
+        kubeadm
+    );
+    {
+        let s = lock(&state);
+        let (query, patch) = s.patches.last().expect("a patch");
+        assert!(
+            query.contains("fieldManager=staticpodset-node-agent"),
+            "{query}"
+        );
+        assert!(query.contains("force=true"), "{query}");
+        assert_eq!(patch["kind"], "NodeStaticPods");
+        assert_eq!(patch["status"]["observedGeneration"], 1);
+        assert_eq!(patch["status"]["summary"]["assigned"], 1);
+        assert_eq!(patch["status"]["pods"][0]["writtenRevision"], "r1");
+    }
+
+    // 4. The kubelet publishes the mirror pod: the report shows it ready and up to date.
+    let mirror = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": format!("vip-{NODE}"), "namespace": "kube-system", "uid": "mirror-uid",
+            "resourceVersion": "12",
+            "annotations": {"kubernetes.io/config.mirror": "h", "kubernetes.io/config.hash": "h",
+                            ANNOTATION_SET: "kube-system/vip", ANNOTATION_REVISION: "r1"},
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "True",
+                                   "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+    });
+    {
+        let mut s = lock(&state);
+        s.pods.push(mirror.clone());
+        let event = watch_event("ADDED", &mirror);
+        s.pod_history.push(event.clone());
+        for w in &s.pod_watches {
+            let _ = w.send(event.clone());
+        }
+    }
+    eventually("the mirror pod in the report", || {
+        lock(&state).patches.iter().any(|(_, p)| {
+            p["status"]["summary"]["ready"] == 1
+                && p["status"]["pods"][0]["mirrorPod"]["uid"] == "mirror-uid"
+                && p["status"]["pods"][0]["mirrorPod"]["upToDate"] == true
+        })
+    })
+    .await;
+
+    // 5. The API server goes away and someone deletes the manifest: restored from the cache.
+    {
+        let mut s = lock(&state);
+        s.down = true;
+        s.nsp_watches.clear();
+        s.pod_watches.clear();
+    }
+    let written = fs::read(&vip).expect("read");
+    fs::remove_file(&vip).expect("delete");
+    eventually("the deleted manifest restored", || {
+        fs::read(&vip).ok().as_ref() == Some(&written)
+    })
+    .await;
+    assert_eq!(
+        fs::read(tmp.path().join("kube-apiserver.yaml")).expect("read"),
+        kubeadm
+    );
+
+    // 6. The API server is back and the object was deleted meanwhile: the directory is left alone.
+    let push_nsp = |kind: &str, object: &Value| {
+        let mut s = lock(&state);
+        s.down = false;
+        s.node_static_pods = (kind != "DELETED").then(|| object.clone());
+        let event = watch_event(kind, object);
+        s.nsp_history.push(event.clone());
+        for w in &s.nsp_watches {
+            let _ = w.send(event.clone());
+        }
+    };
+    push_nsp("DELETED", &node_static_pods(&["vip"], 13));
+    readiness_becomes(
+        &mut ready_rx,
+        "object deleted",
+        |r| matches!(r, Readiness::NotReady(m) if m.contains("does not exist")),
+    )
+    .await;
+    assert_eq!(fs::read(&vip).expect("still there"), written);
+
+    // 7. An existing object that no longer lists the set: now, and only now, it is removed.
+    push_nsp("ADDED", &node_static_pods(&[], 14));
+    eventually("the unassigned manifest removed", || !vip.exists()).await;
+    assert_eq!(
+        listing(tmp.path()).into_keys().collect::<Vec<_>>(),
+        vec!["kube-apiserver.yaml".to_owned()]
+    );
+
+    let _ = stop.send(());
+    tokio::time::timeout(DEADLINE, agent)
+        .await
+        .expect("the agent stops on shutdown")
+        .expect("agent task");
+}
