@@ -1,0 +1,129 @@
+//! Command-line flags.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::node_writes::WriteMode;
+use crate::telemetry::LogFormat;
+
+/// The StaticPodSet operator: distributes StaticPodSets to their nodes' agents through one
+/// NodeStaticPods object per node, and reports the nodes' state in each set's status.
+#[derive(Debug, Parser)]
+#[command(name = "staticpodset-operator", version)]
+pub struct Args {
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9101")]
+    pub http_addr: SocketAddr,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Run the controllers only while holding the Lease; `--leader-elect=false` for a single
+    /// replica or local runs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub leader_elect: bool,
+
+    /// Name of the Lease used for leader election.
+    #[arg(long, default_value = "staticpodset-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease; defaults to the pod's namespace (POD_NAMESPACE, from the downward
+    /// API), then to the client's default namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// Lease duration in seconds: how long a leader that stopped renewing blocks the others.
+    /// The leader renews a third of it before expiry and steps down on its own before expiry
+    /// when it cannot renew.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
+
+    /// A set being deleted stops waiting for a node whose agent has not reported for this long
+    /// (also skipped: deleted and not-Ready nodes). E.g. 300s, 5m, 1h.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub node_gone_timeout: Duration,
+
+    /// How entries are written into NodeStaticPods: `apply` (server-side apply, one field manager
+    /// per set; needs the CRD's list-map on spec.pods) or `update` (read-modify-write).
+    #[arg(long, value_enum, default_value_t = WriteMode::Apply)]
+    pub node_write_mode: WriteMode,
+
+    /// NodeStaticPods writes in flight per reconcile.
+    #[arg(long, default_value_t = 16)]
+    pub node_write_concurrency: usize,
+
+    /// StaticPodSets reconciled in parallel.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: u16,
+
+    /// Every set is reconciled at least this often, as a safety net for missed events.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub resync: Duration,
+}
+
+/// Parses `90`, `90s`, `5m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 5m or 1h"))?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{text:?} is not a duration like 90s, 5m or 1h"))?;
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let a = Args::try_parse_from(["staticpodset-operator"]).unwrap();
+        assert_eq!(a.http_addr, "0.0.0.0:9101".parse().unwrap());
+        assert!(a.leader_elect);
+        assert_eq!(a.lease_name, "staticpodset-operator");
+        assert_eq!(a.node_gone_timeout, Duration::from_secs(300));
+        assert_eq!(a.node_write_mode, WriteMode::Apply);
+        assert_eq!(a.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn leader_election_can_be_turned_off() {
+        let a =
+            Args::try_parse_from(["x", "--leader-elect=false", "--log-format", "json"]).unwrap();
+        assert!(!a.leader_elect);
+        assert_eq!(a.log_format, LogFormat::Json);
+        let a = Args::try_parse_from(["x", "--leader-elect"]).unwrap();
+        assert!(a.leader_elect);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration(&format!("{}h", u64::MAX)).is_err());
+    }
+}

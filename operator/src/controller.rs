@@ -1,0 +1,754 @@
+//! The StaticPodSet controller: reconcile, error policy, and the wiring of watches and stores.
+//!
+//! One watch per kind feeds a reflector store: StaticPodSets (the controller's own), Nodes
+//! (trimmed to labels and readiness) and NodeStaticPods. Node and NodeStaticPods events are
+//! narrowed to the sets they concern ([`crate::triggers`]) and fed to the controller with
+//! `reconcile_on`. Reconcile reads only the stores and writes only where something differs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{future, stream, StreamExt};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use staticpodset_api::keys::FINALIZER;
+use staticpodset_api::validation;
+use staticpodset_api::{NodeStaticPods, StaticPodSet};
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::deletion::cleanup_decision;
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::node_match::{trim_node, NodeSelector};
+use crate::node_writes::{self, WriteMode};
+use crate::planner::{self, entry_of, report_of, MatchedNode, NodeWrite, Plan};
+use crate::render::render;
+use crate::status::{
+    self, Invalid, NodeState, Observed, REASON_INVALID_NODE_SELECTOR, REASON_INVALID_TEMPLATE,
+};
+use crate::triggers::{
+    changed_sets, node_fingerprint, node_object_fingerprint, set_ref, sets_for_node, SetKey,
+    Tracker,
+};
+use crate::Error;
+
+/// How long a reconcile waits for the Node and NodeStaticPods caches before failing.
+const STORE_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How soon a deleted set checks again whether its nodes let go of it.
+const DELETION_POLL: Duration = Duration::from_secs(3);
+/// Events' notes are limited to 1 KiB by the API.
+const MAX_EVENT_NOTE: usize = 1024;
+
+/// Tunables of the controller, from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// A deleted set stops waiting for a node whose agent has not synced for this long.
+    pub node_gone_timeout: Duration,
+    /// How entries are written into node objects.
+    pub write_mode: WriteMode,
+    /// Node object writes in flight per reconcile.
+    pub write_concurrency: usize,
+    /// Sets reconciled in parallel.
+    pub reconcile_concurrency: u16,
+    /// Every set is reconciled at least this often, as a safety net for missed events.
+    pub resync: Duration,
+}
+
+/// Everything a reconcile needs. One per leadership term; no global state.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Publishes Events on sets.
+    pub recorder: Recorder,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Cache of StaticPodSets.
+    pub sets: Store<StaticPodSet>,
+    /// Cache of Nodes, trimmed to what matters (see [`trim_node`]).
+    pub nodes: Store<Node>,
+    /// Cache of NodeStaticPods.
+    pub node_objects: Store<NodeStaticPods>,
+    /// Tunables.
+    pub settings: Settings,
+    /// Consecutive failures per set, for the error policy's exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<StaticPodSet>, u32>>,
+}
+
+impl Context {
+    /// Creates a context over the given stores.
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        metrics: Metrics,
+        stores: (Store<StaticPodSet>, Store<Node>, Store<NodeStaticPods>),
+        settings: Settings,
+    ) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            sets: stores.0,
+            nodes: stores.1,
+            node_objects: stores.2,
+            settings,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn objects_by_name(&self) -> BTreeMap<String, Arc<NodeStaticPods>> {
+        self.node_objects
+            .state()
+            .into_iter()
+            .map(|o| (o.name_any(), o))
+            .collect()
+    }
+
+    async fn wait_for_stores(&self) -> Result<(), Error> {
+        let ready = async {
+            self.nodes.wait_until_ready().await.is_ok()
+                && self.node_objects.wait_until_ready().await.is_ok()
+        };
+        match tokio::time::timeout(STORE_SYNC_TIMEOUT, ready).await {
+            Ok(true) => Ok(()),
+            _ => Err(Error::StoresNotReady(STORE_SYNC_TIMEOUT)),
+        }
+    }
+
+    /// Next retry delay for a failing set: 1s doubling up to 5 minutes.
+    fn next_backoff(&self, set: &ObjectRef<StaticPodSet>) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(set.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff_delay(*n)
+    }
+
+    fn reset_backoff(&self, set: &ObjectRef<StaticPodSet>) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.remove(set);
+    }
+
+    async fn publish(&self, set: &StaticPodSet, warning: bool, reason: &str, note: &str) {
+        let event = KubeEvent {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(truncate(note, MAX_EVENT_NOTE)),
+            action: event_action(note),
+            secondary: None,
+        };
+        // An Event that cannot be published is logged, never a reason to fail the reconcile.
+        if let Err(error) = self.recorder.publish(&event, &set.object_ref(&())).await {
+            tracing::warn!(%error, reason, "publishing an Event");
+        }
+    }
+}
+
+/// The Event's `action`, which carries a hash of the note.
+///
+/// kube's Recorder folds Events into a series by type, action, reason and object, not by note,
+/// and a series keeps its first note: "rolling out revision B" would show as another count of
+/// "rolling out revision A". Varying the action with the note keeps different notes apart while
+/// repeats of the same note still fold into one series.
+pub fn event_action(note: &str) -> String {
+    format!(
+        "Reconcile-{}",
+        &crate::render::revision_of(&serde_json::Value::String(note.into()))[..8]
+    )
+}
+
+/// Delay before retry number `failures` (1-based): 1s, 2s, 4s... capped at 300s.
+pub fn backoff_delay(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(9);
+    Duration::from_secs((1u64 << exp).min(300))
+}
+
+fn truncate(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_string();
+    }
+    let mut end = max_bytes.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Runs the StaticPodSet controller and the node-objects loop until `shutdown` resolves (then
+/// gracefully: running reconciles finish). Dropping the returned future stops everything at
+/// once, which is what losing the lease does.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    health: Arc<Health>,
+    reporter: Reporter,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (nodes, nodes_writer) = reflector::store::<Node>();
+    let (objects, objects_writer) = reflector::store::<NodeStaticPods>();
+    let controller = Controller::new(
+        Api::<StaticPodSet>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(
+        controller::Config::default()
+            // Coalesces the burst of events a rollout causes into fewer reconciles per set.
+            .debounce(Duration::from_millis(500))
+            .concurrency(settings.reconcile_concurrency),
+    );
+    let sets = controller.store();
+    let wake = Arc::new(Notify::new());
+
+    let node_triggers = {
+        let (sets, nodes_store, objects) = (sets.clone(), nodes.clone(), objects.clone());
+        let wake = wake.clone();
+        let mut tracker = Tracker::default();
+        watcher(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(trim_node)
+        .reflect(nodes_writer)
+        .filter_map(move |event| {
+            let keys = match event {
+                Ok(event) => {
+                    let changes = tracker.observe(&event, node_fingerprint);
+                    let deleted = match &event {
+                        Event::Delete(node) => Some(Arc::new(node.clone())),
+                        _ => None,
+                    };
+                    if changes.iter().any(|c| c.old.is_none() || c.new.is_none()) {
+                        wake.notify_one();
+                    }
+                    let all_sets = sets.state();
+                    let mut keys = BTreeSet::new();
+                    for change in changes {
+                        let node = if change.new.is_some() {
+                            nodes_store.get(&ObjectRef::new(&change.name))
+                        } else {
+                            deleted.clone()
+                        };
+                        let object = objects.get(&ObjectRef::new(&change.name));
+                        keys.extend(sets_for_node(node.as_deref(), object.as_deref(), &all_sets));
+                    }
+                    keys
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "watching Nodes");
+                    BTreeSet::new()
+                }
+            };
+            future::ready(Some(stream::iter(keys.into_iter().map(set_ref))))
+        })
+        .flatten()
+    };
+
+    let object_triggers = {
+        let wake = wake.clone();
+        let mut tracker = Tracker::default();
+        watcher(
+            Api::<NodeStaticPods>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        // With a field manager per set, managedFields can outweigh the data; nobody reads them.
+        .modify(|o: &mut NodeStaticPods| o.metadata.managed_fields = None)
+        .reflect(objects_writer)
+        .filter_map(move |event| {
+            let keys: BTreeSet<SetKey> = match event {
+                Ok(event) => {
+                    let changes = tracker.observe(&event, node_object_fingerprint);
+                    if changes.iter().any(|c| c.old.is_none() || c.new.is_none()) {
+                        wake.notify_one();
+                    }
+                    changes.iter().flat_map(changed_sets).collect()
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "watching NodeStaticPods");
+                    BTreeSet::new()
+                }
+            };
+            future::ready(Some(stream::iter(keys.into_iter().map(set_ref))))
+        })
+        .flatten()
+    };
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        reporter,
+        metrics.clone(),
+        (sets.clone(), nodes.clone(), objects.clone()),
+        settings.clone(),
+    ));
+
+    let controller_done = controller
+        .reconcile_on(node_triggers)
+        .reconcile_on(object_triggers)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            if let Err(error) = result {
+                // Object-level failures are logged by the error policy; this is the queue.
+                tracing::debug!(%error, "controller");
+            }
+            future::ready(())
+        });
+
+    let synced = {
+        let (sets, nodes, objects, health) = (sets.clone(), nodes.clone(), objects.clone(), health);
+        async move {
+            if sets.wait_until_ready().await.is_ok()
+                && nodes.wait_until_ready().await.is_ok()
+                && objects.wait_until_ready().await.is_ok()
+            {
+                tracing::info!("caches synced");
+                health.set_synced(true);
+            }
+            // Keep this branch pending: only the controller ends the term.
+            future::pending::<()>().await
+        }
+    };
+
+    let node_objects = async move {
+        crate::node_objects::run(
+            client,
+            settings.write_mode,
+            nodes,
+            objects,
+            sets,
+            metrics,
+            wake,
+        )
+        .await;
+        future::pending::<()>().await
+    };
+
+    tokio::select! {
+        _ = controller_done => {}
+        _ = synced => {}
+        _ = node_objects => {}
+    }
+}
+
+/// Reconciles one set: distributes it (or, when it is being deleted, withdraws it) and writes
+/// its status.
+pub async fn reconcile(set: Arc<StaticPodSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let name = set.name_any();
+    let Some(namespace) = set.namespace() else {
+        return Err(Error::MissingNamespace(name));
+    };
+    let span = tracing::info_span!("reconcile", namespace = %namespace, name = %name);
+    let result = async {
+        ctx.wait_for_stores().await?;
+        let api: Api<StaticPodSet> = Api::namespaced(ctx.client.clone(), &namespace);
+        finalizer(&api, FINALIZER, set.clone(), |event| async {
+            match event {
+                Finalizer::Apply(set) => apply(&set, &namespace, &name, &ctx).await,
+                Finalizer::Cleanup(set) => cleanup(&set, &namespace, &name, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|source| Error::Finalizer {
+            set: format!("{namespace}/{name}"),
+            source: Box::new(source),
+        })
+    }
+    .instrument(span)
+    .await;
+    ctx.metrics
+        .observe_reconcile(started.elapsed(), result.as_ref().err());
+    ctx.metrics.sets.set(ctx.sets.state().len() as i64);
+    if result.is_ok() {
+        ctx.reset_backoff(&ObjectRef::from_obj(&*set));
+    }
+    result
+}
+
+/// The one error policy: a deleted set waiting for its nodes polls quietly; anything else is
+/// retried with a per-set exponential backoff.
+pub fn error_policy(set: Arc<StaticPodSet>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_waiting() {
+        tracing::debug!(namespace = ?set.namespace(), name = %set.name_any(), %error, "waiting");
+        return Action::requeue(DELETION_POLL);
+    }
+    let delay = ctx.next_backoff(&ObjectRef::from_obj(&*set));
+    tracing::warn!(
+        namespace = ?set.namespace(),
+        name = %set.name_any(),
+        %error,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Validates and renders the set. Returns the compiled selector (if usable) and the rendered pod
+/// or why the spec is invalid.
+///
+/// The rules for what a static pod may contain live in the API crate
+/// (`staticpodset_api::validation`), shared with the CRD's CEL rules: a set that reached the
+/// cluster without them (an older CRD, one applied by hand) is reported here instead of being
+/// written to nodes whose kubelet would refuse it. A name breaking the naming rule is reported
+/// with the template's problems, under the same reason.
+fn evaluate(
+    set: &StaticPodSet,
+    namespace: &str,
+    name: &str,
+) -> (
+    Option<NodeSelector>,
+    Result<crate::render::Rendered, Invalid>,
+) {
+    let selector = NodeSelector::compile(set.spec.node_selector.as_ref());
+    let mut template_problems = validation::set_name_problems(name);
+    match &set.spec.template.spec {
+        Some(spec) => template_problems.extend(validation::template_problems(spec)),
+        None => template_problems.push(crate::render::RenderError::MissingSpec.to_string()),
+    }
+    let rendered = if !template_problems.is_empty() {
+        let mut problems = template_problems;
+        if let Err(selector_problems) = &selector {
+            problems.extend(selector_problems.iter().cloned());
+        }
+        Err(Invalid {
+            reason: REASON_INVALID_TEMPLATE,
+            problems,
+        })
+    } else if let Err(problems) = &selector {
+        Err(Invalid {
+            reason: REASON_INVALID_NODE_SELECTOR,
+            problems: problems.clone(),
+        })
+    } else {
+        render(namespace, name, &set.spec.template).map_err(|e| Invalid {
+            reason: REASON_INVALID_TEMPLATE,
+            problems: vec![e.to_string()],
+        })
+    };
+    (selector.ok(), rendered)
+}
+
+async fn apply(
+    set: &StaticPodSet,
+    namespace: &str,
+    name: &str,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let (selector, rendered) = evaluate(set, namespace, name);
+    let objects = ctx.objects_by_name();
+    let plan = match &selector {
+        Some(selector) => planner::plan(
+            namespace,
+            name,
+            selector,
+            rendered.as_ref().ok(),
+            &ctx.nodes.state(),
+            &objects,
+        ),
+        // Without a usable selector nothing is written; the nodes that carry the set's entry are
+        // the truth about where it runs, so the status describes those.
+        None => Plan {
+            matched: objects
+                .iter()
+                .filter(|(_, o)| entry_of(o, namespace, name).is_some())
+                .map(|(node, _)| MatchedNode {
+                    name: node.clone(),
+                    name_problem: None,
+                })
+                .collect(),
+            writes: vec![],
+        },
+    };
+    if let Err(invalid) = &rendered {
+        tracing::info!(problems = ?invalid.problems, "spec is invalid; nothing is written to nodes");
+    }
+    let write_result = execute(ctx, namespace, name, plan.writes).await;
+
+    let states: Vec<NodeState<'_>> = plan
+        .matched
+        .iter()
+        .map(|m| NodeState {
+            node: &m.name,
+            report: objects
+                .get(&m.name)
+                .and_then(|o| report_of(o, namespace, name)),
+            name_problem: m.name_problem.as_deref(),
+        })
+        .collect();
+    let previous = set.status.as_ref();
+    let revision = match &rendered {
+        Ok(r) => Some(r.revision.as_str()),
+        Err(_) => previous.and_then(|s| s.update_revision.as_deref()),
+    };
+    let observed = Observed {
+        generation: set.metadata.generation,
+        revision,
+        invalid: rendered.as_ref().err().cloned(),
+        nodes: states,
+    };
+    let next = status::aggregate(previous, &observed, &Time(Timestamp::now()));
+    if previous != Some(&next) {
+        let api: Api<StaticPodSet> = Api::namespaced(ctx.client.clone(), namespace);
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": next })),
+        )
+        .await
+        .map_err(|source| Error::StatusPatch {
+            set: format!("{namespace}/{name}"),
+            source,
+        })?;
+        // Only after the status is written: a failed write retries, and must not repeat Events.
+        for notice in status::notices(previous, &next) {
+            ctx.publish(set, notice.warning, &notice.reason, &notice.note)
+                .await;
+        }
+    }
+    write_result?;
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+async fn cleanup(
+    set: &StaticPodSet,
+    namespace: &str,
+    name: &str,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let objects = ctx.objects_by_name();
+    execute(
+        ctx,
+        namespace,
+        name,
+        planner::plan_removal(namespace, name, &objects),
+    )
+    .await?;
+    let nodes: BTreeMap<String, Arc<Node>> = ctx
+        .nodes
+        .state()
+        .into_iter()
+        .map(|n| (n.name_any(), n))
+        .collect();
+    let decision = cleanup_decision(
+        namespace,
+        name,
+        &objects,
+        &nodes,
+        Timestamp::now(),
+        ctx.settings.node_gone_timeout,
+    );
+    if !decision.done() {
+        return Err(Error::WaitingForNodes {
+            set: format!("{namespace}/{name}"),
+            nodes: list(decision.waiting.iter().map(String::as_str)),
+        });
+    }
+    if !decision.skipped.is_empty() {
+        let skipped: Vec<String> = decision
+            .skipped
+            .iter()
+            .map(|(node, reason)| format!("{node} ({reason})"))
+            .collect();
+        let note = format!(
+            "released without confirmation from {} node(s): {}; their agents remove the pod when they return",
+            skipped.len(),
+            list(skipped.iter().map(String::as_str))
+        );
+        tracing::warn!(%note, "skipped nodes while deleting");
+        ctx.publish(set, true, "SkippedNodes", &note).await;
+    }
+    Ok(Action::await_change())
+}
+
+fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let items: Vec<&str> = items.collect();
+    let shown = items.len().min(status::MAX_NODES_IN_MESSAGE * 4);
+    let mut text = items[..shown].join(", ");
+    if items.len() > shown {
+        text.push_str(&format!(" and {} more", items.len() - shown));
+    }
+    text
+}
+
+/// Performs a set's node writes, a bounded number at a time. Every write is attempted; the
+/// result reports the failures.
+async fn execute(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    writes: Vec<NodeWrite>,
+) -> Result<(), Error> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let total = writes.len();
+    tracing::info!(writes = total, "writing node objects");
+    let results: Vec<Result<(), Error>> = stream::iter(writes)
+        .map(|w| async move {
+            let result =
+                node_writes::write(&ctx.client, ctx.settings.write_mode, namespace, name, &w).await;
+            if result.is_ok() {
+                let op = if w.entry.is_some() { "apply" } else { "remove" };
+                ctx.metrics
+                    .node_object_writes
+                    .with_label_values(&[op])
+                    .inc();
+            }
+            result
+        })
+        .buffer_unordered(ctx.settings.write_concurrency.max(1))
+        .collect()
+        .await;
+    let mut failures = results.into_iter().filter_map(Result::err);
+    match failures.next() {
+        None => Ok(()),
+        Some(first) => {
+            let failed = 1 + failures.count();
+            Err(Error::NodeWrites {
+                set: format!("{namespace}/{name}"),
+                failed,
+                total,
+                first: Box::new(first),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    use staticpodset_api::StaticPodSetSpec;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let delays: Vec<u64> = (1..=11).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff_delay(u32::MAX).as_secs(), 300);
+    }
+
+    #[test]
+    fn event_actions_differ_by_note_only() {
+        assert_eq!(event_action("a"), event_action("a"));
+        assert_ne!(event_action("rolling out A"), event_action("rolling out B"));
+        assert!(event_action("x").len() <= 128);
+        assert!(event_action("x").starts_with("Reconcile-"));
+    }
+
+    #[test]
+    fn truncates_on_char_boundaries() {
+        assert_eq!(truncate("short", 10), "short");
+        let long = "é".repeat(600);
+        let t = truncate(&long, 1024);
+        assert!(t.len() <= 1024);
+        assert!(t.ends_with('…'));
+    }
+
+    #[test]
+    fn lists_are_bounded() {
+        let names: Vec<String> = (0..30).map(|i| format!("n{i}")).collect();
+        let text = list(names.iter().map(String::as_str));
+        assert!(text.ends_with(" and 10 more"), "{text}");
+    }
+
+    fn set(spec: Option<PodSpec>, selector: Option<LabelSelector>) -> StaticPodSet {
+        let mut s = StaticPodSet::new(
+            "vip",
+            StaticPodSetSpec {
+                template: PodTemplateSpec {
+                    metadata: None,
+                    spec,
+                },
+                node_selector: selector,
+            },
+        );
+        s.metadata.namespace = Some("ns".into());
+        s
+    }
+
+    fn pod_spec() -> PodSpec {
+        PodSpec {
+            containers: vec![Container {
+                name: "c".into(),
+                image: Some("img".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn broken_selector() -> LabelSelector {
+        LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "k".into(),
+                operator: "In".into(),
+                values: None,
+            }]),
+        }
+    }
+
+    #[test]
+    fn evaluation_of_specs() {
+        let (selector, rendered) = evaluate(&set(Some(pod_spec()), None), "ns", "vip");
+        assert!(selector.is_some());
+        assert_eq!(rendered.unwrap().manifest["metadata"]["name"], "vip");
+
+        let (_, rendered) = evaluate(&set(None, None), "ns", "vip");
+        let invalid = rendered.unwrap_err();
+        assert_eq!(invalid.reason, REASON_INVALID_TEMPLATE);
+        assert_eq!(invalid.problems, ["spec.template.spec: required"]);
+
+        let (selector, rendered) =
+            evaluate(&set(Some(pod_spec()), Some(broken_selector())), "ns", "vip");
+        assert!(selector.is_none());
+        assert_eq!(rendered.unwrap_err().reason, REASON_INVALID_NODE_SELECTOR);
+
+        // The API crate's rules apply: a Secret volume, and the set name rule.
+        let mut secret = pod_spec();
+        secret.volumes = Some(vec![k8s_openapi::api::core::v1::Volume {
+            name: "s".into(),
+            secret: Some(Default::default()),
+            ..Default::default()
+        }]);
+        let (_, rendered) = evaluate(&set(Some(secret), None), "ns", "vip");
+        let invalid = rendered.unwrap_err();
+        assert_eq!(invalid.reason, REASON_INVALID_TEMPLATE);
+        assert!(
+            invalid.problems[0].contains("volumes[0]"),
+            "{:?}",
+            invalid.problems
+        );
+        let long = "x".repeat(41);
+        let (_, rendered) = evaluate(&set(Some(pod_spec()), None), "ns", &long);
+        assert!(rendered.unwrap_err().problems[0].starts_with("metadata.name"));
+
+        // Both broken: the template reason wins and every problem is listed.
+        let (_, rendered) = evaluate(
+            &set(Some(PodSpec::default()), Some(broken_selector())),
+            "ns",
+            "vip",
+        );
+        let invalid = rendered.unwrap_err();
+        assert_eq!(invalid.reason, REASON_INVALID_TEMPLATE);
+        assert_eq!(invalid.problems.len(), 2);
+    }
+}

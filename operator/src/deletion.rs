@@ -1,0 +1,228 @@
+//! When a set being deleted may let go of its finalizer. Pure.
+//!
+//! The finalizer exists so a deleted set's static pods leave the nodes before the set is gone
+//! from the API: the operator removes the set's entries, then waits until no agent reports the
+//! set any more. But a node that is gone, or whose agent is gone, would hold the deletion forever,
+//! so such nodes are skipped (and named in a Warning Event). Their agent removes the file on its
+//! own when it comes back, because the entry is gone from its node object.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use staticpodset_api::NodeStaticPods;
+
+use crate::node_match::node_ready;
+use crate::planner::{entry_of, report_of};
+
+/// Why a node that still holds the set was not waited for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The Node object no longer exists.
+    NodeGone,
+    /// The Node's `Ready` condition is not `True`.
+    NodeNotReady,
+    /// The agent has not synced within the node-gone timeout (or never did).
+    AgentSilent,
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SkipReason::NodeGone => "node deleted",
+            SkipReason::NodeNotReady => "node not ready",
+            SkipReason::AgentSilent => "agent silent",
+        })
+    }
+}
+
+/// The outcome of [`cleanup_decision`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanupDecision {
+    /// Nodes that still hold the set and are alive: the finalizer must wait for them.
+    pub waiting: Vec<String>,
+    /// Nodes that still hold the set but are not waited for, and why.
+    pub skipped: Vec<(String, SkipReason)>,
+}
+
+impl CleanupDecision {
+    /// Whether the finalizer may be removed.
+    pub fn done(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+/// Decides, for set `namespace/name` being deleted, which nodes still hold it (an entry in the
+/// spec not yet removed, or a report the agent has not dropped yet) and whether to wait for them.
+///
+/// A node is skipped when its Node is gone, not Ready, or its agent's `lastSyncTime` is missing
+/// or older than `node_gone_timeout` before `now`.
+pub fn cleanup_decision(
+    namespace: &str,
+    name: &str,
+    objects: &BTreeMap<String, Arc<NodeStaticPods>>,
+    nodes: &BTreeMap<String, Arc<Node>>,
+    now: Timestamp,
+    node_gone_timeout: Duration,
+) -> CleanupDecision {
+    let mut decision = CleanupDecision::default();
+    for (node_name, obj) in objects {
+        let holds =
+            entry_of(obj, namespace, name).is_some() || report_of(obj, namespace, name).is_some();
+        if !holds {
+            continue;
+        }
+        let skip = match nodes.get(node_name) {
+            None => Some(SkipReason::NodeGone),
+            Some(node) if !node_ready(node) => Some(SkipReason::NodeNotReady),
+            Some(_) => {
+                let last_sync = obj.status.as_ref().and_then(|s| s.last_sync_time.as_ref());
+                let fresh = last_sync.is_some_and(|t| {
+                    let age = now.duration_since(t.0);
+                    // A sync time in the future (clock skew) counts as fresh.
+                    age.is_negative() || age.unsigned_abs() <= node_gone_timeout
+                });
+                (!fresh).then_some(SkipReason::AgentSilent)
+            }
+        };
+        match skip {
+            Some(reason) => decision.skipped.push((node_name.clone(), reason)),
+            None => decision.waiting.push(node_name.clone()),
+        }
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::tests::{node, object};
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::ResourceExt;
+    use staticpodset_api::{AssignedPod, ManifestPhase, NodeStaticPodsStatus, PodReport};
+
+    const TIMEOUT: Duration = Duration::from_secs(300);
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(10_000).unwrap()
+    }
+
+    fn ready_node(name: &str, ready: &str) -> Arc<Node> {
+        let mut n = (*node(name, &[])).clone();
+        n.status = Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: ready.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        Arc::new(n)
+    }
+
+    fn entry(set: &str) -> AssignedPod {
+        AssignedPod {
+            set_namespace: "ns".into(),
+            set_name: set.into(),
+            revision: "r".into(),
+            file_name: format!("staticpodset_ns_{set}.yaml"),
+            manifest: serde_json::json!({}),
+        }
+    }
+
+    /// A node object whose agent reports `set` (or not) and last synced `age_secs` ago.
+    fn reporting(node: &str, set: Option<&str>, age_secs: Option<i64>) -> Arc<NodeStaticPods> {
+        let mut obj = (*object(node, vec![])).clone();
+        obj.status = Some(NodeStaticPodsStatus {
+            last_sync_time: age_secs
+                .map(|a| Time(Timestamp::from_second(now().as_second() - a).unwrap())),
+            pods: set
+                .map(|s| PodReport {
+                    set_namespace: "ns".into(),
+                    set_name: s.into(),
+                    phase: ManifestPhase::Removing,
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        });
+        Arc::new(obj)
+    }
+
+    fn map<T: kube::Resource>(list: Vec<Arc<T>>) -> BTreeMap<String, Arc<T>> {
+        list.into_iter().map(|o| (o.name_any(), o)).collect()
+    }
+
+    #[test]
+    fn waits_for_live_nodes_and_skips_dead_ones() {
+        let objects = map(vec![
+            reporting("live", Some("set"), Some(10)),
+            reporting("gone", Some("set"), Some(10)),
+            reporting("notready", Some("set"), Some(10)),
+            reporting("silent", Some("set"), Some(301)),
+            reporting("never-synced", Some("set"), None),
+            reporting("clean", Some("other"), Some(10)),
+            reporting("future-clock", Some("set"), Some(-60)),
+        ]);
+        let nodes = map(vec![
+            ready_node("live", "True"),
+            ready_node("notready", "Unknown"),
+            ready_node("silent", "True"),
+            ready_node("never-synced", "True"),
+            ready_node("clean", "True"),
+            ready_node("future-clock", "True"),
+        ]);
+        let d = cleanup_decision("ns", "set", &objects, &nodes, now(), TIMEOUT);
+        assert_eq!(d.waiting, ["future-clock", "live"]);
+        assert_eq!(
+            d.skipped,
+            [
+                ("gone".to_string(), SkipReason::NodeGone),
+                ("never-synced".to_string(), SkipReason::AgentSilent),
+                ("notready".to_string(), SkipReason::NodeNotReady),
+                ("silent".to_string(), SkipReason::AgentSilent),
+            ]
+        );
+        assert!(!d.done());
+    }
+
+    #[test]
+    fn exactly_at_the_timeout_still_waits() {
+        let objects = map(vec![reporting("a", Some("set"), Some(300))]);
+        let nodes = map(vec![ready_node("a", "True")]);
+        let d = cleanup_decision("ns", "set", &objects, &nodes, now(), TIMEOUT);
+        assert_eq!(d.waiting, ["a"]);
+    }
+
+    #[test]
+    fn an_entry_not_yet_removed_counts_as_held() {
+        let mut obj = (*reporting("a", None, Some(1))).clone();
+        obj.spec.pods.push(entry("set"));
+        let objects = map(vec![Arc::new(obj)]);
+        let nodes = map(vec![ready_node("a", "True")]);
+        let d = cleanup_decision("ns", "set", &objects, &nodes, now(), TIMEOUT);
+        assert_eq!(d.waiting, ["a"]);
+    }
+
+    #[test]
+    fn done_when_no_node_holds_the_set() {
+        let objects = map(vec![
+            reporting("a", Some("other"), Some(1)),
+            reporting("b", None, None),
+        ]);
+        let nodes = map(vec![ready_node("a", "True")]);
+        let d = cleanup_decision("ns", "set", &objects, &nodes, now(), TIMEOUT);
+        assert!(d.done());
+        assert!(d.skipped.is_empty());
+        // Only skipped nodes left: done too, and they are named.
+        let objects = map(vec![reporting("gone", Some("set"), Some(1))]);
+        let d = cleanup_decision("ns", "set", &objects, &BTreeMap::new(), now(), TIMEOUT);
+        assert!(d.done());
+        assert_eq!(d.skipped.len(), 1);
+    }
+}

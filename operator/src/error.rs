@@ -1,0 +1,138 @@
+//! Errors of the operator, each naming the object and the operation that failed.
+
+use std::time::Duration;
+
+/// Why one reconcile of a StaticPodSet did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A write into one node object failed.
+    #[error("{op} the entry of set {set} in NodeStaticPods {node}: {source}")]
+    NodeWrite {
+        /// "applying" or "removing".
+        op: &'static str,
+        /// `<namespace>/<name>` of the set.
+        set: String,
+        /// The node object (= node) name.
+        node: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// Some of a set's node writes failed; the others went through.
+    #[error("{failed} of {total} node writes for set {set} failed, the first: {first}")]
+    NodeWrites {
+        /// `<namespace>/<name>` of the set.
+        set: String,
+        /// How many failed.
+        failed: usize,
+        /// How many were attempted.
+        total: usize,
+        /// The first failure.
+        #[source]
+        first: Box<Error>,
+    },
+
+    /// The status write failed.
+    #[error("patching the status of StaticPodSet {set}: {source}")]
+    StatusPatch {
+        /// `<namespace>/<name>` of the set.
+        set: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// The caches of Nodes and NodeStaticPods did not fill in time; reconciling against empty
+    /// caches would remove every entry and report zero nodes.
+    #[error("the Node and NodeStaticPods caches are not synced after {0:?}")]
+    StoresNotReady(Duration),
+
+    /// A deleted set still has its pod on live nodes; not a failure, the finalizer waits.
+    #[error("set {set} is being deleted; waiting for the agents of {nodes} to remove its pod")]
+    WaitingForNodes {
+        /// `<namespace>/<name>` of the set.
+        set: String,
+        /// The nodes waited for, listed for a human.
+        nodes: String,
+    },
+
+    /// Adding or removing the finalizer failed, or the wrapped reconcile did.
+    #[error("StaticPodSet {set}: {source}")]
+    Finalizer {
+        /// `<namespace>/<name>` of the set.
+        set: String,
+        /// What the finalizer helper reported.
+        #[source]
+        source: Box<kube::runtime::finalizer::Error<Error>>,
+    },
+
+    /// The object from the watch lacks a field every stored object has.
+    #[error("StaticPodSet {0} has no namespace")]
+    MissingNamespace(String),
+}
+
+impl Error {
+    /// The innermost error, looking through the finalizer wrapper.
+    pub fn inner(&self) -> &Error {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Finalizer { source, .. } => match source.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.inner(),
+                _ => self,
+            },
+            _ => self,
+        }
+    }
+
+    /// Whether this is the finalizer waiting for nodes rather than a failure.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.inner(), Error::WaitingForNodes { .. })
+    }
+
+    /// A short, bounded label for the errors metric.
+    pub fn kind(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as F;
+        match self.inner() {
+            Error::NodeWrite { .. } | Error::NodeWrites { .. } => "node_write",
+            Error::StatusPatch { .. } => "status_patch",
+            Error::StoresNotReady(_) => "stores_not_ready",
+            Error::WaitingForNodes { .. } => "waiting_for_nodes",
+            Error::MissingNamespace(_) => "missing_namespace",
+            Error::Finalizer { source, .. } => match source.as_ref() {
+                F::AddFinalizer(_) => "add_finalizer",
+                F::RemoveFinalizer(_) => "remove_finalizer",
+                _ => "finalizer",
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::finalizer::Error as F;
+
+    #[test]
+    fn waiting_is_seen_through_the_finalizer_wrapper() {
+        let waiting = Error::Finalizer {
+            set: "ns/a".into(),
+            source: Box::new(F::CleanupFailed(Error::WaitingForNodes {
+                set: "ns/a".into(),
+                nodes: "n1".into(),
+            })),
+        };
+        assert!(waiting.is_waiting());
+        assert_eq!(waiting.kind(), "waiting_for_nodes");
+        let other = Error::Finalizer {
+            set: "ns/a".into(),
+            source: Box::new(F::UnnamedObject),
+        };
+        assert!(!other.is_waiting());
+        assert_eq!(other.kind(), "finalizer");
+        assert_eq!(
+            Error::StoresNotReady(Duration::from_secs(1)).kind(),
+            "stores_not_ready"
+        );
+    }
+}

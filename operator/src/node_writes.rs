@@ -1,0 +1,328 @@
+//! Executing one [`NodeWrite`]: the only place the operator writes node objects' specs.
+//!
+//! Entries are written one of two ways, chosen with `--node-write-mode`:
+//! - `apply` (the design): server-side apply, one field manager per set. `spec.pods` is a
+//!   list-map keyed by (setNamespace, setName), so each set owns exactly its own entry and sets
+//!   never contend. Requires the list-map markers on the CRD.
+//! - `update` (fallback for a CRD without them): read the object, replace the set's entry,
+//!   write the whole list back conditioned on the resourceVersion, retry on conflict.
+//!
+//! Removals are the same in both modes: a JSON patch that removes the entry at its index, guarded
+//! by `test` operations on the entry's keys. It never creates an object, never conflicts with the
+//! agent's status writes (no resourceVersion involved), and leaves no trace of the set's field
+//! manager behind: an Apply manager whose last field is removed disappears from managedFields,
+//! which would otherwise grow with every set that ever touched the node. (Applying without the
+//! entry would also remove it, but on a live API server that left `spec` null when the set was
+//! the last writer of the list, which the schema rejects.)
+//!
+//! Owner references are not written here: the node-objects loop owns them ([`node_owner_reference`]),
+//! so a set's manager owns nothing but its entry.
+
+use kube::api::{Patch, PatchParams};
+use kube::core::Status;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::{json, Value};
+use staticpodset_api::{AssignedPod, NodeStaticPods};
+
+use crate::planner::NodeWrite;
+use crate::render::field_manager;
+use crate::Error;
+
+/// How set entries are written into node objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WriteMode {
+    /// Server-side apply with a field manager per set.
+    Apply,
+    /// Read-modify-write with resourceVersion preconditions.
+    Update,
+}
+
+/// The field manager of update-mode writes and of node object creation.
+pub const OPERATOR_MANAGER: &str = "staticpodset-operator";
+
+/// How often a write is retried after a resourceVersion conflict before giving up for this
+/// reconcile (the error policy retries later).
+const CONFLICT_RETRIES: usize = 5;
+
+/// The owner reference that ties a node object to its Node, so the garbage collector deletes it
+/// with the Node. Not a controller reference and no blockOwnerDeletion: the Node does not wait
+/// for it, and setting blockOwnerDeletion would need update permission on nodes/finalizers.
+pub fn node_owner_reference(
+    node: &str,
+    uid: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: node.into(),
+        uid: uid.into(),
+        ..Default::default()
+    }
+}
+
+/// The server-side apply body that puts `entry` into node object `node`: only the name and the
+/// single entry, so the set's field manager owns exactly that entry.
+pub fn apply_body(node: &str, entry: &AssignedPod) -> Value {
+    json!({
+        "apiVersion": NodeStaticPods::api_version(&()),
+        "kind": NodeStaticPods::kind(&()),
+        "metadata": { "name": node },
+        "spec": { "pods": [entry] },
+    })
+}
+
+/// The JSON patch removing the set's entry at `index`, if the entry there is still the set's.
+pub fn removal_patch(index: usize, namespace: &str, name: &str) -> Value {
+    json!([
+        { "op": "test", "path": format!("/spec/pods/{index}/setNamespace"), "value": namespace },
+        { "op": "test", "path": format!("/spec/pods/{index}/setName"), "value": name },
+        { "op": "remove", "path": format!("/spec/pods/{index}") },
+    ])
+}
+
+/// `pods` with the set's entry replaced by `entry` (or removed when `None`), keeping the order
+/// of the others. `None` when nothing changes.
+pub fn replace_entry(
+    pods: &[AssignedPod],
+    namespace: &str,
+    name: &str,
+    entry: Option<&AssignedPod>,
+) -> Option<Vec<AssignedPod>> {
+    let position = pods
+        .iter()
+        .position(|p| p.set_namespace == namespace && p.set_name == name);
+    let mut out = pods.to_vec();
+    match (position, entry) {
+        (Some(i), Some(entry)) if out[i] == *entry => return None,
+        (Some(i), Some(entry)) => out[i] = entry.clone(),
+        (Some(i), None) => {
+            out.remove(i);
+        }
+        (None, Some(entry)) => out.push(entry.clone()),
+        (None, None) => return None,
+    }
+    Some(out)
+}
+
+fn api_error(e: &kube::Error) -> Option<&Status> {
+    match e {
+        kube::Error::Api(status) => Some(status),
+        _ => None,
+    }
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    api_error(e).is_some_and(|s| s.is_conflict())
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    api_error(e).is_some_and(|s| s.is_not_found())
+}
+
+fn is_invalid(e: &kube::Error) -> bool {
+    api_error(e).is_some_and(|s| s.is_invalid() || s.code == 422)
+}
+
+/// Performs one write for set `namespace/name`.
+pub async fn write(
+    client: &Client,
+    mode: WriteMode,
+    namespace: &str,
+    name: &str,
+    write: &NodeWrite,
+) -> Result<(), Error> {
+    let api: Api<NodeStaticPods> = Api::all(client.clone());
+    let (op, result) = match (&write.entry, mode) {
+        (None, _) => ("removing", remove(&api, namespace, name, &write.node).await),
+        (Some(entry), WriteMode::Apply) => (
+            "applying",
+            apply(&api, namespace, name, &write.node, entry).await,
+        ),
+        (Some(entry), WriteMode::Update) => (
+            "updating",
+            update(&api, namespace, name, &write.node, entry).await,
+        ),
+    };
+    result.map_err(|source| Error::NodeWrite {
+        op,
+        set: format!("{namespace}/{name}"),
+        node: write.node.clone(),
+        source,
+    })
+}
+
+async fn apply(
+    api: &Api<NodeStaticPods>,
+    namespace: &str,
+    name: &str,
+    node: &str,
+    entry: &AssignedPod,
+) -> Result<(), kube::Error> {
+    // Not forced: with the list-map in place only a foreign edit of our own entry can conflict,
+    // and surfacing that beats silently taking the field back. Without the list-map, spec.pods
+    // is one atomic field, and a forced apply would wipe every other set's entry; unforced, the
+    // second set on a node gets a conflict instead.
+    let params = PatchParams::apply(&field_manager(namespace, name));
+    api.patch(node, &params, &Patch::Apply(apply_body(node, entry)))
+        .await
+        .map(|_| ())
+}
+
+async fn remove(
+    api: &Api<NodeStaticPods>,
+    namespace: &str,
+    name: &str,
+    node: &str,
+) -> Result<(), kube::Error> {
+    let params = PatchParams {
+        field_manager: Some(OPERATOR_MANAGER.into()),
+        ..Default::default()
+    };
+    for _ in 0..CONFLICT_RETRIES {
+        let Some(obj) = api.get_opt(node).await? else {
+            return Ok(());
+        };
+        let Some(index) = obj
+            .spec
+            .pods
+            .iter()
+            .position(|p| p.set_namespace == namespace && p.set_name == name)
+        else {
+            return Ok(());
+        };
+        let patch: json_patch::Patch =
+            serde_json::from_value(removal_patch(index, namespace, name))
+                .map_err(kube::Error::SerdeError)?;
+        match api.patch(node, &params, &Patch::<()>::Json(patch)).await {
+            Ok(_) => return Ok(()),
+            // A failed `test` (the list moved under us) is rejected as invalid; read and retry.
+            Err(e) if is_conflict(&e) || is_invalid(&e) => continue,
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(conflict_exhausted(node))
+}
+
+async fn update(
+    api: &Api<NodeStaticPods>,
+    namespace: &str,
+    name: &str,
+    node: &str,
+    entry: &AssignedPod,
+) -> Result<(), kube::Error> {
+    let params = PatchParams {
+        field_manager: Some(OPERATOR_MANAGER.into()),
+        ..Default::default()
+    };
+    for _ in 0..CONFLICT_RETRIES {
+        let Some(obj) = api.get_opt(node).await? else {
+            // The node-objects loop creates it; a later reconcile writes.
+            return Err(not_found(node));
+        };
+        let Some(pods) = replace_entry(&obj.spec.pods, namespace, name, Some(entry)) else {
+            return Ok(());
+        };
+        // A merge patch carrying metadata.resourceVersion is rejected with 409 when the object
+        // changed since we read it: optimistic concurrency with the patch verb alone.
+        let patch = json!({
+            "metadata": { "resourceVersion": obj.resource_version() },
+            "spec": { "pods": pods },
+        });
+        match api.patch(node, &params, &Patch::Merge(patch)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_conflict(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(conflict_exhausted(node))
+}
+
+fn conflict_exhausted(node: &str) -> kube::Error {
+    kube::Error::Api(
+        Status::failure(
+            &format!(
+                "NodeStaticPods {node} kept changing; gave up after {CONFLICT_RETRIES} conflicts"
+            ),
+            "Conflict",
+        )
+        .with_code(409)
+        .boxed(),
+    )
+}
+
+fn not_found(node: &str) -> kube::Error {
+    kube::Error::Api(
+        Status::failure(
+            &format!("NodeStaticPods {node} does not exist yet"),
+            "NotFound",
+        )
+        .with_code(404)
+        .boxed(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(set: &str, revision: &str) -> AssignedPod {
+        AssignedPod {
+            set_namespace: "ns".into(),
+            set_name: set.into(),
+            revision: revision.into(),
+            file_name: format!("staticpodset_ns_{set}.yaml"),
+            manifest: json!({"kind": "Pod"}),
+        }
+    }
+
+    #[test]
+    fn apply_body_carries_only_our_entry() {
+        let body = apply_body("n1", &entry("a", "r1"));
+        assert_eq!(body["apiVersion"], "staticpods.dev/v1alpha1");
+        assert_eq!(body["kind"], "NodeStaticPods");
+        assert_eq!(body["metadata"], json!({"name": "n1"}));
+        assert_eq!(body["spec"]["pods"].as_array().unwrap().len(), 1);
+        assert_eq!(body["spec"]["pods"][0]["setName"], "a");
+        assert_eq!(body["spec"]["pods"][0]["setNamespace"], "ns");
+        assert_eq!(body["spec"]["pods"][0]["revision"], "r1");
+    }
+
+    #[test]
+    fn removal_patch_tests_the_keys_before_removing() {
+        let patch = removal_patch(2, "ns", "a");
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/spec/pods/2/setNamespace", "value": "ns"},
+                {"op": "test", "path": "/spec/pods/2/setName", "value": "a"},
+                {"op": "remove", "path": "/spec/pods/2"},
+            ])
+        );
+        let _: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
+    }
+
+    #[test]
+    fn replacing_entries() {
+        let pods = vec![entry("a", "1"), entry("b", "1")];
+        assert_eq!(
+            replace_entry(&pods, "ns", "a", Some(&entry("a", "1"))),
+            None
+        );
+        assert_eq!(replace_entry(&pods, "ns", "c", None), None);
+        assert_eq!(
+            replace_entry(&pods, "ns", "a", Some(&entry("a", "2"))),
+            Some(vec![entry("a", "2"), entry("b", "1")])
+        );
+        assert_eq!(
+            replace_entry(&pods, "ns", "a", None),
+            Some(vec![entry("b", "1")])
+        );
+        assert_eq!(
+            replace_entry(&pods, "ns", "c", Some(&entry("c", "1"))),
+            Some(vec![entry("a", "1"), entry("b", "1"), entry("c", "1")])
+        );
+        // Same name in another namespace is another set.
+        assert_eq!(replace_entry(&pods, "other", "a", None), None);
+    }
+}

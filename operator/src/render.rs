@@ -1,0 +1,424 @@
+//! Rendering a StaticPodSet into the static pod manifest every selected node receives.
+//!
+//! The manifest is the same for every node: the kubelet itself appends `-<node name>` to the pod's
+//! name for the mirror pod and sets `spec.nodeName`. So a set renders once per revision, and the
+//! only per-node question is whether the mirror pod's name is acceptable ([`name_problem`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use staticpodset_api::keys::{
+    manifest_file_name, ANNOTATION_REVISION, ANNOTATION_SET, LABEL_SET_NAME,
+};
+use staticpodset_api::AssignedPod;
+
+/// The longest mirror pod name (`<set name>-<node name>`) we accept: a DNS label. The kubelet
+/// derives the pod's hostname from its name and truncates it past 63 characters, and tools that
+/// copy pod names into label values break past 63 too. Rejecting early beats a pod whose hostname
+/// silently differs from its name.
+pub const MAX_MIRROR_POD_NAME: usize = 63;
+
+/// Number of hex characters of the SHA-256 kept as the revision: 40 bits, so an accidental
+/// collision between two revisions of one set is not a practical concern.
+pub const REVISION_LEN: usize = 10;
+
+/// A set rendered at one revision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    /// First [`REVISION_LEN`] hex characters of the SHA-256 of the canonical manifest without its
+    /// revision annotation.
+    pub revision: String,
+    /// The complete Pod manifest, revision annotation included.
+    pub manifest: Value,
+    /// The file the agent writes it to.
+    pub file_name: String,
+}
+
+impl Rendered {
+    /// The entry this set puts into every selected node's `NodeStaticPods.spec.pods`.
+    pub fn assigned_pod(&self, namespace: &str, name: &str) -> AssignedPod {
+        AssignedPod {
+            set_namespace: namespace.to_string(),
+            set_name: name.to_string(),
+            revision: self.revision.clone(),
+            file_name: self.file_name.clone(),
+            manifest: self.manifest.clone(),
+        }
+    }
+}
+
+/// Why a template cannot be rendered at all.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    /// The template has no pod spec.
+    #[error("spec.template.spec: required")]
+    MissingSpec,
+    /// The pod did not serialize into a JSON object (a bug in the types, never user input).
+    #[error("rendering the pod of {set}: {message}")]
+    Serialize {
+        /// `<namespace>/<name>` of the set.
+        set: String,
+        /// What serde reported.
+        message: String,
+    },
+}
+
+/// Renders the static pod of set `namespace/name`.
+///
+/// The pod is named after the set, lives in the set's namespace, carries the template's labels
+/// plus [`LABEL_SET_NAME`], and the template's annotations plus [`ANNOTATION_SET`] and
+/// [`ANNOTATION_REVISION`]. Our keys win over the template's, since the agent and status rely on
+/// them. Other template metadata (generateName, finalizers, owner references...) means nothing
+/// to a static pod and is dropped.
+pub fn render(
+    namespace: &str,
+    name: &str,
+    template: &PodTemplateSpec,
+) -> Result<Rendered, RenderError> {
+    let spec = template.spec.clone().ok_or(RenderError::MissingSpec)?;
+    let template_meta = template.metadata.clone().unwrap_or_default();
+
+    let mut labels: BTreeMap<String, String> = template_meta.labels.unwrap_or_default();
+    labels.insert(LABEL_SET_NAME.to_string(), name.to_string());
+    let mut annotations: BTreeMap<String, String> = template_meta.annotations.unwrap_or_default();
+    annotations.insert(ANNOTATION_SET.to_string(), format!("{namespace}/{name}"));
+    // The revision is a hash of everything else, so it cannot be part of its own input.
+    annotations.remove(ANNOTATION_REVISION);
+
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    };
+    let mut manifest = serde_json::to_value(&pod).map_err(|e| RenderError::Serialize {
+        set: format!("{namespace}/{name}"),
+        message: e.to_string(),
+    })?;
+    let revision = revision_of(&manifest);
+    let annotations = manifest
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| RenderError::Serialize {
+            set: format!("{namespace}/{name}"),
+            message: "metadata.annotations is not an object".into(),
+        })?;
+    annotations.insert(
+        ANNOTATION_REVISION.to_string(),
+        Value::String(revision.clone()),
+    );
+    Ok(Rendered {
+        revision,
+        manifest,
+        file_name: manifest_file_name(namespace, name),
+    })
+}
+
+/// The revision of a manifest: the first [`REVISION_LEN`] hex characters of the SHA-256 of its
+/// canonical JSON. Key order and whitespace never change it; any value does.
+pub fn revision_of(manifest: &Value) -> String {
+    let digest = Sha256::digest(canonical_json(manifest).as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex.truncate(REVISION_LEN);
+    hex
+}
+
+/// Serializes JSON with object keys sorted at every level and no whitespace.
+///
+/// We sort explicitly instead of trusting `serde_json::Map` to be a BTreeMap: any crate in the
+/// build can turn on serde_json's `preserve_order` feature, which would silently make revisions
+/// depend on insertion order.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        // Scalars have exactly one serde_json rendering.
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// The name the kubelet gives the mirror pod: `<set name>-<node name, lowercased>`.
+pub fn mirror_pod_name(set_name: &str, node_name: &str) -> String {
+    format!("{set_name}-{}", node_name.to_lowercase())
+}
+
+/// Why set `set_name` cannot run on node `node_name`, if it cannot: the mirror pod's name would
+/// exceed [`MAX_MIRROR_POD_NAME`]. The naming rule: `len(set name) + 1 + len(node name) <= 63`.
+pub fn name_problem(set_name: &str, node_name: &str) -> Option<String> {
+    let name = mirror_pod_name(set_name, node_name);
+    (name.len() > MAX_MIRROR_POD_NAME).then(|| {
+        format!(
+            "mirror pod name {name:?} would be {} characters, over the limit of {MAX_MIRROR_POD_NAME}; \
+             shorten the set name to at most {} characters for this node",
+            name.len(),
+            MAX_MIRROR_POD_NAME.saturating_sub(node_name.len() + 1)
+        )
+    })
+}
+
+/// Longest field manager name the API server accepts.
+const MAX_FIELD_MANAGER: usize = 128;
+
+/// The server-side apply field manager under which set `namespace/name` writes its entries into
+/// node objects. One manager per set is what lets sets write the same object without contending:
+/// each owns exactly its own list entry. Names too long for the API's 128-character limit get a
+/// stable hash instead.
+pub fn field_manager(namespace: &str, name: &str) -> String {
+    let plain = format!("staticpodset/{namespace}/{name}");
+    if plain.len() <= MAX_FIELD_MANAGER {
+        return plain;
+    }
+    let digest = revision_of(&Value::String(format!("{namespace}/{name}")));
+    let mut short: String = plain.chars().take(MAX_FIELD_MANAGER - 11).collect();
+    short.push('~');
+    short.push_str(&digest);
+    short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use serde_json::json;
+
+    fn template() -> PodTemplateSpec {
+        PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(BTreeMap::from([("app".to_string(), "vip".to_string())])),
+                annotations: Some(BTreeMap::from([("team".to_string(), "net".to_string())])),
+                name: Some("ignored".into()),
+                namespace: Some("ignored-too".into()),
+                ..Default::default()
+            }),
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "vip".into(),
+                    image: Some("registry.example/vip:1.0".into()),
+                    ..Default::default()
+                }],
+                host_network: Some(true),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn renders_name_namespace_labels_annotations() {
+        let r = render("kube-system", "vip", &template()).unwrap();
+        let m = &r.manifest;
+        assert_eq!(m["apiVersion"], "v1");
+        assert_eq!(m["kind"], "Pod");
+        assert_eq!(m["metadata"]["name"], "vip");
+        assert_eq!(m["metadata"]["namespace"], "kube-system");
+        assert_eq!(m["metadata"]["labels"]["app"], "vip");
+        assert_eq!(m["metadata"]["labels"][LABEL_SET_NAME], "vip");
+        assert_eq!(m["metadata"]["annotations"]["team"], "net");
+        assert_eq!(
+            m["metadata"]["annotations"][ANNOTATION_SET],
+            "kube-system/vip"
+        );
+        assert_eq!(
+            m["metadata"]["annotations"][ANNOTATION_REVISION],
+            r.revision.as_str()
+        );
+        assert_eq!(m["spec"]["hostNetwork"], true);
+        assert_eq!(
+            m["spec"]["containers"][0]["image"],
+            "registry.example/vip:1.0"
+        );
+        assert!(m.get("status").is_none());
+        assert_eq!(r.file_name, "staticpodset_kube-system_vip.yaml");
+        assert_eq!(r.revision.len(), REVISION_LEN);
+        assert!(r.revision.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn revision_is_the_hash_of_the_manifest_without_itself() {
+        let r = render("ns", "set", &template()).unwrap();
+        let mut without = r.manifest.clone();
+        without["metadata"]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove(ANNOTATION_REVISION);
+        assert_eq!(revision_of(&without), r.revision);
+    }
+
+    #[test]
+    fn our_keys_win_over_the_template() {
+        let mut t = template();
+        let meta = t.metadata.as_mut().unwrap();
+        meta.labels
+            .as_mut()
+            .unwrap()
+            .insert(LABEL_SET_NAME.into(), "evil".into());
+        let annotations = meta.annotations.as_mut().unwrap();
+        annotations.insert(ANNOTATION_SET.into(), "other/set".into());
+        annotations.insert(ANNOTATION_REVISION.into(), "0000000000".into());
+        let r = render("ns", "set", &t).unwrap();
+        assert_eq!(r.manifest["metadata"]["labels"][LABEL_SET_NAME], "set");
+        assert_eq!(
+            r.manifest["metadata"]["annotations"][ANNOTATION_SET],
+            "ns/set"
+        );
+        assert_eq!(
+            r.manifest["metadata"]["annotations"][ANNOTATION_REVISION],
+            r.revision.as_str()
+        );
+        // A revision annotation in the template does not feed the hash.
+        assert_eq!(
+            r.revision,
+            render("ns", "set", &template()).unwrap().revision
+        );
+    }
+
+    #[test]
+    fn revision_is_stable() {
+        let a = render("ns", "set", &template()).unwrap();
+        let b = render("ns", "set", &template()).unwrap();
+        assert_eq!(a, b);
+        // Template metadata that is dropped does not change the revision.
+        let mut t = template();
+        t.metadata.as_mut().unwrap().name = Some("different".into());
+        assert_eq!(render("ns", "set", &t).unwrap().revision, a.revision);
+    }
+
+    #[test]
+    fn revision_changes_with_content_and_identity() {
+        let base = render("ns", "set", &template()).unwrap().revision;
+        let mut image = template();
+        image.spec.as_mut().unwrap().containers[0].image = Some("registry.example/vip:1.1".into());
+        let mut label = template();
+        label
+            .metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("tier".into(), "x".into());
+        let mut annotation = template();
+        annotation
+            .metadata
+            .as_mut()
+            .unwrap()
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("note".into(), "y".into());
+        let others = [
+            render("ns", "set", &image).unwrap().revision,
+            render("ns", "set", &label).unwrap().revision,
+            render("ns", "set", &annotation).unwrap().revision,
+            render("ns2", "set", &template()).unwrap().revision,
+            render("ns", "set2", &template()).unwrap().revision,
+        ];
+        for other in &others {
+            assert_ne!(*other, base);
+        }
+    }
+
+    #[test]
+    fn missing_spec_is_an_error() {
+        let mut t = template();
+        t.spec = None;
+        assert_eq!(render("ns", "set", &t), Err(RenderError::MissingSpec));
+        t.metadata = None;
+        assert_eq!(render("ns", "set", &t), Err(RenderError::MissingSpec));
+    }
+
+    #[test]
+    fn template_without_metadata_renders() {
+        let mut t = template();
+        t.metadata = None;
+        let r = render("ns", "set", &t).unwrap();
+        assert_eq!(r.manifest["metadata"]["labels"][LABEL_SET_NAME], "set");
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let a = json!({"b": 1, "a": {"d": [ {"z": 1, "y": 2} ], "c": "x"}});
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"c":"x","d":[{"y":2,"z":1}]},"b":1}"#
+        );
+        // Escaping is JSON's, so keys and strings with quotes stay unambiguous.
+        assert_eq!(canonical_json(&json!({"k\"": "v\n"})), r#"{"k\"":"v\n"}"#);
+        // Built in another order, same text and so the same revision.
+        let mut map = serde_json::Map::new();
+        map.insert("b".into(), json!(1));
+        map.insert("a".into(), json!({"c": "x", "d": [{"y": 2, "z": 1}]}));
+        assert_eq!(canonical_json(&Value::Object(map)), canonical_json(&a));
+    }
+
+    #[test]
+    fn known_revision_value() {
+        // Pins the hash function and the canonical form: changing either restarts every static
+        // pod in every cluster on upgrade, so it must be a deliberate decision.
+        assert_eq!(revision_of(&json!({"b": 1, "a": "x"})), "cdab067e9f");
+    }
+
+    #[test]
+    fn naming_rule() {
+        assert_eq!(mirror_pod_name("vip", "Node-1"), "vip-node-1");
+        let node = "n".repeat(50);
+        // 12 + 1 + 50 = 63: the limit itself is fine.
+        assert_eq!(name_problem(&"s".repeat(12), &node), None);
+        let problem = name_problem(&"s".repeat(13), &node).unwrap();
+        assert!(problem.contains("64 characters"), "{problem}");
+        assert!(problem.contains("at most 12 characters"), "{problem}");
+        // A node name that alone is too long still yields a sensible message.
+        let problem = name_problem("a", &"n".repeat(70)).unwrap();
+        assert!(problem.contains("at most 0 characters"), "{problem}");
+    }
+
+    #[test]
+    fn field_managers_are_per_set_and_short_enough() {
+        assert_eq!(field_manager("ns", "vip"), "staticpodset/ns/vip");
+        assert_ne!(field_manager("ns", "a"), field_manager("ns", "b"));
+        let long_a = field_manager(&"n".repeat(63), &"a".repeat(200));
+        let long_b = field_manager(&"n".repeat(63), &format!("{}b", "a".repeat(199)));
+        assert!(long_a.len() <= 128, "{}", long_a.len());
+        assert_ne!(long_a, long_b);
+        assert_eq!(long_a, field_manager(&"n".repeat(63), &"a".repeat(200)));
+    }
+}

@@ -1,0 +1,693 @@
+//! Summing node reports into a StaticPodSet's status, and the Events worth telling a user.
+//!
+//! Pure: the controller gathers the reports from its NodeStaticPods store and passes them in.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use staticpodset_api::{ManifestPhase, PodReport, StaticPodSetStatus};
+
+/// Condition type: every selected node runs the current revision and it is Ready.
+pub const AVAILABLE: &str = "Available";
+/// Condition type: some selected node does not run the current revision yet.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition type: some selected node reports a problem the rollout will not fix by waiting.
+pub const DEGRADED: &str = "Degraded";
+/// Condition type: the spec can be rendered and distributed.
+pub const VALID: &str = "Valid";
+
+/// Reason of `Valid=False` when the pod template is unusable.
+pub const REASON_INVALID_TEMPLATE: &str = "InvalidTemplate";
+/// Reason of `Valid=False` when only the node selector is unusable.
+pub const REASON_INVALID_NODE_SELECTOR: &str = "InvalidNodeSelector";
+
+/// How many node names a condition message lists before it says "and N more": messages must
+/// stay readable in `kubectl describe` at 5,000 nodes.
+pub const MAX_NODES_IN_MESSAGE: usize = 5;
+/// Agent messages are quoted up to this many characters.
+const MAX_AGENT_MESSAGE: usize = 200;
+
+/// Why a spec is not distributed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// [`REASON_INVALID_TEMPLATE`] or [`REASON_INVALID_NODE_SELECTOR`].
+    pub reason: &'static str,
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+/// What the operator knows about one selected node for one set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NodeState<'a> {
+    /// The node's name.
+    pub node: &'a str,
+    /// The agent's report for this set, if the agent wrote one.
+    pub report: Option<&'a PodReport>,
+    /// Set when the set cannot run on this node at all (see `render::name_problem`).
+    pub name_problem: Option<&'a str>,
+}
+
+/// Everything [`aggregate`] needs besides the previous status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed<'a> {
+    /// `metadata.generation` of the set.
+    pub generation: Option<i64>,
+    /// The revision the nodes should run: the freshly rendered one, or while the spec is invalid
+    /// the last one that was valid (the nodes keep running it).
+    pub revision: Option<&'a str>,
+    /// Set when the spec is invalid and nothing is distributed.
+    pub invalid: Option<Invalid>,
+    /// Every node the selector matches, in a stable order (by name).
+    pub nodes: Vec<NodeState<'a>>,
+}
+
+/// The problem a node has with its static pod, if any: a name that cannot work, a file or pod
+/// the agent does not own in the way (Conflict), a failed write (Error), or a written manifest
+/// without mirror pod that the agent flagged with a message (the agent only adds a message to a
+/// written pod when something is wrong, e.g. the kubelet rejected the manifest or admission
+/// rejected the mirror pod; a mirror pod that is merely not there *yet* carries no message).
+pub fn node_problem(state: &NodeState<'_>) -> Option<String> {
+    if let Some(problem) = state.name_problem {
+        return Some(problem.to_string());
+    }
+    let report = state.report?;
+    let message = report.message.as_deref().map(shorten);
+    match report.phase {
+        ManifestPhase::Conflict => Some(format!(
+            "Conflict: {}",
+            message
+                .unwrap_or_else(|| "a file or pod StaticPodSet does not own is in the way".into())
+        )),
+        ManifestPhase::Error => Some(format!(
+            "Error: {}",
+            message.unwrap_or_else(|| "the agent failed to write the manifest".into())
+        )),
+        ManifestPhase::Written if report.mirror_pod.is_none() => {
+            message.map(|m| format!("no mirror pod: {m}"))
+        }
+        _ => None,
+    }
+}
+
+fn shorten(message: &str) -> String {
+    if message.chars().count() <= MAX_AGENT_MESSAGE {
+        return message.to_string();
+    }
+    let mut short: String = message.chars().take(MAX_AGENT_MESSAGE).collect();
+    short.push('…');
+    short
+}
+
+/// "a, b, c, d, e and 3 more"
+fn list_names<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = names.len();
+    let shown: Vec<&str> = names.take(MAX_NODES_IN_MESSAGE).collect();
+    let mut text = shown.join(", ");
+    if total > shown.len() {
+        text.push_str(&format!(" and {} more", total - shown.len()));
+    }
+    text
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// Computes the status of a set from what its nodes report.
+///
+/// Counts, per selected node: *written* when the agent wrote the current revision; *updated* when
+/// the mirror pod shows the current revision; *ready* when updated and Ready; *misscheduled* when
+/// [`node_problem`] finds a problem. Conditions keep their `lastTransitionTime` while their status
+/// does not change, so an unchanged world yields an identical status and no write.
+pub fn aggregate(
+    previous: Option<&StaticPodSetStatus>,
+    observed: &Observed<'_>,
+    now: &Time,
+) -> StaticPodSetStatus {
+    let revision = observed.revision;
+    let at_revision = |r: Option<&str>| revision.is_some() && r == revision;
+
+    let mut written = 0;
+    let mut not_updated: Vec<&str> = Vec::new();
+    let mut not_ready: Vec<&str> = Vec::new();
+    let mut problems: Vec<(&str, String)> = Vec::new();
+    for state in &observed.nodes {
+        let report = state.report;
+        if report.is_some_and(|r| {
+            r.phase == ManifestPhase::Written && at_revision(r.written_revision.as_deref())
+        }) {
+            written += 1;
+        }
+        let mirror = report.and_then(|r| r.mirror_pod.as_ref());
+        let updated = mirror.is_some_and(|m| at_revision(m.revision.as_deref()));
+        if !updated {
+            not_updated.push(state.node);
+        }
+        if !(updated && mirror.is_some_and(|m| m.ready)) {
+            not_ready.push(state.node);
+        }
+        if let Some(problem) = node_problem(state) {
+            problems.push((state.node, problem));
+        }
+    }
+    let desired = observed.nodes.len();
+    let updated = desired - not_updated.len();
+    let ready = desired - not_ready.len();
+    let rev = revision.unwrap_or("(none)");
+
+    let cond = |type_: &str, status: bool, reason: &str, message: String| {
+        condition(
+            previous,
+            observed.generation,
+            now,
+            type_,
+            status,
+            reason,
+            message,
+        )
+    };
+
+    let available = if desired == 0 {
+        cond(
+            AVAILABLE,
+            true,
+            "NoNodesSelected",
+            "the node selector matches no node".into(),
+        )
+    } else if not_ready.is_empty() {
+        cond(
+            AVAILABLE,
+            true,
+            "AllNodesReady",
+            format!("{desired}/{desired} nodes ready at revision {rev}"),
+        )
+    } else {
+        cond(
+            AVAILABLE,
+            false,
+            "NodesNotReady",
+            format!(
+                "{ready}/{desired} nodes ready at revision {rev}; not ready: {}",
+                list_names(not_ready.iter().copied())
+            ),
+        )
+    };
+
+    let progressing = if let Some(invalid) = &observed.invalid {
+        cond(
+            PROGRESSING,
+            false,
+            invalid.reason,
+            "nothing is rolled out while the spec is invalid; nodes keep what they run".into(),
+        )
+    } else if not_updated.is_empty() {
+        cond(
+            PROGRESSING,
+            false,
+            "RolloutComplete",
+            format!("{desired}/{desired} nodes run revision {rev}"),
+        )
+    } else {
+        cond(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            format!(
+                "{updated}/{desired} nodes run revision {rev}; waiting for: {}",
+                list_names(not_updated.iter().copied())
+            ),
+        )
+    };
+
+    let degraded = if problems.is_empty() {
+        cond(
+            DEGRADED,
+            false,
+            "NoProblems",
+            "no node reports a problem".into(),
+        )
+    } else {
+        let shown: Vec<String> = problems
+            .iter()
+            .take(MAX_NODES_IN_MESSAGE)
+            .map(|(node, problem)| format!("{node}: {problem}"))
+            .collect();
+        let mut message = format!(
+            "{} with problems: {}",
+            plural(problems.len(), "node"),
+            shown.join("; ")
+        );
+        if problems.len() > shown.len() {
+            message.push_str(&format!("; and {} more", problems.len() - shown.len()));
+        }
+        cond(DEGRADED, true, "NodeProblems", message)
+    };
+
+    let valid = match &observed.invalid {
+        Some(invalid) => cond(VALID, false, invalid.reason, invalid.problems.join("; ")),
+        None => cond(VALID, true, "Valid", "the spec is valid".into()),
+    };
+
+    StaticPodSetStatus {
+        observed_generation: observed.generation,
+        desired_number_scheduled: count(desired),
+        number_written: count(written),
+        number_ready: count(ready),
+        updated_number_scheduled: count(updated),
+        number_misscheduled: count(problems.len()),
+        update_revision: revision.map(str::to_string),
+        conditions: vec![available, progressing, degraded, valid],
+    }
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Builds a condition, keeping the previous `lastTransitionTime` when the status is unchanged.
+fn condition(
+    previous: Option<&StaticPodSetStatus>,
+    generation: Option<i64>,
+    now: &Time,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = find_condition(previous, type_)
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// The condition of this type in a status, if any.
+pub fn find_condition<'a>(
+    status: Option<&'a StaticPodSetStatus>,
+    type_: &str,
+) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// An Event to publish on the set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Human-readable note.
+    pub note: String,
+}
+
+/// The Events a status change deserves: a spec turning invalid, nodes reporting new problems,
+/// recovery, a new revision being rolled out, and the set becoming available.
+pub fn notices(previous: Option<&StaticPodSetStatus>, next: &StaticPodSetStatus) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let changed = |type_: &str| -> Option<(&Condition, Option<&Condition>)> {
+        let new = find_condition(Some(next), type_)?;
+        let old = find_condition(previous, type_);
+        let same = old.is_some_and(|o| o.status == new.status && o.message == new.message);
+        (!same).then_some((new, old))
+    };
+    if let Some((valid, _)) = changed(VALID) {
+        if valid.status == "False" {
+            out.push(Notice {
+                warning: true,
+                reason: valid.reason.clone(),
+                note: valid.message.clone(),
+            });
+        }
+    }
+    if let Some(revision) = &next.update_revision {
+        if previous.and_then(|p| p.update_revision.as_ref()) != Some(revision) {
+            out.push(Notice {
+                warning: false,
+                reason: "RolloutStarted".into(),
+                note: format!(
+                    "rolling out revision {revision} to {}",
+                    plural(next.desired_number_scheduled.max(0) as usize, "node")
+                ),
+            });
+        }
+    }
+    if let Some((degraded, old)) = changed(DEGRADED) {
+        if degraded.status == "True" {
+            out.push(Notice {
+                warning: true,
+                reason: degraded.reason.clone(),
+                note: degraded.message.clone(),
+            });
+        } else if old.is_some_and(|o| o.status == "True") {
+            out.push(Notice {
+                warning: false,
+                reason: "Recovered".into(),
+                note: "no node reports a problem any more".into(),
+            });
+        }
+    }
+    if let Some((available, old)) = changed(AVAILABLE) {
+        let was_available = old.is_some_and(|o| o.status == "True");
+        if available.status == "True" && !was_available && next.desired_number_scheduled > 0 {
+            out.push(Notice {
+                warning: false,
+                reason: "Available".into(),
+                note: available.message.clone(),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+    use staticpodset_api::MirrorPodReport;
+
+    fn time(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn report(
+        phase: ManifestPhase,
+        written: Option<&str>,
+        mirror: Option<(&str, bool)>,
+    ) -> PodReport {
+        PodReport {
+            set_namespace: "ns".into(),
+            set_name: "set".into(),
+            phase,
+            written_revision: written.map(str::to_string),
+            mirror_pod: mirror.map(|(rev, ready)| MirrorPodReport {
+                name: "set-node".into(),
+                uid: "uid".into(),
+                revision: Some(rev.to_string()),
+                up_to_date: true,
+                ready,
+                ..Default::default()
+            }),
+            message: None,
+        }
+    }
+
+    fn state<'a>(node: &'a str, report: Option<&'a PodReport>) -> NodeState<'a> {
+        NodeState {
+            node,
+            report,
+            name_problem: None,
+        }
+    }
+
+    fn observed<'a>(nodes: Vec<NodeState<'a>>) -> Observed<'a> {
+        Observed {
+            generation: Some(3),
+            revision: Some("r2"),
+            invalid: None,
+            nodes,
+        }
+    }
+
+    fn cond<'a>(s: &'a StaticPodSetStatus, t: &str) -> &'a Condition {
+        find_condition(Some(s), t).unwrap()
+    }
+
+    #[test]
+    fn counts_per_node_state() {
+        let ready = report(ManifestPhase::Written, Some("r2"), Some(("r2", true)));
+        let starting = report(ManifestPhase::Written, Some("r2"), Some(("r2", false)));
+        let old_mirror = report(ManifestPhase::Written, Some("r2"), Some(("r1", true)));
+        let pending = report(ManifestPhase::Pending, Some("r1"), Some(("r1", true)));
+        let conflict = report(ManifestPhase::Conflict, None, None);
+        let nodes = vec![
+            state("a", Some(&ready)),
+            state("b", Some(&starting)),
+            state("c", Some(&old_mirror)),
+            state("d", Some(&pending)),
+            state("e", Some(&conflict)),
+            state("f", None),
+        ];
+        let s = aggregate(None, &observed(nodes), &time(100));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.desired_number_scheduled, 6);
+        assert_eq!(s.number_written, 3);
+        assert_eq!(s.updated_number_scheduled, 2);
+        assert_eq!(s.number_ready, 1);
+        assert_eq!(s.number_misscheduled, 1);
+        assert_eq!(s.update_revision.as_deref(), Some("r2"));
+
+        let available = cond(&s, AVAILABLE);
+        assert_eq!(
+            (available.status.as_str(), available.reason.as_str()),
+            ("False", "NodesNotReady")
+        );
+        assert_eq!(
+            available.message,
+            "1/6 nodes ready at revision r2; not ready: b, c, d, e, f"
+        );
+        let progressing = cond(&s, PROGRESSING);
+        assert_eq!(progressing.status, "True");
+        assert!(progressing
+            .message
+            .starts_with("2/6 nodes run revision r2; waiting for: c, d, e, f"));
+        let degraded = cond(&s, DEGRADED);
+        assert_eq!(degraded.status, "True");
+        assert!(
+            degraded.message.contains("e: Conflict: "),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(cond(&s, VALID).status, "True");
+        for c in &s.conditions {
+            assert_eq!(c.observed_generation, Some(3));
+            assert_eq!(c.last_transition_time, time(100));
+        }
+    }
+
+    #[test]
+    fn all_ready() {
+        let ready = report(ManifestPhase::Written, Some("r2"), Some(("r2", true)));
+        let s = aggregate(
+            None,
+            &observed(vec![state("a", Some(&ready)), state("b", Some(&ready))]),
+            &time(1),
+        );
+        assert_eq!(s.number_ready, 2);
+        let a = cond(&s, AVAILABLE);
+        assert_eq!(
+            (a.status.as_str(), a.reason.as_str()),
+            ("True", "AllNodesReady")
+        );
+        assert_eq!(a.message, "2/2 nodes ready at revision r2");
+        let p = cond(&s, PROGRESSING);
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("False", "RolloutComplete")
+        );
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+    }
+
+    #[test]
+    fn no_nodes_selected_is_available() {
+        let s = aggregate(None, &observed(vec![]), &time(1));
+        assert_eq!(s.desired_number_scheduled, 0);
+        let a = cond(&s, AVAILABLE);
+        assert_eq!(
+            (a.status.as_str(), a.reason.as_str()),
+            ("True", "NoNodesSelected")
+        );
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_status_is_unchanged() {
+        let ready = report(ManifestPhase::Written, Some("r2"), Some(("r2", true)));
+        let starting = report(ManifestPhase::Written, Some("r2"), Some(("r2", false)));
+        let first = aggregate(
+            None,
+            &observed(vec![state("a", Some(&starting))]),
+            &time(10),
+        );
+        // Same world later: identical status, so the controller writes nothing.
+        let again = aggregate(
+            Some(&first),
+            &observed(vec![state("a", Some(&starting))]),
+            &time(20),
+        );
+        assert_eq!(first, again);
+        // The node becomes ready: Available flips and gets the new time; Degraded does not.
+        let later = aggregate(
+            Some(&first),
+            &observed(vec![state("a", Some(&ready))]),
+            &time(30),
+        );
+        assert_eq!(cond(&later, AVAILABLE).last_transition_time, time(30));
+        assert_eq!(cond(&later, DEGRADED).last_transition_time, time(10));
+        assert_eq!(cond(&later, VALID).last_transition_time, time(10));
+    }
+
+    #[test]
+    fn message_lists_at_most_five_nodes() {
+        let names: Vec<String> = (0..8).map(|i| format!("n{i}")).collect();
+        let nodes = names.iter().map(|n| state(n, None)).collect();
+        let s = aggregate(None, &observed(nodes), &time(1));
+        assert_eq!(
+            cond(&s, AVAILABLE).message,
+            "0/8 nodes ready at revision r2; not ready: n0, n1, n2, n3, n4 and 3 more"
+        );
+    }
+
+    #[test]
+    fn problems_and_their_messages() {
+        let mut error = report(ManifestPhase::Error, None, None);
+        error.message = Some("permission denied".into());
+        let mut no_mirror = report(ManifestPhase::Written, Some("r2"), None);
+        no_mirror.message = Some("mirror pod missing for 5m: admission rejected it".into());
+        let young = report(ManifestPhase::Written, Some("r2"), None);
+        let removing = report(ManifestPhase::Removing, Some("r1"), None);
+        let too_long = "mirror pod name would be 70 characters";
+        let nodes = vec![
+            state("a", Some(&error)),
+            state("b", Some(&no_mirror)),
+            state("c", Some(&young)),
+            state("d", Some(&removing)),
+            NodeState {
+                node: "e",
+                report: None,
+                name_problem: Some(too_long),
+            },
+        ];
+        let s = aggregate(None, &observed(nodes), &time(1));
+        assert_eq!(s.number_misscheduled, 3);
+        assert_eq!(s.number_written, 2);
+        let d = cond(&s, DEGRADED);
+        assert_eq!(
+            d.message,
+            "3 nodes with problems: a: Error: permission denied; \
+             b: no mirror pod: mirror pod missing for 5m: admission rejected it; \
+             e: mirror pod name would be 70 characters"
+        );
+    }
+
+    #[test]
+    fn long_agent_messages_are_shortened() {
+        let mut error = report(ManifestPhase::Error, None, None);
+        error.message = Some("x".repeat(1000));
+        let problem = node_problem(&state("a", Some(&error))).unwrap();
+        assert!(problem.chars().count() < 220, "{}", problem.len());
+        assert!(problem.ends_with('…'));
+    }
+
+    #[test]
+    fn invalid_spec() {
+        let previous_ready = report(ManifestPhase::Written, Some("r1"), Some(("r1", true)));
+        let obs = Observed {
+            generation: Some(4),
+            revision: Some("r1"),
+            invalid: Some(Invalid {
+                reason: REASON_INVALID_TEMPLATE,
+                problems: vec!["a: bad".into(), "b: worse".into()],
+            }),
+            nodes: vec![state("a", Some(&previous_ready))],
+        };
+        let s = aggregate(None, &obs, &time(1));
+        let v = cond(&s, VALID);
+        assert_eq!(
+            (v.status.as_str(), v.reason.as_str(), v.message.as_str()),
+            ("False", "InvalidTemplate", "a: bad; b: worse")
+        );
+        let p = cond(&s, PROGRESSING);
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("False", "InvalidTemplate")
+        );
+        // The nodes still run the last valid revision, and the counts say so.
+        assert_eq!(s.number_ready, 1);
+        assert_eq!(cond(&s, AVAILABLE).status, "True");
+    }
+
+    #[test]
+    fn never_valid_has_no_revision() {
+        let obs = Observed {
+            generation: Some(1),
+            revision: None,
+            invalid: Some(Invalid {
+                reason: REASON_INVALID_NODE_SELECTOR,
+                problems: vec!["x".into()],
+            }),
+            nodes: vec![],
+        };
+        let s = aggregate(None, &obs, &time(1));
+        assert_eq!(s.update_revision, None);
+        assert_eq!(cond(&s, VALID).reason, "InvalidNodeSelector");
+    }
+
+    #[test]
+    fn notices_on_transitions_only() {
+        let ready = report(ManifestPhase::Written, Some("r2"), Some(("r2", true)));
+        let conflict = report(ManifestPhase::Conflict, None, None);
+
+        let first = aggregate(None, &observed(vec![state("a", Some(&conflict))]), &time(1));
+        let n = notices(None, &first);
+        let reasons: Vec<&str> = n.iter().map(|n| n.reason.as_str()).collect();
+        assert_eq!(reasons, ["RolloutStarted", "NodeProblems"]);
+        assert!(n[1].warning && n[1].note.contains("a: Conflict"));
+
+        // Nothing changed: nothing to say.
+        let same = aggregate(
+            Some(&first),
+            &observed(vec![state("a", Some(&conflict))]),
+            &time(2),
+        );
+        assert!(notices(Some(&first), &same).is_empty());
+
+        // Recovery and availability.
+        let fixed = aggregate(
+            Some(&same),
+            &observed(vec![state("a", Some(&ready))]),
+            &time(3),
+        );
+        let reasons: Vec<String> = notices(Some(&same), &fixed)
+            .into_iter()
+            .map(|n| n.reason)
+            .collect();
+        assert_eq!(reasons, ["Recovered", "Available"]);
+
+        // The spec turns invalid.
+        let obs = Observed {
+            invalid: Some(Invalid {
+                reason: REASON_INVALID_TEMPLATE,
+                problems: vec!["bad".into()],
+            }),
+            ..observed(vec![state("a", Some(&ready))])
+        };
+        let invalid = aggregate(Some(&fixed), &obs, &time(4));
+        let n = notices(Some(&fixed), &invalid);
+        assert_eq!(n.len(), 1);
+        assert!(n[0].warning);
+        assert_eq!(
+            (n[0].reason.as_str(), n[0].note.as_str()),
+            ("InvalidTemplate", "bad")
+        );
+
+        // A new revision.
+        let mut obs = observed(vec![state("a", Some(&ready))]);
+        obs.revision = Some("r3");
+        let rolled = aggregate(Some(&fixed), &obs, &time(5));
+        let reasons: Vec<String> = notices(Some(&fixed), &rolled)
+            .into_iter()
+            .map(|n| n.reason)
+            .collect();
+        assert_eq!(reasons, ["RolloutStarted"]);
+    }
+}
