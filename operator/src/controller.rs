@@ -268,8 +268,12 @@ pub async fn run(
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
-        // With a field manager per set, managedFields can outweigh the data; nobody reads them.
-        .modify(|o: &mut NodeStaticPods| o.metadata.managed_fields = None)
+        // With a field manager per set, managedFields can outweigh the data, and the manifests
+        // are only ever compared: keep neither in memory.
+        .modify(|o: &mut NodeStaticPods| {
+            o.metadata.managed_fields = None;
+            planner::digest_manifests(o);
+        })
         .reflect(objects_writer)
         .filter_map(move |event| {
             let keys: BTreeSet<SetKey> = match event {
@@ -386,12 +390,12 @@ pub async fn reconcile(set: Arc<StaticPodSet>, ctx: Arc<Context>) -> Result<Acti
 /// retried with a per-set exponential backoff.
 pub fn error_policy(set: Arc<StaticPodSet>, error: &Error, ctx: Arc<Context>) -> Action {
     if error.is_waiting() {
-        tracing::debug!(namespace = ?set.namespace(), name = %set.name_any(), %error, "waiting");
+        tracing::debug!(namespace = %set.namespace().unwrap_or_default(), name = %set.name_any(), %error, "waiting");
         return Action::requeue(DELETION_POLL);
     }
     let delay = ctx.next_backoff(&ObjectRef::from_obj(&*set));
     tracing::warn!(
-        namespace = ?set.namespace(),
+        namespace = %set.namespace().unwrap_or_default(),
         name = %set.name_any(),
         %error,
         retry_in = ?delay,

@@ -3,7 +3,8 @@
 //! Entries are written one of two ways, chosen with `--node-write-mode`:
 //! - `apply` (the design): server-side apply, one field manager per set. `spec.pods` is a
 //!   list-map keyed by (setNamespace, setName), so each set owns exactly its own entry and sets
-//!   never contend. Requires the list-map markers on the CRD.
+//!   never contend. Requires the list-map markers on the CRD. Applies are not forced, except to
+//!   take back fields of the set's own entry that someone else edited.
 //! - `update` (fallback for a CRD without them): read the object, replace the set's entry,
 //!   write the whole list back conditioned on the resourceVersion, retry on conflict.
 //!
@@ -158,14 +159,37 @@ async fn apply(
     node: &str,
     entry: &AssignedPod,
 ) -> Result<(), kube::Error> {
-    // Not forced: with the list-map in place only a foreign edit of our own entry can conflict,
-    // and surfacing that beats silently taking the field back. Without the list-map, spec.pods
-    // is one atomic field, and a forced apply would wipe every other set's entry; unforced, the
-    // second set on a node gets a conflict instead.
-    let params = PatchParams::apply(&field_manager(namespace, name));
-    api.patch(node, &params, &Patch::Apply(apply_body(node, entry)))
-        .await
-        .map(|_| ())
+    let manager = field_manager(namespace, name);
+    let body = Patch::Apply(apply_body(node, entry));
+    // First unforced: without the list-map, spec.pods is one atomic field, and a forced apply
+    // would wipe every other set's entry; unforced, the second set on a node gets a conflict.
+    match api.patch(node, &PatchParams::apply(&manager), &body).await {
+        Ok(_) => Ok(()),
+        // Every conflicting field is inside our own entry (someone edited it): the set is the
+        // authority over its entry, so take the fields back.
+        Err(kube::Error::Api(status)) if conflicts_only_inside_entries(&status) => {
+            let others: Vec<&str> = status
+                .details
+                .iter()
+                .flat_map(|d| &d.causes)
+                .map(|c| c.message.as_str())
+                .collect();
+            tracing::info!(%node, conflicts = ?others, "taking back fields of the set's entry edited by another manager");
+            api.patch(node, &PatchParams::apply(&manager).force(), &body)
+                .await
+                .map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether an apply conflict concerns only fields inside list entries (`.spec.pods[key=...]...`),
+/// never the list as a whole (which is what a CRD without the list-map reports).
+pub fn conflicts_only_inside_entries(status: &Status) -> bool {
+    let causes: Vec<_> = status.details.iter().flat_map(|d| &d.causes).collect();
+    status.is_conflict()
+        && !causes.is_empty()
+        && causes.iter().all(|c| c.field.starts_with(".spec.pods["))
 }
 
 async fn remove(
@@ -300,6 +324,45 @@ mod tests {
             ])
         );
         let _: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
+    }
+
+    fn conflict(fields: &[&str]) -> Status {
+        let mut status = Status::failure("Apply failed", "Conflict").with_code(409);
+        status.details = Some(kube::core::response::StatusDetails {
+            causes: fields
+                .iter()
+                .map(|f| kube::core::response::StatusCause {
+                    reason: "FieldManagerConflict".into(),
+                    message: "conflict with \"human\"".into(),
+                    field: f.to_string(),
+                })
+                .collect(),
+            name: String::new(),
+            group: String::new(),
+            kind: String::new(),
+            uid: String::new(),
+            retry_after_seconds: 0,
+        });
+        status
+    }
+
+    #[test]
+    fn only_conflicts_inside_our_entry_are_forced() {
+        // Someone edited our entry (as a v1.36 API server reports it).
+        assert!(conflicts_only_inside_entries(&conflict(&[
+            r#".spec.pods[setName="vip",setNamespace="apps"].manifest.spec.hostNetwork"#
+        ])));
+        // The CRD has no list-map: the whole list is contested; forcing would wipe other sets.
+        assert!(!conflicts_only_inside_entries(&conflict(&[".spec.pods"])));
+        assert!(!conflicts_only_inside_entries(&conflict(&[
+            r#".spec.pods[setName="a",setNamespace="b"].revision"#,
+            ".metadata.ownerReferences",
+        ])));
+        assert!(!conflicts_only_inside_entries(&conflict(&[])));
+        let mut not_a_conflict = conflict(&[r#".spec.pods[setName="a",setNamespace="b"]"#]);
+        not_a_conflict.code = 422;
+        not_a_conflict.reason = "Invalid".into();
+        assert!(!conflicts_only_inside_entries(&not_a_conflict));
     }
 
     #[test]
