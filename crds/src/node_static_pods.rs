@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct NodeStaticPodsSpec {
     /// One entry per StaticPodSet that selects this node.
+    // A map keyed by set, so that each set's server-side apply owns only its own entry and sets
+    // never conflict over one node's object.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["setNamespace", "setName"]))]
     pub pods: Vec<AssignedPod>,
 }
 
@@ -59,6 +62,7 @@ pub struct NodeStaticPodsStatus {
     pub summary: NodeSummary,
     /// One report per assigned pod, and per owned manifest still being removed.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["setNamespace", "setName"]))]
     pub pods: Vec<PodReport>,
 }
 
