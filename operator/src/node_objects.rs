@@ -171,6 +171,7 @@ pub async fn run(
             let write = NodeWrite {
                 node: node.clone(),
                 entry: None,
+                repair: false,
             };
             match node_writes::write(&client, mode, &namespace, &name, &write).await {
                 Ok(()) => {

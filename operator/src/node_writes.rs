@@ -135,6 +135,10 @@ pub async fn write(
     let api: Api<NodeStaticPods> = Api::all(client.clone());
     let (op, result) = match (&write.entry, mode) {
         (None, _) => ("removing", remove(&api, namespace, name, &write.node).await),
+        (Some(entry), WriteMode::Apply) if write.repair => (
+            "repairing",
+            repair(&api, namespace, name, &write.node, entry).await,
+        ),
         (Some(entry), WriteMode::Apply) => (
             "applying",
             apply(&api, namespace, name, &write.node, entry).await,
@@ -226,6 +230,58 @@ async fn remove(
         }
     }
     Err(conflict_exhausted(node))
+}
+
+/// Replaces the set's entry as a whole (guarded JSON patch), dropping whatever another manager
+/// added to it. Fields it changes become the operator's; the set's next apply takes them back
+/// (forced, as conflicts inside its own entry).
+async fn repair(
+    api: &Api<NodeStaticPods>,
+    namespace: &str,
+    name: &str,
+    node: &str,
+    entry: &AssignedPod,
+) -> Result<(), kube::Error> {
+    let params = PatchParams {
+        field_manager: Some(OPERATOR_MANAGER.into()),
+        ..Default::default()
+    };
+    for _ in 0..CONFLICT_RETRIES {
+        let Some(obj) = api.get_opt(node).await? else {
+            return Err(not_found(node));
+        };
+        let Some(index) = obj
+            .spec
+            .pods
+            .iter()
+            .position(|p| p.set_namespace == namespace && p.set_name == name)
+        else {
+            // Gone meanwhile: put it back the normal way.
+            return apply(api, namespace, name, node, entry).await;
+        };
+        if obj.spec.pods[index] == *entry {
+            return Ok(());
+        }
+        let patch: json_patch::Patch =
+            serde_json::from_value(replace_patch(index, namespace, name, entry))
+                .map_err(kube::Error::SerdeError)?;
+        tracing::info!(%node, "replacing the set's entry, edited outside the set");
+        match api.patch(node, &params, &Patch::<()>::Json(patch)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_conflict(&e) || is_invalid(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(conflict_exhausted(node))
+}
+
+/// The JSON patch replacing the set's entry at `index`, if the entry there is still the set's.
+pub fn replace_patch(index: usize, namespace: &str, name: &str, entry: &AssignedPod) -> Value {
+    json!([
+        { "op": "test", "path": format!("/spec/pods/{index}/setNamespace"), "value": namespace },
+        { "op": "test", "path": format!("/spec/pods/{index}/setName"), "value": name },
+        { "op": "replace", "path": format!("/spec/pods/{index}"), "value": entry },
+    ])
 }
 
 async fn update(
@@ -323,6 +379,16 @@ mod tests {
                 {"op": "remove", "path": "/spec/pods/2"},
             ])
         );
+        let _: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
+    }
+
+    #[test]
+    fn replace_patch_tests_the_keys_before_replacing() {
+        let patch = replace_patch(1, "ns", "a", &entry("a", "r2"));
+        assert_eq!(patch[0]["path"], "/spec/pods/1/setNamespace");
+        assert_eq!(patch[1]["path"], "/spec/pods/1/setName");
+        assert_eq!(patch[2]["op"], "replace");
+        assert_eq!(patch[2]["value"]["revision"], "r2");
         let _: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
     }
 

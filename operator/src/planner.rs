@@ -23,6 +23,10 @@ pub struct NodeWrite {
     pub node: String,
     /// The entry to put; `None` removes the set's entry.
     pub entry: Option<AssignedPod>,
+    /// The entry is there at the wanted revision but its content differs: someone edited it.
+    /// Server-side apply cannot remove fields another manager added, so the entry is replaced
+    /// as a whole instead.
+    pub repair: bool,
 }
 
 /// A node the set's selector matches.
@@ -145,9 +149,14 @@ pub fn plan(
         if desired_entry.is_some() {
             match (want, current) {
                 (Some(want), Some(current)) if same_entry(want, &desired_digest, current) => {}
-                (Some(want), _) => writes.push(NodeWrite {
+                (Some(want), current) => writes.push(NodeWrite {
                     node: node_name.clone(),
                     entry: Some(want.clone()),
+                    // The revision is a hash of the manifest, so the same revision with another
+                    // digest can only be an edit that did not go through the set.
+                    repair: current.is_some_and(|c| {
+                        c.revision == want.revision && c.file_name == want.file_name
+                    }),
                 }),
                 (None, Some(_)) => writes.push(removal(&node_name)),
                 (None, None) => {}
@@ -185,6 +194,7 @@ fn removal(node: &str) -> NodeWrite {
     NodeWrite {
         node: node.to_string(),
         entry: None,
+        repair: false,
     }
 }
 
@@ -281,6 +291,10 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(writes, [("b", true), ("c", true), ("d", false)]);
         assert_eq!(p.writes[0].entry.as_ref().unwrap().revision, v2.revision);
+        assert!(
+            p.writes.iter().all(|w| !w.repair),
+            "new revisions and removals are no repairs"
+        );
     }
 
     #[test]

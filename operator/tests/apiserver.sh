@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# The operator against a real, throw-away kube-apiserver (no kubelet, no controller-manager):
+# nodes are plain Node objects, and a fake agent writes NodeStaticPods status with kubectl.
+#
+#   node objects created and owned by their Node
+#   -> two sets sharing nodes -> entries, status counts, conditions, Events
+#   -> template change -> new revision written; hand edit of an entry -> taken back
+#   -> node relabelled -> entry removed, the set's field manager gone from managedFields
+#   -> set deleted -> finalizer waits for the live agent, skips the NotReady node, releases
+#   -> finalizer removed by hand -> orphaned entry removed by the node-objects loop
+#   -> API server paused -> the leader steps down before its Lease expires, and leads again
+#
+# The operator runs as a user bound to exactly the rules of operator/RBAC.md (tests/rbac.yaml).
+# Uses etcd and kube-apiserver from $STATICPODSET_CACHE (tests/e2e/cluster/build fills it); skips
+# when they are missing. Usage: bash operator/tests/apiserver.sh   (about 2.5 minutes, most of it
+# waiting for the orphan grace period). KEEP=1 keeps the work directory.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+CACHE=${STATICPODSET_CACHE:-$HOME/.cache/staticpodset}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+APISERVER=${APISERVER:-$CACHE/k8s-v1.36.3/bin/kube-apiserver}
+ETCD=${ETCD:-$CACHE/tools/bin/etcd}
+KUBECTL=$(command -v kubectl || echo "$CACHE/k8s-v1.36.3/bin/kubectl")
+for bin in "$APISERVER" "$ETCD" "$KUBECTL"; do
+  [[ -x $bin ]] || { echo "SKIP: $bin not found"; exit 0; }
+done
+command -v openssl >/dev/null && command -v python3 >/dev/null || { echo "SKIP: needs openssl and python3"; exit 0; }
+
+WORK=$(mktemp -d /tmp/sps-operator-test.XXXXXX)
+PIDS=()
+passed=0 failed=0
+cleanup() {
+  local rc=$?
+  if [[ $rc != 0 || $failed != 0 ]]; then
+    echo "--- operator log (tail)"; tail -n 30 "$WORK/operator.log" 2>/dev/null || true
+  fi
+  # Stop everything we started, by PID. The operator gets SIGTERM (it releases its Lease); the
+  # throw-away API server and etcd are killed outright (a graceful API server drains for a minute).
+  [[ -n ${OPERATOR_PID:-} ]] && kill "$OPERATOR_PID" 2>/dev/null || true
+  local end=$((SECONDS + 25))
+  while [[ -n ${OPERATOR_PID:-} ]] && kill -0 "$OPERATOR_PID" 2>/dev/null && ((SECONDS < end)); do sleep 0.2; done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ ${KEEP:-0} == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+  echo "$passed passed, $failed failed"
+}
+trap cleanup EXIT
+ok() { passed=$((passed + 1)); echo "ok: $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL: $*"; exit 1; }
+# eventually SECONDS DESCRIPTION COMMAND...: retries COMMAND until it succeeds or time runs out.
+eventually() {
+  local limit=$1 what=$2; shift 2
+  local end=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < end)) || fail "$what (not within ${limit}s)"
+    sleep 0.5
+  done
+  ok "$what"
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# --- a throw-away API server -------------------------------------------------------------------
+cd "$WORK"
+mkdir pki
+openssl req -x509 -newkey rsa:2048 -nodes -keyout pki/ca.key -out pki/ca.crt -days 1 -subj /CN=test-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout pki/server.key -out pki/server.csr -subj /CN=127.0.0.1 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >pki/ext.cnf
+openssl x509 -req -in pki/server.csr -CA pki/ca.crt -CAkey pki/ca.key -CAcreateserial -days 1 \
+  -extfile pki/ext.cnf -out pki/server.crt 2>/dev/null
+openssl genrsa -out pki/sa.key 2048 2>/dev/null
+openssl rsa -in pki/sa.key -pubout -out pki/sa.pub 2>/dev/null
+printf 'admin-token,admin,1,"system:masters"\noperator-token,sps-operator,2\n' >pki/tokens.csv
+
+ETCD_PORT=$(free_port) PEER_PORT=$(free_port) API_PORT=$(free_port) HTTP_PORT=$(free_port)
+"$ETCD" --name t --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" --listen-peer-urls "http://127.0.0.1:$PEER_PORT" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" --initial-cluster "t=http://127.0.0.1:$PEER_PORT" \
+  >etcd.log 2>&1 &
+PIDS+=($!)
+"$APISERVER" --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 127.0.0.1 --secure-port "$API_PORT" \
+  --advertise-address 127.0.0.1 --tls-cert-file pki/server.crt --tls-private-key-file pki/server.key \
+  --token-auth-file pki/tokens.csv --authorization-mode RBAC --service-account-issuer "https://127.0.0.1:$API_PORT" \
+  --service-account-key-file pki/sa.pub --service-account-signing-key-file pki/sa.key \
+  --service-cluster-ip-range 10.252.0.0/24 --disable-admission-plugins ServiceAccount >apiserver.log 2>&1 &
+APISERVER_PID=$!
+PIDS+=("$APISERVER_PID")
+for user in admin operator; do
+  cat >"$user.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: t, cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: $WORK/pki/ca.crt}}]
+users: [{name: u, user: {token: $user-token}}]
+contexts: [{name: c, context: {cluster: t, user: u}}]
+current-context: c
+EOF
+done
+export KUBECONFIG=$WORK/admin.kubeconfig
+k() { "$KUBECTL" "$@"; }
+eventually 120 "API server ready" k get --raw /readyz
+
+# --- CRDs, RBAC, nodes -------------------------------------------------------------------------
+k apply --server-side -f "$ROOT/crds/" >/dev/null
+eventually 30 "CRDs established" k wait --for condition=Established --timeout=5s \
+  crd/staticpodsets.staticpods.dev crd/nodestaticpods.staticpods.dev
+MODE=apply
+if ! grep -q 'x-kubernetes-list-type: map' "$ROOT/crds/nodestaticpods.staticpods.dev.yaml"; then
+  MODE=update
+  echo "NOTE: the NodeStaticPods CRD has no list-map on spec.pods; testing --node-write-mode=update"
+fi
+k create namespace sps-system >/dev/null
+k create namespace apps >/dev/null
+k apply -f "$ROOT/operator/tests/rbac.yaml" >/dev/null
+
+add_node() { # name zone
+  k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Node
+metadata: {name: $1, labels: {zone: "$2"}}
+EOF
+  set_ready "$1" True
+}
+set_ready() {
+  local now; now=$(date -u +%FT%TZ)
+  k patch node "$1" --subresource=status --type=merge -p "{\"status\":{\"conditions\":[{\"type\":\"Ready\",\"status\":\"$2\",\"reason\":\"Test\",\"message\":\"test\",\"lastHeartbeatTime\":\"$now\",\"lastTransitionTime\":\"$now\"}]}}" >/dev/null
+}
+add_node node-a x
+add_node node-b x
+add_node node-c y
+
+# The fake agent: reports every entry of its node object as written, mirror pod at that revision.
+agent() { # node [notready]
+  python3 - "$1" "${2:-ready}" "$KUBECTL" <<'PY'
+import datetime, json, subprocess, sys
+node, mode, kubectl = sys.argv[1:4]
+obj = json.loads(subprocess.check_output([kubectl, "get", "nsp", node, "-o", "json"]))
+reports = [{"setNamespace": e["setNamespace"], "setName": e["setName"], "phase": "Written",
+            "writtenRevision": e["revision"],
+            "mirrorPod": {"name": f'{e["setName"]}-{node}', "uid": "u", "revision": e["revision"],
+                          "upToDate": True, "ready": mode == "ready", "restartCount": 0}}
+           for e in obj["spec"].get("pods", [])]
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+status = {"lastSyncTime": now, "pods": reports,
+          "summary": {"assigned": len(reports), "ready": 0, "problems": 0}}
+subprocess.check_call([kubectl, "patch", "nsp", node, "--subresource=status", "--type=merge",
+                       "-p", json.dumps({"status": status})], stdout=subprocess.DEVNULL)
+PY
+}
+
+# --- the operator ------------------------------------------------------------------------------
+(cd "$ROOT" && cargo build -q -p staticpodset-operator)
+KUBECONFIG=$WORK/operator.kubeconfig POD_NAME=op-test RUST_LOG=info,staticpodset_operator=debug \
+  "$CARGO_TARGET_DIR/debug/staticpodset-operator" --lease-namespace sps-system \
+  --http-addr "127.0.0.1:$HTTP_PORT" --node-write-mode "$MODE" --lease-duration 6 >operator.log 2>&1 &
+OPERATOR_PID=$!
+PIDS+=("$OPERATOR_PID")
+eventually 30 "operator ready (leader, caches synced)" curl -sf "http://127.0.0.1:$HTTP_PORT/readyz"
+owned_by_node() { [[ $(k get nsp "$1" -o jsonpath='{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}') == "Node/$1" ]]; }
+all_owned() { owned_by_node node-a && owned_by_node node-b && owned_by_node node-c; }
+eventually 20 "a NodeStaticPods per node, owned by its Node" all_owned
+
+entries() { k get nsp "$1" -o jsonpath='{.spec.pods[*].setName}' | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//'; }
+has_entries() { [[ $(entries "$1") == "$2" ]]; }
+jp() { k -n apps get sps "$1" -o jsonpath="$2"; }
+is() { [[ $(jp "$1" "$2") == "$3" ]]; }
+
+k apply -f - >/dev/null <<'EOF'
+apiVersion: staticpods.dev/v1alpha1
+kind: StaticPodSet
+metadata: {name: vip, namespace: apps}
+spec:
+  nodeSelector: {matchLabels: {zone: x}}
+  template:
+    metadata: {labels: {app: vip}}
+    spec:
+      hostNetwork: true
+      containers: [{name: vip, image: "busybox:1.36", command: [sleep, "3600"]}]
+---
+apiVersion: staticpods.dev/v1alpha1
+kind: StaticPodSet
+metadata: {name: everywhere, namespace: apps}
+spec:
+  template:
+    spec:
+      containers: [{name: c, image: "busybox:1.36", command: [sleep, "3600"]}]
+EOF
+shared() { has_entries node-a 'everywhere vip' && has_entries node-b 'everywhere vip' && has_entries node-c everywhere; }
+eventually 20 "both sets share node-a and node-b; node-c has only 'everywhere'" shared
+desired() { is vip '{.status.desiredNumberScheduled}' 2 && is everywhere '{.status.desiredNumberScheduled}' 3; }
+eventually 10 "status: desired 2 and 3" desired
+[[ $(jp vip '{.metadata.finalizers[0]}') == staticpods.dev/manifests ]] && ok "finalizer set" || fail "finalizer set"
+
+agent node-a && agent node-b && agent node-c notready
+eventually 10 "vip Available once its nodes report ready" is vip '{.status.conditions[?(@.type=="Available")].status}' True
+not_available() {
+  is everywhere '{.status.numberReady}' 2 &&
+    jp everywhere '{.status.conditions[?(@.type=="Available")].message}' | grep -q node-c
+}
+eventually 10 "everywhere not Available while node-c is not ready, and says so" not_available
+k -n apps get events.events.k8s.io -o jsonpath='{.items[*].reason}' | grep -q RolloutStarted \
+  && ok "RolloutStarted Event published" || fail "RolloutStarted Event published"
+
+rev=$(jp vip '{.status.updateRevision}')
+k -n apps patch sps vip --type=json -p '[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"busybox:1.37"}]' >/dev/null
+new_revision() { r=$(k get nsp node-a -o jsonpath='{.spec.pods[?(@.setName=="vip")].revision}'); [[ -n $r && $r != "$1" ]]; }
+eventually 10 "template change writes a new revision" new_revision "$rev"
+
+if [[ $MODE == apply ]]; then
+  i=$(k get nsp node-a -o json | python3 -c 'import json,sys; print([p["setName"] for p in json.load(sys.stdin)["spec"]["pods"]].index("vip"))')
+  k patch nsp node-a --field-manager=human --type=json \
+    -p "[{\"op\":\"add\",\"path\":\"/spec/pods/$i/manifest/metadata/labels/edited\",\"value\":\"by-hand\"}]" >/dev/null
+  not_edited() { ! k get nsp node-a -o json | grep -q by-hand; }
+  eventually 15 "an entry edited by hand is taken back" not_edited
+fi
+
+k label node node-b zone=y --overwrite >/dev/null
+eventually 10 "relabelled node loses the entry" has_entries node-b everywhere
+if [[ $MODE == apply ]]; then
+  k get nsp node-b -o json --show-managed-fields | grep -q '"manager": "staticpodset/apps/vip"' \
+    && fail "the set's field manager left on node-b" || ok "the set's field manager left node-b's managedFields"
+fi
+
+agent node-a && agent node-b
+set_ready node-c False   # its agent still reports 'everywhere', but the node is down
+k -n apps delete sps everywhere --wait=false >/dev/null
+withdrawn() { has_entries node-a vip && has_entries node-b '' && has_entries node-c ''; }
+eventually 10 "deleting a set removes its entries" withdrawn
+sleep 2
+k -n apps get sps everywhere >/dev/null 2>&1 && ok "finalizer waits while live agents still report the set" \
+  || fail "finalizer waits while live agents still report the set"
+agent node-a && agent node-b   # the live agents drop the reports; node-c is NotReady and skipped
+gone() { ! k -n apps get sps "$1" >/dev/null 2>&1; }
+eventually 15 "set released once live agents are done" gone everywhere
+k -n apps get events.events.k8s.io -o jsonpath='{.items[?(@.reason=="SkippedNodes")].note}' | grep -q "node-c (node not ready)" \
+  && ok "SkippedNodes Event names node-c" || fail "SkippedNodes Event names node-c"
+
+k -n apps patch sps vip --type=json -p '[{"op":"remove","path":"/metadata/finalizers"}]' >/dev/null
+k -n apps delete sps vip >/dev/null
+eventually 150 "the orphaned entry of a set deleted without finalizer is removed" has_entries node-a ''
+
+# --- API server down: the leader steps down before its Lease (6 s) expires, then leads again ----
+metric() { curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+[[ $(metric staticpodset_operator_leader) == 1 ]] && ok "leading before the outage" || fail "leading before the outage"
+kill -STOP "$APISERVER_PID"
+sleep 8
+leader_during=$(metric staticpodset_operator_leader)
+kill -CONT "$APISERVER_PID"
+[[ $leader_during == 0 ]] && ok "stepped down while the API server was unreachable" \
+  || fail "stepped down while the API server was unreachable (leader=$leader_during)"
+leading() { [[ $(metric staticpodset_operator_leader) == 1 ]]; }
+eventually 30 "leads again once the API server is back" leading
+grep -q Forbidden operator.log && fail "no Forbidden in the operator log" || ok "no Forbidden in the operator log (RBAC.md is enough)"
