@@ -46,6 +46,7 @@ up_out=$(tests/e2e/cluster/up)
 eval "$(tail -n 1 <<<"$up_out")"
 export PATH="$STATICPODSET_CACHE/k8s-v1.36.3/bin:$STATICPODSET_CACHE/tools/bin:$PATH"
 
+suite "operator vs a throw-away API server" bash operator/tests/apiserver.sh
 suite "e2e: cluster smoke" tests/e2e/smoke.sh
 for t in tests/e2e/[0-9][0-9]-*.sh; do
   [[ -e $t ]] || continue
