@@ -6,9 +6,11 @@
 #   openssl                      certificates
 #   gcc, libc6-dev               the pause binary (a few lines of C, linked statically) and runc's cgo
 #   libseccomp-dev, pkg-config   runc's seccomp support
+#   prometheus                   a real Prometheus that scrapes our components in the metrics e2e test
+#                                (Debian's package does not start a service here: no init system)
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 
-PACKAGES=(containernetworking-plugins libseccomp-dev pkg-config busybox-static iptables conntrack openssl gcc libc6-dev curl)
+PACKAGES=(containernetworking-plugins libseccomp-dev pkg-config busybox-static iptables conntrack openssl gcc libc6-dev curl prometheus)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
