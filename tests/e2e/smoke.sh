@@ -17,6 +17,13 @@ fail() { log "FAIL: $*"; kubectl get pods -A -o wide >&2 || true; exit 1; }
 cleanup() { rm -f "$manifest"; kubectl delete deployment smoke-deploy -n "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
+server_version=$(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')
+[[ $server_version == "$K8S_VERSION" ]] || fail "kubectl version reports server $server_version, want $K8S_VERSION"
+for n in "${NODES[@]}"; do
+  [[ $(kubectl get node "$n" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]] || fail "node $n not Ready"
+done
+log "ok: server $server_version, nodes ${NODES[*]} Ready"
+
 log "static pod: writing $manifest"
 tmp=$(dirname "$manifest")/.$name.yaml.tmp
 cat >"$tmp" <<YAML
@@ -56,4 +63,4 @@ pod_node=$(kubectl get pods -n "$ns" -l app=smoke-deploy -o jsonpath='{.items[0]
 [[ " ${NODES[*]} " == *" $pod_node "* ]] || fail "deployment pod on unexpected node '$pod_node'"
 log "ok: deployment pod Ready on $pod_node"
 kubectl delete deployment smoke-deploy -n "$ns" --wait=true --timeout=120s >/dev/null
-echo "smoke: 3 passed, 0 failed"
+echo "smoke: 4 passed, 0 failed"
