@@ -30,7 +30,7 @@ for want in "nodeSelector" "template" "Which nodes run the pod" "static pod"; do
 $explain"
 done
 ok "kubectl explain staticpodset.spec documents the fields"
-kubectl create namespace "$E2E_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+ensure_e2e_namespace
 
 # A kubeadm-style manifest we do not own, next to ours. It must stay byte-for-byte untouched.
 cat >"$FOREIGN" <<YAML

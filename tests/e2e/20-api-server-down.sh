@@ -17,20 +17,9 @@ cleanup() {
 trap cleanup EXIT
 
 install_product
-kubectl create namespace "$E2E_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl apply -f - >/dev/null <<YAML
-apiVersion: staticpods.dev/v1alpha1
-kind: StaticPodSet
-metadata: {name: survivor, namespace: $E2E_NS}
-spec:
-  template:
-    metadata: {labels: {app: survivor}}
-    spec:
-      terminationGracePeriodSeconds: 2
-      containers:
-      - {name: main, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: [sleep, "100000"]}
-YAML
-both_ready() { mirror_ready "$E2E_NS" "survivor-$A" && mirror_ready "$E2E_NS" "survivor-$B"; }
+ensure_e2e_namespace
+apply_sleeper_set survivor
+both_ready() { all_mirrors_ready "$E2E_NS" survivor; }
 wait_for "survivor Ready on both nodes" 180 both_ready || fail "survivor not Ready on both nodes"
 ok "survivor Ready on both nodes"
 

@@ -15,21 +15,10 @@ cleanup() {
 trap cleanup EXIT
 
 install_product
-kubectl create namespace "$E2E_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+ensure_e2e_namespace
 # One set, so the operator has reconciled something and the agents have written something.
-kubectl apply -f - >/dev/null <<YAML
-apiVersion: staticpods.dev/v1alpha1
-kind: StaticPodSet
-metadata: {name: metrics-probe, namespace: $E2E_NS}
-spec:
-  template:
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - {name: main, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: [sleep, "100000"]}
-YAML
-ready() { for n in "${NODES[@]}"; do mirror_ready "$E2E_NS" "metrics-probe-$n" || return 1; done; }
-wait_for "metrics-probe Ready" 120 ready || fail "metrics-probe not Ready"
+apply_sleeper_set metrics-probe
+wait_for "metrics-probe Ready" 120 all_mirrors_ready "$E2E_NS" metrics-probe || fail "metrics-probe not Ready"
 
 # Debian's Prometheus is built without kubernetes_sd_configs, so this test discovers the pods itself
 # (the same pods, by the same labels and the port named "http") and hands them over by file_sd.

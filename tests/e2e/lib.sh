@@ -34,3 +34,29 @@ sps_status() { kubectl get sps -n "$E2E_NS" "$1" -o "jsonpath={.status.$2}" 2>/d
 mirror_ready() { # ns pod
   [[ $(kubectl get pod -n "$1" "$2" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
 }
+
+ensure_e2e_namespace() {
+  kubectl create namespace "$E2E_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+}
+
+# apply_sleeper_set NAME: a set of one busybox container that sleeps, on every node.
+apply_sleeper_set() {
+  kubectl apply -f - >/dev/null <<YAML
+apiVersion: staticpods.dev/v1alpha1
+kind: StaticPodSet
+metadata: {name: $1, namespace: $E2E_NS}
+spec:
+  template:
+    metadata: {labels: {app: $1}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: [sleep, "100000"]}
+YAML
+}
+
+# all_mirrors_ready NS SET: the set's mirror pod is Ready on every node.
+all_mirrors_ready() {
+  local n
+  for n in "${NODES[@]}"; do mirror_ready "$1" "$2-$n" || return 1; done
+}
