@@ -5,13 +5,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{stream, FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
-use staticpodset_api::{NodeStaticPods, NodeStaticPodsStatus, PodReport};
+use staticpodset_api::{
+    AssignedPod, NodeStaticPods, NodeStaticPodsStatus, PodReport, StaticPodRevision,
+};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -22,10 +24,20 @@ use crate::manifest_dir::{ManifestDir, PodKey};
 use crate::metrics::Metrics;
 use crate::mirror_pods;
 use crate::report::{self, LastPatch};
+use crate::revisions::{RevisionCache, RevisionKey};
 use crate::sync::{sync_directory, DirSync};
 
 /// The field manager of the agent's status patches.
 pub const FIELD_MANAGER: &str = "staticpodset-node-agent";
+
+/// How long one read of a StaticPodRevision may take: an unreachable API server must not hold up
+/// the sync, which meanwhile restores drifted files from what the agent has.
+const REVISION_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How soon the agent syncs again when some entry's revision could not be read (revisions are
+/// read, not watched, so nothing else would wake it).
+const REVISION_RETRY: Duration = Duration::from_secs(5);
+/// StaticPodRevisions read in parallel (many at once only on start).
+const REVISION_READS_IN_FLIGHT: usize = 8;
 
 /// A failure talking to the API server.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +85,7 @@ struct LoopState {
     last_reports: Vec<PodReport>,
     dir_watcher: Option<DirWatcher>,
     warned_missing: bool,
+    revisions: RevisionCache,
 }
 
 /// The caches the watchers fill.
@@ -218,9 +231,13 @@ async fn sync_once(
     // Observed when dropped, on every return path.
     let _timer = ctx.metrics.sync_duration.start_timer();
     ctx.metrics.syncs.inc();
+    let entries = object.spec.pods.clone();
+    read_revisions(ctx, &entries, &mut state.revisions).await;
+    let assigned = state.revisions.resolve(&entries);
+    state.revisions.retain(&entries);
+    let unavailable = assigned.iter().any(|a| a.manifest.is_err());
     let now = SystemTime::now();
     let dir = ctx.dir.clone();
-    let assigned = object.spec.pods.clone();
     // The blocking thread does not inherit the span; carry it over so its logs name the node.
     let span = tracing::Span::current();
     let dir_sync = match tokio::task::spawn_blocking(move || {
@@ -281,9 +298,59 @@ async fn sync_once(
             }
         }
     }
-    built
+    let recheck = built
         .recheck_at
-        .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+        .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());
+    if unavailable {
+        Some(recheck.map_or(REVISION_RETRY, |r| r.min(REVISION_RETRY)))
+    } else {
+        recheck
+    }
+}
+
+/// Reads the StaticPodRevisions `entries` name that the cache lacks, a few at a time, each with a
+/// deadline. A failed read leaves its entries unavailable (nothing written, nothing removed) until
+/// a later read succeeds.
+async fn read_revisions(ctx: &Context, entries: &[AssignedPod], cache: &mut RevisionCache) {
+    let missing = cache.missing(entries);
+    if missing.is_empty() {
+        return;
+    }
+    let reads: Vec<(RevisionKey, Result<Option<StaticPodRevision>, String>)> =
+        stream::iter(missing)
+            .map(|key| {
+                let api: Api<StaticPodRevision> = Api::namespaced(ctx.client.clone(), &key.0);
+                async move {
+                    let result = match tokio::time::timeout(
+                        REVISION_READ_TIMEOUT,
+                        api.get_opt(&key.1),
+                    )
+                    .await
+                    {
+                        Ok(Ok(revision)) => Ok(revision),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!(
+                            "no answer within {}s",
+                            REVISION_READ_TIMEOUT.as_secs()
+                        )),
+                    };
+                    (key, result)
+                }
+            })
+            .buffer_unordered(REVISION_READS_IN_FLIGHT)
+            .collect()
+            .await;
+    for (key, result) in reads {
+        ctx.metrics.revision_reads.inc();
+        match cache.record(key.clone(), result, entries) {
+            Ok(()) => debug!(namespace = %key.0, name = %key.1, "read revision"),
+            // Reported (and logged once) as the set's Pending message; retried every few seconds.
+            Err(message) => {
+                ctx.metrics.revision_read_failures.inc();
+                debug!(%message, "revision not available");
+            }
+        }
+    }
 }
 
 fn record(metrics: &Metrics, dir_sync: &DirSync) {
