@@ -33,9 +33,6 @@ pub const FIELD_MANAGER: &str = "staticpodset-node-agent";
 /// How long one read of a StaticPodRevision may take: an unreachable API server must not hold up
 /// the sync, which meanwhile restores drifted files from what the agent has.
 const REVISION_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How soon the agent syncs again when some entry's revision could not be read (revisions are
-/// read, not watched, so nothing else would wake it).
-const REVISION_RETRY: Duration = Duration::from_secs(5);
 /// StaticPodRevisions read in parallel (many at once only on start).
 const REVISION_READS_IN_FLIGHT: usize = 8;
 
@@ -79,7 +76,6 @@ pub struct Context {
 }
 
 /// What the loop remembers between syncs (owned by the loop, never shared).
-#[derive(Default)]
 struct LoopState {
     last_patch: Option<LastPatch>,
     last_reports: Vec<PodReport>,
@@ -144,7 +140,13 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         node_static_pods: nsp_store,
         pods: pod_store,
     };
-    let mut state = LoopState::default();
+    let mut state = LoopState {
+        last_patch: None,
+        last_reports: Vec::new(),
+        dir_watcher: None,
+        warned_missing: false,
+        revisions: RevisionCache::for_node(&node),
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let recheck = sync_once(&ctx, &caches, &nsp_api, &wake, &mut state)
@@ -235,7 +237,6 @@ async fn sync_once(
     read_revisions(ctx, &entries, &mut state.revisions).await;
     let assigned = state.revisions.resolve(&entries);
     state.revisions.retain(&entries);
-    let unavailable = assigned.iter().any(|a| a.manifest.is_err());
     let now = SystemTime::now();
     let dir = ctx.dir.clone();
     // The blocking thread does not inherit the span; carry it over so its logs name the node.
@@ -301,18 +302,22 @@ async fn sync_once(
     let recheck = built
         .recheck_at
         .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());
-    if unavailable {
-        Some(recheck.map_or(REVISION_RETRY, |r| r.min(REVISION_RETRY)))
-    } else {
-        recheck
+    // Revisions are read, not watched: nothing but this wakes the loop for a failed read's retry.
+    let retry = state
+        .revisions
+        .next_retry()
+        .map(|t| t.saturating_duration_since(std::time::Instant::now()));
+    match (recheck, retry) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
-/// Reads the StaticPodRevisions `entries` name that the cache lacks, a few at a time, each with a
-/// deadline. A failed read leaves its entries unavailable (nothing written, nothing removed) until
-/// a later read succeeds.
+/// Reads the StaticPodRevisions `entries` name that the cache lacks (and whose retry is due), a few
+/// at a time, each with a deadline. A failed read leaves its entries unavailable (nothing written,
+/// nothing removed) until a later read succeeds.
 async fn read_revisions(ctx: &Context, entries: &[AssignedPod], cache: &mut RevisionCache) {
-    let missing = cache.missing(entries);
+    let missing = cache.missing(entries, std::time::Instant::now());
     if missing.is_empty() {
         return;
     }
@@ -342,7 +347,7 @@ async fn read_revisions(ctx: &Context, entries: &[AssignedPod], cache: &mut Revi
             .await;
     for (key, result) in reads {
         ctx.metrics.revision_reads.inc();
-        match cache.record(key.clone(), result, entries) {
+        match cache.record(key.clone(), result, entries, std::time::Instant::now()) {
             Ok(()) => debug!(namespace = %key.0, name = %key.1, "read revision"),
             // Reported (and logged once) as the set's Pending message; retried every few seconds.
             Err(message) => {

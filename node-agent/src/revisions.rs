@@ -9,10 +9,15 @@
 //! next sync, so replacing it fixes the node without restarting the agent.
 //!
 //! An entry whose revision the agent does not have is *unavailable*: nothing is written or removed
-//! for its set, whatever is on disk stays, and the report says why (phase Pending).
+//! for its set, whatever is on disk stays, and the report says why (phase Pending). A failed read is
+//! retried with an exponential backoff (5 s doubling to 5 min, spread a little per node), so that a
+//! revision missing cluster-wide does not turn thousands of agents into a steady stream of reads.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use staticpodset_api::keys::ANNOTATION_REVISION;
@@ -35,24 +40,56 @@ struct Cached {
     manifest: Arc<Value>,
 }
 
+/// The first retry after a failed read; it doubles with every further failure.
+pub const FIRST_RETRY: Duration = Duration::from_secs(5);
+/// The longest wait between reads of a revision that keeps failing.
+pub const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// Why the last read of a revision did not yield a usable one, and when to read it again.
+#[derive(Debug, Clone, PartialEq)]
+struct Failure {
+    message: String,
+    attempts: u32,
+    retry_at: Instant,
+}
+
 /// Revisions read so far and still named by an entry.
 #[derive(Debug, Default)]
 pub struct RevisionCache {
     cached: BTreeMap<RevisionKey, Cached>,
-    /// Why the last read of a revision did not yield a usable one; cleared when one is kept.
-    failures: BTreeMap<RevisionKey, String>,
+    /// Cleared when a read yields a usable revision.
+    failures: BTreeMap<RevisionKey, Failure>,
+    /// Spreads retries of different nodes apart: 0 to 25 % more per delay.
+    spread_percent: u32,
 }
 
 impl RevisionCache {
-    /// The revisions `entries` name that are not kept yet: what to read from the API server.
-    /// Entries without a revision name are left out (there is nothing to read).
-    pub fn missing(&self, entries: &[AssignedPod]) -> BTreeSet<RevisionKey> {
+    /// A cache for the agent of node `node`, whose retries are spread by a hash of its name.
+    pub fn for_node(node: &str) -> Self {
+        let mut h = DefaultHasher::new();
+        node.hash(&mut h);
+        Self {
+            spread_percent: u32::try_from(h.finish() % 26).unwrap_or(0),
+            ..Self::default()
+        }
+    }
+
+    /// The revisions `entries` name that are not kept yet and are due for a read at `now`: what
+    /// to read from the API server. Entries without a revision name are left out (there is
+    /// nothing to read).
+    pub fn missing(&self, entries: &[AssignedPod], now: Instant) -> BTreeSet<RevisionKey> {
         entries
             .iter()
             .filter(|e| !e.revision_name.is_empty())
             .map(key_of)
             .filter(|k| !self.cached.contains_key(k))
+            .filter(|k| self.failures.get(k).is_none_or(|f| f.retry_at <= now))
             .collect()
+    }
+
+    /// When the next failed read is due again, if any failed.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.failures.values().map(|f| f.retry_at).min()
     }
 
     /// Takes the result of reading revision `key`: `Ok(None)` when it does not exist, `Err` with
@@ -63,6 +100,7 @@ impl RevisionCache {
         key: RevisionKey,
         result: Result<Option<StaticPodRevision>, String>,
         entries: &[AssignedPod],
+        now: Instant,
     ) -> Result<(), String> {
         let (namespace, name) = &key;
         let outcome = match result {
@@ -91,7 +129,19 @@ impl RevisionCache {
                 Ok(())
             }
             Err(message) => {
-                self.failures.insert(key, message.clone());
+                let attempts = self
+                    .failures
+                    .get(&key)
+                    .map_or(1, |f| f.attempts.saturating_add(1));
+                let retry_at = now + retry_delay(attempts, self.spread_percent);
+                self.failures.insert(
+                    key,
+                    Failure {
+                        message: message.clone(),
+                        attempts,
+                        retry_at,
+                    },
+                );
                 Err(message)
             }
         }
@@ -124,7 +174,7 @@ impl RevisionCache {
                  nothing is written",
                 key.0, key.1, cached.hash, entry.revision
             )),
-            None => Err(self.failures.get(&key).cloned().unwrap_or_else(|| {
+            None => Err(self.failures.get(&key).map(|f| f.message.clone()).unwrap_or_else(|| {
                 format!(
                     "waiting to read StaticPodRevision {}/{}; the manifest on disk, if any, is kept",
                     key.0, key.1
@@ -149,6 +199,14 @@ impl RevisionCache {
     pub fn is_empty(&self) -> bool {
         self.cached.is_empty()
     }
+}
+
+/// The wait before read number `attempts + 1` of a revision: [`FIRST_RETRY`] doubling per failure up
+/// to [`MAX_RETRY`], then `spread_percent` more.
+pub fn retry_delay(attempts: u32, spread_percent: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(16);
+    let base = FIRST_RETRY.saturating_mul(1 << doublings).min(MAX_RETRY);
+    base + base * spread_percent.min(100) / 100
 }
 
 /// Whether `revision` is what `entry` asks for: the same set, the entry's revision hash, and a
@@ -233,6 +291,10 @@ pub(crate) mod tests {
         }
     }
 
+    fn now() -> Instant {
+        Instant::now()
+    }
+
     fn key(set: &str, rev: &str) -> RevisionKey {
         ("ns".into(), format!("{set}-{rev}"))
     }
@@ -242,14 +304,22 @@ pub(crate) mod tests {
         let entries = vec![entry("a", "r1"), entry("b", "r1")];
         let mut cache = RevisionCache::default();
         assert_eq!(
-            cache.missing(&entries),
+            cache.missing(&entries, now()),
             BTreeSet::from([key("a", "r1"), key("b", "r1")])
         );
         assert_eq!(
-            cache.record(key("a", "r1"), Ok(Some(revision("a", "r1"))), &entries),
+            cache.record(
+                key("a", "r1"),
+                Ok(Some(revision("a", "r1"))),
+                &entries,
+                now()
+            ),
             Ok(())
         );
-        assert_eq!(cache.missing(&entries), BTreeSet::from([key("b", "r1")]));
+        assert_eq!(
+            cache.missing(&entries, now()),
+            BTreeSet::from([key("b", "r1")])
+        );
         let resolved = cache.resolve(&entries);
         assert_eq!(
             *resolved[0].manifest.as_ref().unwrap().as_ref(),
@@ -267,9 +337,16 @@ pub(crate) mod tests {
     fn a_missing_revision_or_a_failed_read_leaves_the_entry_unavailable() {
         let entries = vec![entry("a", "r1"), entry("b", "r1")];
         let mut cache = RevisionCache::default();
-        assert!(cache.record(key("a", "r1"), Ok(None), &entries).is_err());
         assert!(cache
-            .record(key("b", "r1"), Err("connection refused".into()), &entries)
+            .record(key("a", "r1"), Ok(None), &entries, now())
+            .is_err());
+        assert!(cache
+            .record(
+                key("b", "r1"),
+                Err("connection refused".into()),
+                &entries,
+                now()
+            )
             .is_err());
         let resolved = cache.resolve(&entries);
         let a = resolved[0].manifest.as_ref().unwrap_err();
@@ -277,12 +354,20 @@ pub(crate) mod tests {
         assert!(a.contains("kept"), "{a}");
         let b = resolved[1].manifest.as_ref().unwrap_err();
         assert!(b.contains("connection refused"), "{b}");
-        // Nothing is kept, so both are read again on the next sync.
-        assert_eq!(cache.missing(&entries).len(), 2);
+        // Nothing is kept, so both are read again, after the first retry delay.
+        assert!(cache.missing(&entries, now()).is_empty());
+        let later = now() + FIRST_RETRY;
+        assert_eq!(cache.missing(&entries, later).len(), 2);
+        assert!(cache.next_retry().is_some_and(|t| t <= later));
         assert!(cache.is_empty());
         // A later successful read clears the failure.
         assert!(cache
-            .record(key("a", "r1"), Ok(Some(revision("a", "r1"))), &entries)
+            .record(
+                key("a", "r1"),
+                Ok(Some(revision("a", "r1"))),
+                &entries,
+                now()
+            )
             .is_ok());
         assert!(cache.resolve(&entries)[0].manifest.is_ok());
     }
@@ -310,13 +395,17 @@ pub(crate) mod tests {
         for (want, bad) in cases {
             let mut cache = RevisionCache::default();
             assert!(cache
-                .record(key("a", "r1"), Ok(Some(bad)), &entries)
+                .record(key("a", "r1"), Ok(Some(bad)), &entries, now())
                 .is_err());
             let message = cache.resolve(&entries)[0].manifest.clone().unwrap_err();
             assert!(message.contains(want), "{want}: {message}");
             assert!(message.contains("nothing is written"), "{message}");
             assert!(cache.is_empty(), "{want}");
-            assert_eq!(cache.missing(&entries).len(), 1, "read again: {want}");
+            assert_eq!(
+                cache.missing(&entries, now() + FIRST_RETRY).len(),
+                1,
+                "read again: {want}"
+            );
         }
     }
 
@@ -325,7 +414,7 @@ pub(crate) mod tests {
         let mut cache = RevisionCache::default();
         let good = vec![entry("a", "r1")];
         assert!(cache
-            .record(key("a", "r1"), Ok(Some(revision("a", "r1"))), &good)
+            .record(key("a", "r1"), Ok(Some(revision("a", "r1"))), &good, now())
             .is_ok());
         // Hand-edited entry: same revision name, another hash.
         let mut edited = entry("a", "r2");
@@ -339,7 +428,7 @@ pub(crate) mod tests {
         let mut old = entry("a", "r1");
         old.revision_name = String::new();
         let cache = RevisionCache::default();
-        assert!(cache.missing(std::slice::from_ref(&old)).is_empty());
+        assert!(cache.missing(std::slice::from_ref(&old), now()).is_empty());
         let message = cache.resolve(&[old])[0].manifest.clone().unwrap_err();
         assert!(message.contains("names no StaticPodRevision"), "{message}");
     }
@@ -350,13 +439,49 @@ pub(crate) mod tests {
         let mut cache = RevisionCache::default();
         for rev in ["r1", "r2"] {
             assert!(cache
-                .record(key("a", rev), Ok(Some(revision("a", rev))), &both)
+                .record(key("a", rev), Ok(Some(revision("a", rev))), &both, now())
                 .is_ok());
         }
         assert_eq!(cache.len(), 2);
         cache.retain(&[entry("a", "r2")]);
         assert_eq!(cache.len(), 1);
-        assert!(cache.missing(&[entry("a", "r2")]).is_empty());
-        assert_eq!(cache.missing(&[entry("a", "r1")]).len(), 1);
+        assert!(cache.missing(&[entry("a", "r2")], now()).is_empty());
+        assert_eq!(cache.missing(&[entry("a", "r1")], now()).len(), 1);
+    }
+
+    #[test]
+    fn failed_reads_back_off_exponentially_and_reset_on_success() {
+        assert_eq!(retry_delay(1, 0), Duration::from_secs(5));
+        assert_eq!(retry_delay(2, 0), Duration::from_secs(10));
+        assert_eq!(retry_delay(3, 0), Duration::from_secs(20));
+        assert_eq!(retry_delay(7, 0), Duration::from_secs(300));
+        assert_eq!(retry_delay(u32::MAX, 0), Duration::from_secs(300));
+        assert_eq!(retry_delay(1, 20), Duration::from_secs(6));
+        assert!(RevisionCache::for_node("node-1").spread_percent <= 25);
+
+        let entries = vec![entry("a", "r1")];
+        let mut cache = RevisionCache::default();
+        let t0 = now();
+        let mut t = t0;
+        for attempt in 1..=3u32 {
+            assert_eq!(cache.missing(&entries, t).len(), 1, "attempt {attempt}");
+            assert!(cache.record(key("a", "r1"), Ok(None), &entries, t).is_err());
+            let due = cache.next_retry().expect("a retry");
+            assert_eq!(due - t, retry_delay(attempt, 0));
+            assert!(cache
+                .missing(&entries, due - Duration::from_millis(1))
+                .is_empty());
+            t = due;
+        }
+        assert!(cache
+            .record(key("a", "r1"), Ok(Some(revision("a", "r1"))), &entries, t)
+            .is_ok());
+        assert_eq!(cache.next_retry(), None);
+        // Forgotten failures do not hold up a revision named again later.
+        assert!(cache
+            .record(key("a", "r2"), Ok(None), &[entry("a", "r2")], t)
+            .is_err());
+        cache.retain(&entries);
+        assert_eq!(cache.next_retry(), None);
     }
 }
