@@ -333,7 +333,7 @@ async fn read_revisions(ctx: &Context, entries: &[AssignedPod], cache: &mut Revi
                     .await
                     {
                         Ok(Ok(revision)) => Ok(revision),
-                        Ok(Err(e)) => Err(e.to_string()),
+                        Ok(Err(e)) => Err(error_text(&e)),
                         Err(_) => Err(format!(
                             "no answer within {}s",
                             REVISION_READ_TIMEOUT.as_secs()
@@ -366,6 +366,17 @@ fn record(metrics: &Metrics, dir_sync: &DirSync) {
         .set(i64::try_from(dir_sync.conflicts()).unwrap_or(i64::MAX));
     if dir_sync.failed {
         metrics.sync_errors.inc();
+    }
+}
+
+/// An API error in words for a status message: the server's own message for API errors (their
+/// Debug form repeats it several times).
+fn error_text(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => other.to_string(),
     }
 }
 
