@@ -89,7 +89,7 @@ for n in 1 2 3; do
 done
 ok "two template changes: revisions 1 2 3, named <set>-<hash>, controlled by the set"
 explain=$(kubectl explain staticpodrevision.spec)
-for want in template manifest hash "immutable" "rollback-to"; do
+for want in template manifest hash Immutable rollback-to; do
   grep -q "$want" <<<"$explain" || fail "kubectl explain staticpodrevision.spec lacks '$want'"
 done
 ok "kubectl explain staticpodrevision documents the fields"
