@@ -20,6 +20,23 @@ pub const LABEL_SET_NAME: &str = "staticpods.dev/set-name";
 /// Finalizer the operator puts on a set so its manifests leave every node before the set is gone.
 pub const FINALIZER: &str = "staticpods.dev/manifests";
 
+/// Annotation a user puts on a set to roll it back: the value is a revision number (see
+/// `kubectl get staticpodrevisions -l staticpods.dev/set-name=<set>`). The operator restores the
+/// set's `spec.template` from that revision and removes the annotation.
+pub const ANNOTATION_ROLLBACK_TO: &str = "staticpods.dev/rollback-to";
+
+/// Annotation a user may put on a set's *template* (`spec.template.metadata.annotations`) to
+/// redeploy an unchanged spec, like `kubectl rollout restart`: any new value is a new template,
+/// so a new revision, and every node restarts its static pod. The operator gives it no meaning of
+/// its own.
+pub const ANNOTATION_RESTARTED_AT: &str = "staticpods.dev/restartedAt";
+
+/// The name of the StaticPodRevision of set `set` with content hash `hash`: `<set>-<hash>`.
+/// Set names have at most 40 characters and hashes 10, so the name is a valid object name.
+pub fn revision_object_name(set: &str, hash: &str) -> String {
+    format!("{set}-{hash}")
+}
+
 /// Every manifest file the agent owns starts with this; the rest is `<namespace>_<set>.yaml`.
 /// Underscores cannot occur in namespaces or set names, so the name parses back unambiguously.
 pub const FILE_PREFIX: &str = "staticpodset_";
@@ -63,6 +80,12 @@ mod tests {
             parse_manifest_file_name(&f),
             Some(("kube-system", "vip.manager"))
         );
+    }
+
+    #[test]
+    fn revision_object_names() {
+        assert_eq!(revision_object_name("vip", "0123456789"), "vip-0123456789");
+        assert!(revision_object_name(&"s".repeat(40), "0123456789").len() <= 63);
     }
 
     #[test]

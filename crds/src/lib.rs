@@ -1,9 +1,11 @@
 //! API types of StaticPodSet (`staticpods.dev/v1alpha1`), shared by the operator and the node agent.
 //!
-//! Two kinds live here:
+//! Three kinds live here:
 //! - [`StaticPodSet`]: what users write — a pod template and the nodes that must run it as a static pod.
+//! - [`StaticPodRevision`]: one immutable, numbered revision of a set (the rendered manifest and the
+//!   template it came from), owned by the set; the history rollback restores from.
 //! - [`NodeStaticPods`]: one per node, written by the operator and read by that node's agent only;
-//!   it carries exactly the manifests that node must run, and the agent reports back in its status.
+//!   it names the revision of every set the node must run, and the agent reports back in its status.
 //!
 //! The CRD YAML under `crds/` is generated from these types by
 //! `cargo run -p staticpodset-api --bin crdgen -- crds/`; use [`crds`], not `StaticPodSet::crd()`,
@@ -16,10 +18,12 @@
 mod crd_schema;
 pub mod keys;
 pub mod node_static_pods;
+pub mod static_pod_revision;
 pub mod static_pod_set;
 pub mod validation;
 
 pub use node_static_pods::*;
+pub use static_pod_revision::*;
 pub use static_pod_set::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -38,7 +42,11 @@ use kube::CustomResourceExt;
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut static_pod_set = StaticPodSet::crd();
     crd_schema::finish_static_pod_set(&mut static_pod_set);
-    let mut crds = vec![static_pod_set, NodeStaticPods::crd()];
+    let mut crds = vec![
+        static_pod_set,
+        StaticPodRevision::crd(),
+        NodeStaticPods::crd(),
+    ];
     for crd in &mut crds {
         crd_schema::unwrap_descriptions(crd);
     }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
     plural = "nodestaticpods",
     shortname = "nsp",
     status = "NodeStaticPodsStatus",
-    doc = "The static pods one node must run. There is one per node, named after the node; the operator writes its spec and only that node's agent reads it, so each agent receives exactly what concerns its own node. The agent reports what it wrote and what the kubelet runs in the status.",
+    doc = "The static pods one node must run. There is one per node, named after the node; the operator writes its spec and only that node's agent reads it, so each agent receives exactly what concerns its own node. Each entry names a StaticPodRevision, which holds the manifest. The agent reports what it wrote and what the kubelet runs in the status.",
     printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.summary.assigned"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.summary.ready"}"#,
     printcolumn = r#"{"name":"Problems","type":"integer","jsonPath":".status.summary.problems"}"#,
@@ -30,21 +30,27 @@ pub struct NodeStaticPodsSpec {
     pub pods: Vec<AssignedPod>,
 }
 
-/// One static pod a node must run: the manifest rendered from one StaticPodSet at one revision.
+/// One static pod a node must run: one StaticPodSet at one revision. The manifest itself is in
+/// the StaticPodRevision the entry names, so that a node object stays small however many sets
+/// select the node.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AssignedPod {
-    /// Namespace of the StaticPodSet (and of the static pod).
+    /// Namespace of the StaticPodSet (and of the static pod, and of its StaticPodRevision).
     pub set_namespace: String,
     /// Name of the StaticPodSet (and of the static pod).
     pub set_name: String,
-    /// The revision (content hash) of `manifest`; also stamped into it as an annotation.
+    /// The revision (content hash) to run: the `hash` of the StaticPodRevision `revisionName`,
+    /// also stamped into its manifest as the annotation `staticpods.dev/revision`.
     pub revision: String,
+    /// The StaticPodRevision in `setNamespace` whose manifest the node runs
+    /// (`<set name>-<revision>`). The agent reads it once and keeps it: revisions never change.
+    // Defaulted so that entries written before revisions existed still parse; the agent writes
+    // nothing for an entry without it, and the operator rewrites such entries.
+    #[serde(default)]
+    pub revision_name: String,
     /// The file name in the kubelet's staticPodPath.
     pub file_name: String,
-    /// The complete Pod manifest, already validated and rendered by the operator.
-    #[schemars(schema_with = "crate::node_static_pods::any_object")]
-    pub manifest: serde_json::Value,
 }
 
 /// What the node's agent observed, written by the agent only.
@@ -146,7 +152,7 @@ pub struct MirrorPodReport {
     pub restart_count: i32,
 }
 
-/// Schema of an arbitrary JSON object kept as it is (the rendered Pod manifest).
+/// Schema of an arbitrary JSON object kept as it is (a rendered Pod manifest, a pod template).
 pub fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
     namespaced,
     shortname = "sps",
     status = "StaticPodSetStatus",
-    doc = "A pod that every selected node runs as a kubelet static pod, so it keeps running while the API server is down. The operator renders the template into one manifest per node; each node's agent writes it into the kubelet's staticPodPath; the kubelet runs the pod and publishes it as the mirror pod `<set name>-<node name>` in the set's namespace. The name of a StaticPodSet must be a DNS-1123 label (lowercase letters, digits and '-', no dots) of at most 40 characters: it names the static pod, and the kubelet names the mirror pod `<set name>-<node name>` and uses that name, cut to 63 characters, as the pod's hostname.",
+    doc = "A pod that every selected node runs as a kubelet static pod, so it keeps running while the API server is down. The operator renders the template into one manifest per node; each node's agent writes it into the kubelet's staticPodPath; the kubelet runs the pod and publishes it as the mirror pod `<set name>-<node name>` in the set's namespace. The name of a StaticPodSet must be a DNS-1123 label (lowercase letters, digits and '-', no dots) of at most 40 characters: it names the static pod, and the kubelet names the mirror pod `<set name>-<node name>` and uses that name, cut to 63 characters, as the pod's hostname. Every distinct rendered pod is kept as a numbered StaticPodRevision owned by the set (`kubectl get staticpodrevisions -l staticpods.dev/set-name=<set>`); annotating the set with `staticpods.dev/rollback-to: \"<revision number>\"` restores that revision's template. To redeploy an unchanged spec, change an annotation of the template, e.g. `staticpods.dev/restartedAt`.",
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredNumberScheduled"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.numberReady"}"#,
     printcolumn = r#"{"name":"Up-to-date","type":"integer","jsonPath":".status.updatedNumberScheduled"}"#,
@@ -40,7 +40,17 @@ pub struct StaticPodSetSpec {
     /// Which nodes run the pod, by the Nodes' labels. Empty or absent selects every node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
+
+    /// How many old revisions to keep for rollback, besides the one the set asks for and any
+    /// revision a node is still assigned or still runs (those are never deleted). Default 10.
+    /// History: `kubectl get staticpodrevisions -l staticpods.dev/set-name=<set>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub revision_history_limit: Option<i32>,
 }
+
+/// Old revisions kept when `spec.revisionHistoryLimit` is not set.
+pub const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
 
 /// The observed state of a StaticPodSet, summed over its nodes. Per-node detail is on each node's
 /// NodeStaticPods object (`kubectl get nodestaticpods`).
@@ -68,6 +78,15 @@ pub struct StaticPodSetStatus {
     /// The revision (a hash of the rendered pod) the set currently asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_revision: Option<String>,
+    /// The number of the StaticPodRevision `updateRevision` names, as `kubectl get
+    /// staticpodrevisions` shows it and `staticpods.dev/rollback-to` takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision_number: Option<i64>,
+    /// The revision every selected node ran when the set was last fully up to date: equal to
+    /// `updateRevision` once every node runs it, the previous revision while a change rolls out.
+    /// Absent until the set was up to date once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
     /// `Available`, `Progressing`, `Degraded` and `Valid`, with reasons and messages.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -645,7 +645,7 @@ mod tests {
             "vip.manager",
             crate::StaticPodSetSpec {
                 template: PodTemplateSpec::default(),
-                node_selector: None,
+                ..Default::default()
             },
         );
         assert_eq!(

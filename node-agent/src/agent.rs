@@ -5,13 +5,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{stream, FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
-use staticpodset_api::{NodeStaticPods, NodeStaticPodsStatus, PodReport};
+use staticpodset_api::{
+    AssignedPod, NodeStaticPods, NodeStaticPodsStatus, PodReport, StaticPodRevision,
+};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -22,10 +24,17 @@ use crate::manifest_dir::{ManifestDir, PodKey};
 use crate::metrics::Metrics;
 use crate::mirror_pods;
 use crate::report::{self, LastPatch};
+use crate::revisions::{RevisionCache, RevisionKey};
 use crate::sync::{sync_directory, DirSync};
 
 /// The field manager of the agent's status patches.
 pub const FIELD_MANAGER: &str = "staticpodset-node-agent";
+
+/// How long one read of a StaticPodRevision may take: an unreachable API server must not hold up
+/// the sync, which meanwhile restores drifted files from what the agent has.
+const REVISION_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// StaticPodRevisions read in parallel (many at once only on start).
+const REVISION_READS_IN_FLIGHT: usize = 8;
 
 /// A failure talking to the API server.
 #[derive(Debug, thiserror::Error)]
@@ -67,12 +76,12 @@ pub struct Context {
 }
 
 /// What the loop remembers between syncs (owned by the loop, never shared).
-#[derive(Default)]
 struct LoopState {
     last_patch: Option<LastPatch>,
     last_reports: Vec<PodReport>,
     dir_watcher: Option<DirWatcher>,
     warned_missing: bool,
+    revisions: RevisionCache,
 }
 
 /// The caches the watchers fill.
@@ -131,7 +140,13 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         node_static_pods: nsp_store,
         pods: pod_store,
     };
-    let mut state = LoopState::default();
+    let mut state = LoopState {
+        last_patch: None,
+        last_reports: Vec::new(),
+        dir_watcher: None,
+        warned_missing: false,
+        revisions: RevisionCache::for_node(&node),
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let recheck = sync_once(&ctx, &caches, &nsp_api, &wake, &mut state)
@@ -218,9 +233,12 @@ async fn sync_once(
     // Observed when dropped, on every return path.
     let _timer = ctx.metrics.sync_duration.start_timer();
     ctx.metrics.syncs.inc();
+    let entries = object.spec.pods.clone();
+    read_revisions(ctx, &entries, &mut state.revisions).await;
+    let assigned = state.revisions.resolve(&entries);
+    state.revisions.retain(&entries);
     let now = SystemTime::now();
     let dir = ctx.dir.clone();
-    let assigned = object.spec.pods.clone();
     // The blocking thread does not inherit the span; carry it over so its logs name the node.
     let span = tracing::Span::current();
     let dir_sync = match tokio::task::spawn_blocking(move || {
@@ -281,9 +299,63 @@ async fn sync_once(
             }
         }
     }
-    built
+    let recheck = built
         .recheck_at
-        .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+        .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());
+    // Revisions are read, not watched: nothing but this wakes the loop for a failed read's retry.
+    let retry = state
+        .revisions
+        .next_retry()
+        .map(|t| t.saturating_duration_since(std::time::Instant::now()));
+    match (recheck, retry) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Reads the StaticPodRevisions `entries` name that the cache lacks (and whose retry is due), a few
+/// at a time, each with a deadline. A failed read leaves its entries unavailable (nothing written,
+/// nothing removed) until a later read succeeds.
+async fn read_revisions(ctx: &Context, entries: &[AssignedPod], cache: &mut RevisionCache) {
+    let missing = cache.missing(entries, std::time::Instant::now());
+    if missing.is_empty() {
+        return;
+    }
+    let reads: Vec<(RevisionKey, Result<Option<StaticPodRevision>, String>)> =
+        stream::iter(missing)
+            .map(|key| {
+                let api: Api<StaticPodRevision> = Api::namespaced(ctx.client.clone(), &key.0);
+                async move {
+                    let result = match tokio::time::timeout(
+                        REVISION_READ_TIMEOUT,
+                        api.get_opt(&key.1),
+                    )
+                    .await
+                    {
+                        Ok(Ok(revision)) => Ok(revision),
+                        Ok(Err(e)) => Err(error_text(&e)),
+                        Err(_) => Err(format!(
+                            "no answer within {}s",
+                            REVISION_READ_TIMEOUT.as_secs()
+                        )),
+                    };
+                    (key, result)
+                }
+            })
+            .buffer_unordered(REVISION_READS_IN_FLIGHT)
+            .collect()
+            .await;
+    for (key, result) in reads {
+        ctx.metrics.revision_reads.inc();
+        match cache.record(key.clone(), result, entries, std::time::Instant::now()) {
+            Ok(()) => debug!(namespace = %key.0, name = %key.1, "read revision"),
+            // Reported (and logged once) as the set's Pending message; retried every few seconds.
+            Err(message) => {
+                ctx.metrics.revision_read_failures.inc();
+                debug!(%message, "revision not available");
+            }
+        }
+    }
 }
 
 fn record(metrics: &Metrics, dir_sync: &DirSync) {
@@ -294,6 +366,17 @@ fn record(metrics: &Metrics, dir_sync: &DirSync) {
         .set(i64::try_from(dir_sync.conflicts()).unwrap_or(i64::MAX));
     if dir_sync.failed {
         metrics.sync_errors.inc();
+    }
+}
+
+/// An API error in words for a status message: the server's own message for API errors (their
+/// Debug form repeats it several times).
+fn error_text(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => other.to_string(),
     }
 }
 

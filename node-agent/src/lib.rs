@@ -1,8 +1,8 @@
 //! The StaticPodSet node agent: makes the kubelet's static pod directory match the node's
 //! NodeStaticPods, and reports what the kubelet runs.
 //!
-//! Pure decisions over plain data sit in the middle ([`plan`], [`mirror_pods`], [`report`],
-//! [`manifest_yaml`]); I/O is at the edges ([`manifest_dir`], [`dir_watcher`], [`agent`], [`http`]).
+//! Pure decisions over plain data sit in the middle ([`plan`], [`revisions`], [`mirror_pods`],
+//! [`report`], [`manifest_yaml`]); I/O is at the edges ([`manifest_dir`], [`dir_watcher`], [`agent`], [`http`]).
 
 pub mod agent;
 pub mod dir_watcher;
@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod mirror_pods;
 pub mod plan;
 pub mod report;
+pub mod revisions;
 pub mod sync;

@@ -7,9 +7,12 @@
 //! |------------------|------------------------|-------------|----------------------------------------|
 //! | staticpods.dev   | nodestaticpods         | list, watch | its own object, by field selector      |
 //! | staticpods.dev   | nodestaticpods/status  | patch       | the status report (server-side apply)  |
+//! | staticpods.dev   | staticpodrevisions     | get         | the manifest an entry names, read once |
 //! | "" (core)        | pods                   | list, watch | its node's mirror pods, by spec.nodeName |
 //!
-//! The agent emits no Events and never reads Secrets, ConfigMaps or Nodes.
+//! The agent emits no Events and never reads Secrets, ConfigMaps or Nodes. `get` on
+//! staticpodrevisions is cluster-wide (RBAC cannot narrow it to the names an entry lists); revisions
+//! hold pod specs, which carry no Secret data since the CRD rejects references to Secrets.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

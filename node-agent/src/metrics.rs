@@ -20,6 +20,10 @@ pub struct Metrics {
     pub conflicts: IntGauge,
     /// NodeStaticPods status patches sent.
     pub status_patches: IntCounter,
+    /// StaticPodRevisions read from the API server (each is read once while an entry names it).
+    pub revision_reads: IntCounter,
+    /// Reads of StaticPodRevisions that failed, found none, or found one not matching its entry.
+    pub revision_read_failures: IntCounter,
 }
 
 impl Metrics {
@@ -59,6 +63,14 @@ impl Metrics {
             "staticpodset_agent_status_patches_total",
             "NodeStaticPods status patches sent to the API server",
         )?;
+        let revision_reads = IntCounter::new(
+            "staticpodset_agent_revision_reads_total",
+            "StaticPodRevisions read from the API server",
+        )?;
+        let revision_read_failures = IntCounter::new(
+            "staticpodset_agent_revision_read_failures_total",
+            "StaticPodRevision reads that failed, found none, or found one not matching its entry",
+        )?;
         registry.register(Box::new(syncs.clone()))?;
         registry.register(Box::new(sync_errors.clone()))?;
         registry.register(Box::new(sync_duration.clone()))?;
@@ -66,6 +78,8 @@ impl Metrics {
         registry.register(Box::new(manifests_removed.clone()))?;
         registry.register(Box::new(conflicts.clone()))?;
         registry.register(Box::new(status_patches.clone()))?;
+        registry.register(Box::new(revision_reads.clone()))?;
+        registry.register(Box::new(revision_read_failures.clone()))?;
         Ok(Self {
             registry,
             syncs,
@@ -75,6 +89,8 @@ impl Metrics {
             manifests_removed,
             conflicts,
             status_patches,
+            revision_reads,
+            revision_read_failures,
         })
     }
 
@@ -102,6 +118,8 @@ mod tests {
             "staticpodset_agent_manifests_removed_total 0",
             "staticpodset_agent_conflicts 0",
             "staticpodset_agent_status_patches_total 0",
+            "staticpodset_agent_revision_reads_total 0",
+            "staticpodset_agent_revision_read_failures_total 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

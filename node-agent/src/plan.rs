@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::Value;
@@ -31,6 +32,26 @@ impl SetKey {
     }
 }
 
+/// One spec entry with the manifest of the StaticPodRevision it names, as far as the agent has it
+/// (see [`crate::revisions`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    /// The entry from `NodeStaticPods.spec.pods`.
+    pub entry: AssignedPod,
+    /// The revision's manifest, or why the agent does not have it.
+    pub manifest: Result<Arc<Value>, String>,
+}
+
+impl Assignment {
+    /// An entry whose manifest is at hand.
+    pub fn available(entry: AssignedPod, manifest: Value) -> Self {
+        Self {
+            entry,
+            manifest: Ok(Arc::new(manifest)),
+        }
+    }
+}
+
 impl fmt::Display for SetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
@@ -51,6 +72,9 @@ pub enum SetState {
     Conflict(String),
     /// The assignment itself cannot be written (bad file name, malformed manifest).
     Invalid(String),
+    /// The agent does not have the manifest of the assigned revision (not readable yet, or not
+    /// what the entry asks for): nothing is written or removed for the set. The text says why.
+    Unavailable(String),
 }
 
 /// The decision for one assigned set.
@@ -108,14 +132,15 @@ pub fn owner(file: &ScannedFile) -> Option<SetKey> {
 ///
 /// `assigned` is `None` while the agent has no complete view of its NodeStaticPods (initial list not
 /// done, or the object does not exist): then nothing is planned, so running static pods keep running
-/// whatever happens to the API server.
-pub fn plan(assigned: Option<&[AssignedPod]>, scan: &DirScan) -> Plan {
+/// whatever happens to the API server. An assigned set whose manifest is unavailable keeps whatever
+/// file it has: it is listed, so never removed, and without a manifest nothing is written.
+pub fn plan(assigned: Option<&[Assignment]>, scan: &DirScan) -> Plan {
     let Some(assigned) = assigned else {
         return Plan::default();
     };
     let mut out = Plan::default();
 
-    let listed: BTreeSet<SetKey> = assigned.iter().map(SetKey::of).collect();
+    let listed: BTreeSet<SetKey> = assigned.iter().map(|a| SetKey::of(&a.entry)).collect();
     let by_name: HashMap<&str, &ScannedFile> =
         scan.files.iter().map(|f| (f.name.as_str(), f)).collect();
 
@@ -139,7 +164,8 @@ pub fn plan(assigned: Option<&[AssignedPod]>, scan: &DirScan) -> Plan {
     }
 
     let mut seen = BTreeSet::new();
-    for pod in assigned {
+    for assignment in assigned {
+        let pod = &assignment.entry;
         let set = SetKey::of(pod);
         let mut set_plan = SetPlan {
             set: set.clone(),
@@ -156,7 +182,19 @@ pub fn plan(assigned: Option<&[AssignedPod]>, scan: &DirScan) -> Plan {
             out.sets.push(set_plan);
             continue;
         }
-        let rendered = match render_manifest(pod) {
+        let existing = by_name.get(pod.file_name.as_str()).copied();
+        if let Some(file) = existing.filter(|f| owner(f).as_ref() == Some(&set)) {
+            set_plan.on_disk_revision = file.info.revision.clone();
+        }
+        let manifest = match &assignment.manifest {
+            Ok(manifest) => manifest,
+            Err(message) => {
+                set_plan.state = SetState::Unavailable(message.clone());
+                out.sets.push(set_plan);
+                continue;
+            }
+        };
+        let rendered = match render_manifest(pod, manifest) {
             Ok(r) => r,
             Err(message) => {
                 set_plan.state = SetState::Invalid(message);
@@ -165,10 +203,6 @@ pub fn plan(assigned: Option<&[AssignedPod]>, scan: &DirScan) -> Plan {
             }
         };
         set_plan.pod = Some(rendered.pod.clone());
-        let existing = by_name.get(pod.file_name.as_str()).copied();
-        if let Some(file) = existing.filter(|f| owner(f).as_ref() == Some(&set)) {
-            set_plan.on_disk_revision = file.info.revision.clone();
-        }
         set_plan.state = decide(&set, pod, &rendered, existing, scan);
         if set_plan.state == SetState::Write {
             out.actions.push(Action::Write {
@@ -231,12 +265,12 @@ pub struct Rendered {
     pub content: Vec<u8>,
 }
 
-/// Validates an assignment and renders its manifest as YAML.
+/// Validates an assignment and renders `manifest`, the manifest of the revision it names, as YAML.
 ///
 /// The annotations are checked rather than added: they are how the agent recognises its own files
 /// and how the mirror pod proves its revision, so a manifest without them would be disowned by the
 /// agent's next scan or never report up to date.
-pub fn render_manifest(pod: &AssignedPod) -> Result<Rendered, String> {
+pub fn render_manifest(pod: &AssignedPod, manifest: &Value) -> Result<Rendered, String> {
     let set = SetKey::of(pod);
     if !is_dns_name(&pod.set_namespace) || !is_dns_name(&pod.set_name) {
         return Err(format!(
@@ -251,8 +285,8 @@ pub fn render_manifest(pod: &AssignedPod) -> Result<Rendered, String> {
             pod.file_name
         ));
     }
-    let manifest = pod
-        .manifest
+    let document = manifest;
+    let manifest = manifest
         .as_object()
         .ok_or("the manifest is not a JSON object")?;
     if let Some(kind) = manifest.get("kind") {
@@ -287,7 +321,7 @@ pub fn render_manifest(pod: &AssignedPod) -> Result<Rendered, String> {
             pod.revision
         ));
     }
-    let yaml = to_yaml(&pod.manifest);
+    let yaml = to_yaml(document);
     let content = format!(
         "# Managed by StaticPodSet {set} through the staticpodset node agent.\n\
          # Local edits are reverted; change the StaticPodSet instead.\n{yaml}"
@@ -319,8 +353,40 @@ mod tests {
     use serde_json::json;
     use std::time::{Duration, UNIX_EPOCH};
 
-    fn assigned(ns: &str, set: &str, rev: &str) -> AssignedPod {
-        AssignedPod {
+    /// An assignment as these tests build it: the entry's fields and its revision's manifest.
+    #[derive(Clone)]
+    struct Pod {
+        set_namespace: String,
+        set_name: String,
+        revision: String,
+        file_name: String,
+        manifest: Value,
+    }
+
+    impl Pod {
+        fn entry(&self) -> AssignedPod {
+            AssignedPod {
+                set_namespace: self.set_namespace.clone(),
+                set_name: self.set_name.clone(),
+                revision: self.revision.clone(),
+                revision_name: format!("{}-{}", self.set_name, self.revision),
+                file_name: self.file_name.clone(),
+            }
+        }
+
+        fn assignment(&self) -> Assignment {
+            Assignment::available(self.entry(), self.manifest.clone())
+        }
+    }
+
+    fn plan_pods(pods: Option<&[Pod]>, scan: &DirScan) -> Plan {
+        let assigned: Option<Vec<Assignment>> =
+            pods.map(|p| p.iter().map(Pod::assignment).collect());
+        plan(assigned.as_deref(), scan)
+    }
+
+    fn assigned(ns: &str, set: &str, rev: &str) -> Pod {
+        Pod {
             set_namespace: ns.into(),
             set_name: set.into(),
             revision: rev.into(),
@@ -352,8 +418,10 @@ mod tests {
         }
     }
 
-    fn rendered(pod: &AssignedPod) -> Vec<u8> {
-        render_manifest(pod).expect("valid").content
+    fn rendered(pod: &Pod) -> Vec<u8> {
+        render_manifest(&pod.entry(), &pod.manifest)
+            .expect("valid")
+            .content
     }
 
     fn scan(files: Vec<ScannedFile>) -> DirScan {
@@ -367,13 +435,13 @@ mod tests {
     fn no_api_data_means_no_actions() {
         let ours = assigned("ns", "a", "r1");
         let dir = scan(vec![file(&ours.file_name, &rendered(&ours))]);
-        assert_eq!(plan(None, &dir), Plan::default());
+        assert_eq!(plan_pods(None, &dir), Plan::default());
     }
 
     #[test]
     fn writes_a_missing_manifest() {
         let a = assigned("ns", "a", "r1");
-        let p = plan(
+        let p = plan_pods(
             Some(std::slice::from_ref(&a)),
             &scan(vec![file("kube-apiserver.yaml", KUBE_APISERVER)]),
         );
@@ -396,7 +464,7 @@ mod tests {
     fn identical_content_is_left_untouched() {
         let a = assigned("ns", "a", "r1");
         let on_disk = file(&a.file_name, &rendered(&a));
-        let p = plan(Some(&[a]), &scan(vec![on_disk.clone()]));
+        let p = plan_pods(Some(&[a]), &scan(vec![on_disk.clone()]));
         assert!(p.actions.is_empty());
         assert_eq!(
             p.sets[0].state,
@@ -412,7 +480,7 @@ mod tests {
         let old = assigned("ns", "a", "r1");
         let new = assigned("ns", "a", "r2");
         let old_bytes = rendered(&old);
-        let p = plan(
+        let p = plan_pods(
             Some(std::slice::from_ref(&new)),
             &scan(vec![file(&old.file_name, &old_bytes)]),
         );
@@ -443,7 +511,7 @@ mod tests {
             impostor,
             mismatched,
         ]);
-        let p = plan(Some(&[kept]), &dir);
+        let p = plan_pods(Some(&[kept]), &dir);
         assert_eq!(
             p.actions,
             vec![Action::Remove {
@@ -454,7 +522,7 @@ mod tests {
         assert_eq!(
             p.removals,
             vec![Removal {
-                set: SetKey::of(&gone),
+                set: SetKey::of(&gone.entry()),
                 file_name: gone.file_name
             }]
         );
@@ -466,15 +534,15 @@ mod tests {
         let mut symlink = file(&a.file_name, &rendered(&a));
         symlink.regular = false;
         let dir = scan(vec![file("kube-apiserver.yaml", KUBE_APISERVER), symlink]);
-        assert!(plan(Some(&[]), &dir).actions.is_empty());
+        assert!(plan_pods(Some(&[]), &dir).actions.is_empty());
         let dir = scan(vec![file(&a.file_name, &rendered(&a))]);
-        assert_eq!(plan(Some(&[]), &dir).actions.len(), 1);
+        assert_eq!(plan_pods(Some(&[]), &dir).actions.len(), 1);
     }
 
     #[test]
     fn a_foreign_file_with_our_name_is_a_conflict() {
         let a = assigned("ns", "a", "r1");
-        let p = plan(
+        let p = plan_pods(
             Some(std::slice::from_ref(&a)),
             &scan(vec![file(&a.file_name, KUBE_APISERVER)]),
         );
@@ -492,7 +560,7 @@ mod tests {
         let a = assigned("ns", "a", "r1");
         let mut unreadable = file(&a.file_name, b"");
         unreadable.content = None;
-        let p = plan(Some(&[a]), &scan(vec![unreadable]));
+        let p = plan_pods(Some(&[a]), &scan(vec![unreadable]));
         assert!(p.actions.is_empty());
         assert!(matches!(p.sets[0].state, SetState::Conflict(_)));
     }
@@ -500,7 +568,7 @@ mod tests {
     #[test]
     fn a_foreign_manifest_defining_the_same_pod_is_a_conflict() {
         let a = assigned("kube-system", "kube-apiserver", "r1");
-        let p = plan(
+        let p = plan_pods(
             Some(&[a]),
             &scan(vec![file("kube-apiserver.yaml", KUBE_APISERVER)]),
         );
@@ -519,7 +587,7 @@ mod tests {
             &a.file_name,
             &rendered(&assigned("kube-system", "kube-apiserver", "r1")),
         );
-        let p = plan(
+        let p = plan_pods(
             Some(&[a]),
             &scan(vec![file("kube-apiserver.yaml", KUBE_APISERVER), ours]),
         );
@@ -530,7 +598,7 @@ mod tests {
     #[test]
     fn same_pod_name_in_another_namespace_is_no_conflict() {
         let a = assigned("default", "kube-apiserver", "r1");
-        let p = plan(
+        let p = plan_pods(
             Some(&[a]),
             &scan(vec![file("kube-apiserver.yaml", KUBE_APISERVER)]),
         );
@@ -550,7 +618,7 @@ mod tests {
         ] {
             let mut a = assigned("ns", "a", "r1");
             a.file_name = bad.into();
-            let p = plan(Some(&[a]), &DirScan::default());
+            let p = plan_pods(Some(&[a]), &DirScan::default());
             assert!(p.actions.is_empty(), "{bad}");
             assert!(matches!(p.sets[0].state, SetState::Invalid(_)), "{bad}");
         }
@@ -569,7 +637,7 @@ mod tests {
             a.set_namespace = ns.into();
             a.set_name = set.into();
             a.file_name = format!("staticpodset_{ns}_{set}.yaml");
-            let p = plan(Some(&[a]), &DirScan::default());
+            let p = plan_pods(Some(&[a]), &DirScan::default());
             assert!(p.actions.is_empty(), "{ns}/{set}");
             assert!(
                 matches!(p.sets[0].state, SetState::Invalid(_)),
@@ -580,7 +648,7 @@ mod tests {
 
     #[test]
     fn malformed_manifests_are_rejected() {
-        type Mutation = Box<dyn Fn(&mut AssignedPod)>;
+        type Mutation = Box<dyn Fn(&mut Pod)>;
         let cases: Vec<Mutation> = vec![
             Box::new(|a| a.manifest = json!("not an object")),
             Box::new(|a| a.manifest["kind"] = json!("Deployment")),
@@ -592,7 +660,7 @@ mod tests {
         for (i, mutate) in cases.iter().enumerate() {
             let mut a = assigned("ns", "a", "r1");
             mutate(&mut a);
-            let p = plan(Some(&[a]), &DirScan::default());
+            let p = plan_pods(Some(&[a]), &DirScan::default());
             assert!(p.actions.is_empty(), "case {i}");
             assert!(matches!(p.sets[0].state, SetState::Invalid(_)), "case {i}");
         }
@@ -603,7 +671,7 @@ mod tests {
         let good = assigned("ns", "a", "r1");
         let mut bad = assigned("ns", "a", "r2");
         bad.manifest = json!({});
-        let p = plan(
+        let p = plan_pods(
             Some(&[bad]),
             &scan(vec![file(&good.file_name, &rendered(&good))]),
         );
@@ -613,7 +681,7 @@ mod tests {
     #[test]
     fn duplicate_assignments_write_once() {
         let a = assigned("ns", "a", "r1");
-        let p = plan(Some(&[a.clone(), a]), &DirScan::default());
+        let p = plan_pods(Some(&[a.clone(), a]), &DirScan::default());
         assert_eq!(p.actions.len(), 1);
         assert!(matches!(p.sets[1].state, SetState::Invalid(_)));
     }
@@ -669,5 +737,56 @@ mod tests {
                 "{word} unquoted in:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn an_unavailable_revision_keeps_the_file_on_disk() {
+        let on_disk = assigned("ns", "a", "r1");
+        let bytes = rendered(&on_disk);
+        let wanted = assigned("ns", "a", "r2");
+        let unavailable = Assignment {
+            entry: wanted.entry(),
+            manifest: Err("cannot read StaticPodRevision ns/a-r2: 503".into()),
+        };
+        let p = plan(
+            Some(&[unavailable]),
+            &scan(vec![file(&on_disk.file_name, &bytes)]),
+        );
+        // Neither rewritten nor removed.
+        assert!(p.actions.is_empty());
+        assert!(p.removals.is_empty());
+        assert_eq!(
+            p.sets[0].state,
+            SetState::Unavailable("cannot read StaticPodRevision ns/a-r2: 503".into())
+        );
+        assert_eq!(p.sets[0].on_disk_revision.as_deref(), Some("r1"));
+        assert_eq!(p.sets[0].revision, "r2");
+    }
+
+    #[test]
+    fn an_unavailable_revision_writes_nothing_and_other_sets_go_on() {
+        let a = assigned("ns", "a", "r1");
+        let b = assigned("ns", "b", "r1");
+        let p = plan(
+            Some(&[
+                Assignment {
+                    entry: a.entry(),
+                    manifest: Err("not there yet".into()),
+                },
+                b.assignment(),
+            ]),
+            &DirScan::default(),
+        );
+        assert_eq!(
+            p.actions,
+            vec![Action::Write {
+                file_name: b.file_name.clone(),
+                content: rendered(&b),
+                expected: None
+            }]
+        );
+        assert!(matches!(p.sets[0].state, SetState::Unavailable(_)));
+        assert_eq!(p.sets[0].on_disk_revision, None);
+        assert_eq!(p.sets[1].state, SetState::Write);
     }
 }

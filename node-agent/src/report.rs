@@ -75,6 +75,9 @@ pub fn outcomes(
                 },
                 SetState::Conflict(m) => (ManifestPhase::Conflict, on_disk, None, Some(m.clone())),
                 SetState::Invalid(m) => (ManifestPhase::Error, on_disk, None, Some(m.clone())),
+                SetState::Unavailable(m) => {
+                    (ManifestPhase::Pending, on_disk, None, Some(m.clone()))
+                }
             };
             SetOutcome {
                 set: p.set.clone(),
@@ -378,6 +381,7 @@ mod tests {
                 set_plan("same", SetState::Current { since: Some(t(5)) }),
                 set_plan("conflict", SetState::Conflict("taken".into())),
                 set_plan("invalid", SetState::Invalid("bad".into())),
+                set_plan("unavailable", SetState::Unavailable("not read yet".into())),
             ],
             removals: vec![Removal {
                 set: set("old"),
@@ -407,9 +411,13 @@ mod tests {
                 ManifestPhase::Pending,
                 ManifestPhase::Written,
                 ManifestPhase::Conflict,
-                ManifestPhase::Error
+                ManifestPhase::Error,
+                ManifestPhase::Pending,
             ]
         );
+        // Unavailable: what is on disk stays, and the report says so.
+        assert_eq!(sets[6].written_revision.as_deref(), Some("r1"));
+        assert_eq!(sets[6].message.as_deref(), Some("not read yet"));
         assert_eq!(sets[0].written_revision.as_deref(), Some("r2"));
         assert_eq!(sets[0].written_at, Some(t(100)));
         assert_eq!(sets[1].written_revision.as_deref(), Some("r1"));

@@ -4,11 +4,11 @@
 use std::time::SystemTime;
 
 use staticpodset_api::keys::parse_manifest_file_name;
-use staticpodset_api::{AssignedPod, ManifestPhase, PodReport};
+use staticpodset_api::{ManifestPhase, PodReport};
 use tracing::{info, info_span, warn};
 
 use crate::manifest_dir::{Action, DirError, ManifestDir};
-use crate::plan::{plan, SetKey};
+use crate::plan::{plan, Assignment, SetKey};
 use crate::report::{outcomes, unreadable_dir, SetOutcome};
 
 /// What one pass did.
@@ -38,12 +38,12 @@ impl DirSync {
 
 /// Brings the directory to the `assigned` state. Call it only with API data in hand: the caller's
 /// knowing what is assigned is what allows removals.
-pub fn sync_directory(dir: &ManifestDir, assigned: &[AssignedPod], now: SystemTime) -> DirSync {
+pub fn sync_directory(dir: &ManifestDir, assigned: &[Assignment], now: SystemTime) -> DirSync {
     let scan = match dir.scan() {
         Ok(scan) => scan,
         Err(e) => {
             warn!(error = %e, "cannot read the manifest directory; nothing written or removed");
-            let sets: Vec<SetKey> = assigned.iter().map(SetKey::of).collect();
+            let sets: Vec<SetKey> = assigned.iter().map(|a| SetKey::of(&a.entry)).collect();
             return DirSync {
                 sets: unreadable_dir(&sets, &e),
                 removals: Vec::new(),

@@ -1,8 +1,9 @@
-//! The whole agent loop against an in-process fake API server (list, watch, status patch) and a real
-//! temp directory: nothing is touched without API data, nothing while the object is missing, the
-//! assigned state once it exists, and drift is restored from the cache while the API server is down.
+//! The whole agent loop against an in-process fake API server (list, watch, status patch, revision
+//! reads) and a real temp directory: nothing is touched without API data, nothing while the object
+//! is missing, the assigned state once it exists, nothing for an entry whose revision cannot be
+//! read, and drift is restored from the cache while the API server is down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fs;
 use std::path::Path;
@@ -41,6 +42,10 @@ struct ApiState {
     pod_history: Vec<Bytes>,
     requests: Vec<String>,
     patches: Vec<(String, Value)>,
+    /// StaticPodRevisions in kube-system by name; others are 404.
+    revisions: BTreeMap<String, Value>,
+    /// Revisions whose reads fail with 500.
+    failing_revisions: BTreeSet<String>,
 }
 
 type Shared = Arc<Mutex<ApiState>>;
@@ -129,6 +134,25 @@ async fn handle(state: Shared, req: Request<kube::client::Body>) -> Response<Bod
                         "metadata": {"resourceVersion": "10"}, "items": s.pods}),
             )
         }
+        ("GET", p) if p.starts_with(REVISIONS) => {
+            let name = &p[REVISIONS.len()..];
+            if s.failing_revisions.contains(name) {
+                return full(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "reason": "InternalError", "code": 500, "message": "etcd is sad"}),
+                );
+            }
+            match s.revisions.get(name) {
+                Some(revision) => full(StatusCode::OK, revision),
+                None => full(
+                    StatusCode::NOT_FOUND,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "reason": "NotFound", "code": 404,
+                            "message": format!("staticpodrevisions {name:?} not found")}),
+                ),
+            }
+        }
         ("PATCH", p)
             if p == format!("/apis/staticpods.dev/v1alpha1/nodestaticpods/{NODE}/status") =>
         {
@@ -159,19 +183,34 @@ fn manifest(set: &str, rev: &str) -> Value {
     })
 }
 
+const REVISIONS: &str = "/apis/staticpods.dev/v1alpha1/namespaces/kube-system/staticpodrevisions/";
+
+fn revision(set: &str, rev: &str) -> Value {
+    json!({
+        "apiVersion": "staticpods.dev/v1alpha1",
+        "kind": "StaticPodRevision",
+        "metadata": {"name": format!("{set}-{rev}"), "namespace": "kube-system", "resourceVersion": "5"},
+        "spec": {"setName": set, "revision": 1, "hash": rev, "template": {}, "manifest": manifest(set, rev)},
+    })
+}
+
+fn entry(set: &str, rev: &str) -> Value {
+    json!({
+        "setNamespace": "kube-system",
+        "setName": set,
+        "revision": rev,
+        "revisionName": format!("{set}-{rev}"),
+        "fileName": manifest_file_name("kube-system", set),
+    })
+}
+
 fn node_static_pods(sets: &[&str], rv: u32) -> Value {
-    let pods: Vec<Value> = sets
-        .iter()
-        .map(|set| {
-            json!({
-                "setNamespace": "kube-system",
-                "setName": set,
-                "revision": "r1",
-                "fileName": manifest_file_name("kube-system", set),
-                "manifest": manifest(set, "r1"),
-            })
-        })
-        .collect();
+    let at_r1: Vec<(&str, &str)> = sets.iter().map(|s| (*s, "r1")).collect();
+    node_static_pods_at(&at_r1, rv)
+}
+
+fn node_static_pods_at(entries: &[(&str, &str)], rv: u32) -> Value {
+    let pods: Vec<Value> = entries.iter().map(|(set, rev)| entry(set, rev)).collect();
     json!({
         "apiVersion": "staticpods.dev/v1alpha1",
         "kind": "NodeStaticPods",
@@ -224,8 +263,8 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
     fs::write(tmp.path().join("kube-apiserver.yaml"), kubeadm).expect("write");
     // An owned manifest from before the restart, for a set the spec will no longer list.
     let old = staticpodset_node_agent::plan::render_manifest(
-        &serde_json::from_value(node_static_pods(&["old"], 1)["spec"]["pods"][0].clone())
-            .expect("assigned pod"),
+        &serde_json::from_value(entry("old", "r1")).expect("assigned pod"),
+        &manifest("old", "r1"),
     )
     .expect("render")
     .content;
@@ -238,6 +277,7 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
 
     let state: Shared = Arc::new(Mutex::new(ApiState {
         down: true,
+        revisions: BTreeMap::from([("vip-r1".to_string(), revision("vip", "r1"))]),
         ..ApiState::default()
     }));
     let service = {
@@ -358,6 +398,74 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
         })
     })
     .await;
+    // Revisions never change, so each is read once, however many syncs ran.
+    let reads = |name: &str| {
+        lock(&state)
+            .requests
+            .iter()
+            .filter(|r| r.starts_with("GET ") && r.contains(&format!("{REVISIONS}{name}")))
+            .count()
+    };
+    assert_eq!(reads("vip-r1"), 1);
+
+    // 4b. vip moves to r2, whose read fails, and a new set "late" names a revision that does not
+    //     exist yet: nothing is written or removed for either, and the report says why.
+    let vip_r1 = fs::read(&vip).expect("read");
+    let late = tmp.path().join(manifest_file_name("kube-system", "late"));
+    lock(&state).failing_revisions.insert("vip-r2".into());
+    let moved = node_static_pods_at(&[("vip", "r2"), ("late", "r1")], 12);
+    {
+        let mut s = lock(&state);
+        s.node_static_pods = Some(moved.clone());
+        let event = watch_event("MODIFIED", &moved);
+        s.nsp_history.push(event.clone());
+        for w in &s.nsp_watches {
+            let _ = w.send(event.clone());
+        }
+    }
+    let pending_with = |p: &Value, set: &str, text: &str| {
+        p["status"]["pods"].as_array().is_some_and(|pods| {
+            pods.iter().any(|r| {
+                r["setName"] == set
+                    && r["phase"] == "Pending"
+                    && r["message"].as_str().is_some_and(|m| m.contains(text))
+            })
+        })
+    };
+    eventually("both unavailable revisions reported", || {
+        lock(&state).patches.iter().any(|(_, p)| {
+            pending_with(p, "vip", "cannot read StaticPodRevision kube-system/vip-r2")
+                && pending_with(p, "late", "kube-system/late-r1 does not exist")
+        })
+    })
+    .await;
+    {
+        let s = lock(&state);
+        let (_, p) = s.patches.last().expect("a patch");
+        let vip_report = p["status"]["pods"]
+            .as_array()
+            .and_then(|pods| pods.iter().find(|r| r["setName"] == "vip"))
+            .expect("vip report");
+        // What is on disk is still r1, and the report says so.
+        assert_eq!(vip_report["writtenRevision"], "r1");
+    }
+    assert_eq!(fs::read(&vip).expect("vip kept"), vip_r1);
+    assert!(!late.exists());
+
+    // The revisions become readable: the next retry writes both, without any watch event.
+    {
+        let mut s = lock(&state);
+        s.failing_revisions.clear();
+        s.revisions.insert("vip-r2".into(), revision("vip", "r2"));
+        s.revisions.insert("late-r1".into(), revision("late", "r1"));
+    }
+    eventually("both manifests written once readable", || {
+        late.exists() && fs::read(&vip).ok().is_some_and(|b| b != vip_r1)
+    })
+    .await;
+    assert!(String::from_utf8(fs::read(&vip).expect("read"))
+        .expect("utf-8")
+        .contains("r2"));
 
     // 5. The API server goes away and someone deletes the manifest: restored from the cache.
     {
@@ -399,7 +507,10 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
 
     // 7. An existing object that no longer lists the set: now, and only now, it is removed.
     push_nsp("ADDED", &node_static_pods(&[], 14));
-    eventually("the unassigned manifest removed", || !vip.exists()).await;
+    eventually("the unassigned manifests removed", || {
+        !vip.exists() && !late.exists()
+    })
+    .await;
     assert_eq!(
         listing(tmp.path()).into_keys().collect::<Vec<_>>(),
         vec!["kube-apiserver.yaml".to_owned()]

@@ -14,7 +14,7 @@ use staticpodset_api::keys::{manifest_file_name, ANNOTATION_REVISION, ANNOTATION
 use staticpodset_api::{AssignedPod, ManifestPhase};
 use staticpodset_node_agent::dir_watcher::DirWatcher;
 use staticpodset_node_agent::manifest_dir::{Action, DirError, ManifestDir};
-use staticpodset_node_agent::plan::render_manifest;
+use staticpodset_node_agent::plan::{render_manifest, Assignment, Rendered};
 use staticpodset_node_agent::sync::sync_directory;
 use tokio::sync::Notify;
 
@@ -30,13 +30,16 @@ spec:
     image: registry.k8s.io/kube-apiserver:v1.36.0
 ";
 
-fn assigned(ns: &str, set: &str, rev: &str, image: &str) -> AssignedPod {
-    AssignedPod {
-        set_namespace: ns.into(),
-        set_name: set.into(),
-        revision: rev.into(),
-        file_name: manifest_file_name(ns, set),
-        manifest: json!({
+fn assigned(ns: &str, set: &str, rev: &str, image: &str) -> Assignment {
+    Assignment::available(
+        AssignedPod {
+            set_namespace: ns.into(),
+            set_name: set.into(),
+            revision: rev.into(),
+            revision_name: format!("{set}-{rev}"),
+            file_name: manifest_file_name(ns, set),
+        },
+        json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
@@ -46,7 +49,11 @@ fn assigned(ns: &str, set: &str, rev: &str, image: &str) -> AssignedPod {
             },
             "spec": {"containers": [{"name": "c", "image": image}]},
         }),
-    }
+    )
+}
+
+fn render(a: &Assignment) -> Result<Rendered, String> {
+    render_manifest(&a.entry, a.manifest.as_ref().expect("available"))
 }
 
 fn now() -> SystemTime {
@@ -91,16 +98,16 @@ fn atomic_write_leaves_only_the_finished_file() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = ManifestDir::new(tmp.path());
     let pod = assigned("ns", "a", "r1", "img:1");
-    let content = render_manifest(&pod).expect("render").content;
+    let content = render(&pod).expect("render").content;
     let results = dir.execute(&[Action::Write {
-        file_name: pod.file_name.clone(),
+        file_name: pod.entry.file_name.clone(),
         content: content.clone(),
         expected: None,
     }]);
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(
         listing(tmp.path()),
-        BTreeMap::from([(pod.file_name.clone(), content)])
+        BTreeMap::from([(pod.entry.file_name.clone(), content)])
     );
 }
 
@@ -229,7 +236,7 @@ fn stale_temp_files_of_ours_are_cleaned_up_and_nothing_else() {
 fn foreign_files_are_untouched_byte_for_byte_and_mtime_for_mtime() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = ManifestDir::new(tmp.path());
-    let other_set = render_manifest(&assigned("ns", "d", "r1", "i"))
+    let other_set = render(&assigned("ns", "d", "r1", "i"))
         .expect("render")
         .content;
     let foreign: Vec<(String, Vec<u8>)> = vec![
@@ -285,7 +292,7 @@ fn foreign_files_are_untouched_byte_for_byte_and_mtime_for_mtime() {
         .message
         .as_deref()
         .is_some_and(|m| m.contains("kube-apiserver.yaml")));
-    assert!(!tmp.path().join(&specs[0][0].file_name).exists());
+    assert!(!tmp.path().join(&specs[0][0].entry.file_name).exists());
 
     let taken = sync_directory(&dir, &specs[1], now());
     assert_eq!(taken.sets[0].phase, ManifestPhase::Conflict);
@@ -304,8 +311,8 @@ fn drift_is_restored() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = ManifestDir::new(tmp.path());
     let spec = [assigned("ns", "a", "r1", "img:1")];
-    let path = tmp.path().join(&spec[0].file_name);
-    let want = render_manifest(&spec[0]).expect("render").content;
+    let path = tmp.path().join(&spec[0].entry.file_name);
+    let want = render(&spec[0]).expect("render").content;
 
     assert_eq!(sync_directory(&dir, &spec, now()).written, 1);
     assert_eq!(fs::read(&path).expect("read"), want);
@@ -341,7 +348,7 @@ fn identical_content_is_not_rewritten() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = ManifestDir::new(tmp.path());
     let spec = [assigned("ns", "a", "r1", "img:1")];
-    let path = tmp.path().join(&spec[0].file_name);
+    let path = tmp.path().join(&spec[0].entry.file_name);
     sync_directory(&dir, &spec, now());
     backdate(&path);
     let before = fingerprint(&path);
@@ -385,8 +392,8 @@ fn a_symlink_named_like_ours_is_foreign() {
     let dir = ManifestDir::new(tmp.path());
     let spec = [assigned("ns", "a", "r1", "img:1")];
     let target = tempfile::NamedTempFile::new().expect("target");
-    fs::write(target.path(), render_manifest(&spec[0]).expect("r").content).expect("write");
-    let link = tmp.path().join(&spec[0].file_name);
+    fs::write(target.path(), render(&spec[0]).expect("r").content).expect("write");
+    let link = tmp.path().join(&spec[0].entry.file_name);
     std::os::unix::fs::symlink(target.path(), &link).expect("symlink");
     let sync = sync_directory(&dir, &spec, now());
     assert_eq!(sync.sets[0].phase, ManifestPhase::Conflict);
@@ -421,7 +428,7 @@ async fn inotify_wakes_the_loop_when_a_manifest_is_deleted() {
 
     let wake = Arc::new(Notify::new());
     let _watcher = DirWatcher::start(tmp.path(), wake.clone()).expect("inotify");
-    fs::remove_file(tmp.path().join(&spec[0].file_name)).expect("delete");
+    fs::remove_file(tmp.path().join(&spec[0].entry.file_name)).expect("delete");
 
     tokio::time::timeout(Duration::from_secs(10), wake.notified())
         .await

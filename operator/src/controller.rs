@@ -14,7 +14,7 @@ use futures::{future, stream, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
@@ -23,9 +23,9 @@ use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use staticpodset_api::keys::FINALIZER;
+use staticpodset_api::keys::{ANNOTATION_ROLLBACK_TO, FINALIZER, LABEL_SET_NAME};
 use staticpodset_api::validation;
-use staticpodset_api::{NodeStaticPods, StaticPodSet};
+use staticpodset_api::{NodeStaticPods, StaticPodRevision, StaticPodSet};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -33,9 +33,10 @@ use crate::deletion::cleanup_decision;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::node_match::{trim_node, NodeSelector};
-use crate::node_writes::{self, WriteMode};
+use crate::node_writes::{self, WriteMode, OPERATOR_MANAGER};
 use crate::planner::{self, entry_of, report_of, MatchedNode, NodeWrite, Plan};
-use crate::render::render;
+use crate::render::{render, Rendered};
+use crate::revisions::{self, Ensure, RollbackProblem};
 use crate::status::{
     self, Invalid, NodeState, Observed, REASON_INVALID_NODE_SELECTOR, REASON_INVALID_TEMPLATE,
 };
@@ -81,6 +82,8 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// Cache of NodeStaticPods.
     pub node_objects: Store<NodeStaticPods>,
+    /// Cache of StaticPodRevisions, trimmed (see [`revisions::trim_revision`]).
+    pub revisions: Store<StaticPodRevision>,
     /// Tunables.
     pub settings: Settings,
     /// Consecutive failures per set, for the error policy's exponential backoff.
@@ -93,7 +96,12 @@ impl Context {
         client: Client,
         reporter: Reporter,
         metrics: Metrics,
-        stores: (Store<StaticPodSet>, Store<Node>, Store<NodeStaticPods>),
+        stores: (
+            Store<StaticPodSet>,
+            Store<Node>,
+            Store<NodeStaticPods>,
+            Store<StaticPodRevision>,
+        ),
         settings: Settings,
     ) -> Self {
         Self {
@@ -103,6 +111,7 @@ impl Context {
             sets: stores.0,
             nodes: stores.1,
             node_objects: stores.2,
+            revisions: stores.3,
             settings,
             failures: Mutex::default(),
         }
@@ -120,6 +129,7 @@ impl Context {
         let ready = async {
             self.nodes.wait_until_ready().await.is_ok()
                 && self.node_objects.wait_until_ready().await.is_ok()
+                && self.revisions.wait_until_ready().await.is_ok()
         };
         match tokio::time::timeout(STORE_SYNC_TIMEOUT, ready).await {
             Ok(true) => Ok(()),
@@ -202,6 +212,7 @@ pub async fn run(
 ) {
     let (nodes, nodes_writer) = reflector::store::<Node>();
     let (objects, objects_writer) = reflector::store::<NodeStaticPods>();
+    let (revisions, revisions_writer) = reflector::store::<StaticPodRevision>();
     let controller = Controller::new(
         Api::<StaticPodSet>::all(client.clone()),
         watcher::Config::default().any_semantic(),
@@ -268,11 +279,9 @@ pub async fn run(
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
-        // With a field manager per set, managedFields can outweigh the data, and the manifests
-        // are only ever compared: keep neither in memory.
+        // With a field manager per set, managedFields can outweigh the data: not kept in memory.
         .modify(|o: &mut NodeStaticPods| {
             o.metadata.managed_fields = None;
-            planner::digest_manifests(o);
         })
         .reflect(objects_writer)
         .filter_map(move |event| {
@@ -294,17 +303,49 @@ pub async fn run(
         .flatten()
     };
 
+    // A revision created, renumbered or deleted (by us, by a user, by the garbage collector)
+    // reconciles its set: a deleted revision that nodes still need is created again.
+    let revision_triggers = watcher(
+        Api::<StaticPodRevision>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(revisions::trim_revision)
+    .reflect(revisions_writer)
+    .filter_map(|event| {
+        let keys: Vec<SetKey> = match event {
+            Ok(Event::Apply(r) | Event::Delete(r)) => r
+                .namespace()
+                .map(|ns| (ns, r.spec.set_name.clone()))
+                .into_iter()
+                .collect(),
+            Ok(_) => Vec::new(),
+            Err(error) => {
+                tracing::warn!(%error, "watching StaticPodRevisions");
+                Vec::new()
+            }
+        };
+        future::ready(Some(stream::iter(keys.into_iter().map(set_ref))))
+    })
+    .flatten();
+
     let ctx = Arc::new(Context::new(
         client.clone(),
         reporter,
         metrics.clone(),
-        (sets.clone(), nodes.clone(), objects.clone()),
+        (
+            sets.clone(),
+            nodes.clone(),
+            objects.clone(),
+            revisions.clone(),
+        ),
         settings.clone(),
     ));
 
     let controller_done = controller
         .reconcile_on(node_triggers)
         .reconcile_on(object_triggers)
+        .reconcile_on(revision_triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
@@ -321,6 +362,7 @@ pub async fn run(
             if sets.wait_until_ready().await.is_ok()
                 && nodes.wait_until_ready().await.is_ok()
                 && objects.wait_until_ready().await.is_ok()
+                && revisions.wait_until_ready().await.is_ok()
             {
                 tracing::info!("caches synced");
                 health.set_synced(true);
@@ -455,7 +497,23 @@ async fn apply(
     name: &str,
     ctx: &Context,
 ) -> Result<Action, Error> {
+    let mut rollback_failed = None;
+    if let Some(value) = set.annotations().get(ANNOTATION_ROLLBACK_TO) {
+        match rollback(set, namespace, name, value, ctx).await? {
+            // The set changed (or is changing): its watch brings the next reconcile.
+            Rollback::Restored | Rollback::Superseded => {
+                return Ok(Action::requeue(ctx.settings.resync))
+            }
+            Rollback::Refused(problem) => rollback_failed = Some(problem),
+        }
+    }
     let (selector, rendered) = evaluate(set, namespace, name);
+    let previous = set.status.as_ref();
+    // The revision object comes first: agents read it as soon as an entry names it.
+    let revision_number = match &rendered {
+        Ok(r) => Some(ensure_revision(ctx, set, namespace, name, r).await?),
+        Err(_) => previous.and_then(|s| s.update_revision_number),
+    };
     let objects = ctx.objects_by_name();
     let plan = match &selector {
         Some(selector) => planner::plan(
@@ -496,7 +554,6 @@ async fn apply(
             name_problem: m.name_problem.as_deref(),
         })
         .collect();
-    let previous = set.status.as_ref();
     let revision = match &rendered {
         Ok(r) => Some(r.revision.as_str()),
         Err(_) => previous.and_then(|s| s.update_revision.as_deref()),
@@ -504,7 +561,9 @@ async fn apply(
     let observed = Observed {
         generation: set.metadata.generation,
         revision,
+        revision_number,
         invalid: rendered.as_ref().err().cloned(),
+        rollback_failed,
         nodes: states,
     };
     let next = status::aggregate(previous, &observed, &Time(Timestamp::now()));
@@ -527,7 +586,317 @@ async fn apply(
         }
     }
     write_result?;
+    if let Ok(rendered) = &rendered {
+        let mut keep = revisions::in_use(&objects, namespace, name);
+        keep.insert(rendered.revision.clone());
+        keep.extend(next.current_revision.clone());
+        prune_history(ctx, set, namespace, name, &keep).await;
+    }
     Ok(Action::requeue(ctx.settings.resync))
+}
+
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(OPERATOR_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// The set's revisions as the API server has them now (not as the cache has them): for the rare
+/// decisions that write, where a cache lagging behind our own last write would mis-number.
+async fn live_history(
+    ctx: &Context,
+    set: &StaticPodSet,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<Arc<StaticPodRevision>>, Error> {
+    let api: Api<StaticPodRevision> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("{LABEL_SET_NAME}={name}");
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::RevisionWrite {
+            op: "listing",
+            set: format!("{namespace}/{name}"),
+            namespace: namespace.to_string(),
+            revision: selector.clone(),
+            source,
+        })?;
+    let all: Vec<Arc<StaticPodRevision>> = list.items.into_iter().map(Arc::new).collect();
+    Ok(revisions::history_of(
+        &all,
+        namespace,
+        name,
+        set.metadata.uid.as_deref(),
+    ))
+}
+
+/// Makes sure the StaticPodRevision of `rendered` exists and is the set's newest; returns its
+/// number. Costs no API call when the cache shows it is already.
+async fn ensure_revision(
+    ctx: &Context,
+    set: &StaticPodSet,
+    namespace: &str,
+    name: &str,
+    rendered: &Rendered,
+) -> Result<i64, Error> {
+    let set_key = format!("{namespace}/{name}");
+    let history_error = |problem| Error::History {
+        set: set_key.clone(),
+        problem,
+    };
+    let cached = revisions::history_of(
+        &ctx.revisions.state(),
+        namespace,
+        name,
+        set.metadata.uid.as_deref(),
+    );
+    if let Ensure::Current { number, .. } =
+        revisions::ensure(&cached, name, rendered).map_err(history_error)?
+    {
+        return Ok(number);
+    }
+    let history = live_history(ctx, set, namespace, name).await?;
+    let decision = revisions::ensure(&history, name, rendered).map_err(history_error)?;
+    let api: Api<StaticPodRevision> = Api::namespaced(ctx.client.clone(), namespace);
+    let write_error = |op: &'static str, revision: &str| {
+        let (set, namespace, revision) =
+            (set_key.clone(), namespace.to_string(), revision.to_string());
+        move |source| Error::RevisionWrite {
+            op,
+            set,
+            namespace,
+            revision,
+            source,
+        }
+    };
+    match &decision {
+        Ensure::Current { .. } => {}
+        Ensure::Create {
+            name: object,
+            number,
+        } => {
+            let revision = revisions::revision_object(set, rendered, *number)
+                .ok_or_else(|| history_error(revisions::HistoryProblem::NoUid))?;
+            let params = PostParams {
+                field_manager: Some(OPERATOR_MANAGER.into()),
+                ..Default::default()
+            };
+            match api.create(&params, &revision).await {
+                Ok(_) => {}
+                // Not in the set's history, yet there: another set's of the same name.
+                Err(e) if node_writes::is_already_exists(&e) => {
+                    return Err(Error::RevisionTaken {
+                        set: set_key.clone(),
+                        revision: object.clone(),
+                    })
+                }
+                Err(e) => return Err(write_error("creating", object)(e)),
+            }
+            ctx.metrics
+                .revision_writes
+                .with_label_values(&["create"])
+                .inc();
+            tracing::info!(revision = number, hash = %rendered.revision, "created revision");
+        }
+        Ensure::Renumber {
+            name: object,
+            from,
+            to,
+            adopt,
+        } => {
+            let Some(existing) = history.iter().find(|r| r.name_any() == *object) else {
+                // `ensure` renumbers only what the history holds.
+                return Err(history_error(revisions::HistoryProblem::NotInHistory(
+                    object.clone(),
+                )));
+            };
+            let mut metadata = json!({ "resourceVersion": existing.resource_version() });
+            if *adopt {
+                let mut owners = existing.owner_references().to_vec();
+                owners.extend(revisions::owner_reference(set));
+                metadata["ownerReferences"] = json!(owners);
+            }
+            let patch = json!({ "metadata": metadata, "spec": { "revision": to } });
+            api.patch(object, &patch_params(), &Patch::Merge(patch))
+                .await
+                .map_err(write_error("renumbering", object))?;
+            ctx.metrics
+                .revision_writes
+                .with_label_values(&["renumber"])
+                .inc();
+            tracing::info!(from, to, adopt, hash = %rendered.revision, "reused an earlier revision as the newest");
+        }
+    }
+    Ok(decision.number())
+}
+
+/// Deletes the set's old revisions beyond `spec.revisionHistoryLimit`, sparing every hash in
+/// `keep`. Failures are logged, not returned: the next reconcile tries again, and a revision kept
+/// a little longer harms nothing.
+async fn prune_history(
+    ctx: &Context,
+    set: &StaticPodSet,
+    namespace: &str,
+    name: &str,
+    keep: &std::collections::BTreeSet<String>,
+) {
+    let history = revisions::history_of(
+        &ctx.revisions.state(),
+        namespace,
+        name,
+        set.metadata.uid.as_deref(),
+    );
+    let limit = revisions::history_limit(set);
+    let api: Api<StaticPodRevision> = Api::namespaced(ctx.client.clone(), namespace);
+    for old in revisions::prune(&history, keep, limit) {
+        // Only the very object we looked at: not one renumbered (reused) since.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: old.uid(),
+                resource_version: old.resource_version(),
+            }),
+            ..Default::default()
+        };
+        let object = old.name_any();
+        match api.delete(&object, &params).await {
+            Ok(_) => {
+                ctx.metrics
+                    .revision_writes
+                    .with_label_values(&["delete"])
+                    .inc();
+                tracing::info!(revision = old.spec.revision, hash = %old.spec.hash, limit, "deleted an old revision beyond the history limit");
+            }
+            Err(e) if node_writes::is_not_found(&e) || node_writes::is_conflict(&e) => {}
+            Err(error) => {
+                tracing::warn!(%error, revision = %object, "deleting an old revision; retried on the next reconcile")
+            }
+        }
+    }
+}
+
+/// What a `staticpods.dev/rollback-to` annotation led to.
+enum Rollback {
+    /// The template was restored and the annotation removed, in one write.
+    Restored,
+    /// The annotation changed while it was acted on; its new value gets its own reconcile.
+    Superseded,
+    /// Refused: the annotation was removed and a Warning Event published.
+    Refused(RollbackProblem),
+}
+
+/// Restores the template of revision `value` into the set (a JSON patch replacing
+/// `spec.template` whole and removing the annotation), or refuses.
+async fn rollback(
+    set: &StaticPodSet,
+    namespace: &str,
+    name: &str,
+    value: &str,
+    ctx: &Context,
+) -> Result<Rollback, Error> {
+    let history = live_history(ctx, set, namespace, name).await?;
+    let api: Api<StaticPodSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let target = match revisions::rollback_target(value, &history) {
+        Ok(target) => target,
+        Err(problem) => return refuse_rollback(ctx, set, &api, value, problem).await,
+    };
+    let (number, hash) = (target.spec.revision, target.spec.hash.clone());
+    if !target.spec.template.is_object() {
+        let problem = RollbackProblem {
+            reason: "RollbackRevisionUnusable",
+            message: format!("revision {number} ({hash}) holds no pod template to restore"),
+        };
+        return refuse_rollback(ctx, set, &api, value, problem).await;
+    }
+    let patch = revisions::rollback_patch(ANNOTATION_ROLLBACK_TO, value, &target.spec.template);
+    let set_key = format!("{namespace}/{name}");
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Rollback {
+        set: set_key.clone(),
+        source: kube::Error::SerdeError(e),
+    })?;
+    match api
+        .patch(name, &patch_params(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => {
+            ctx.metrics
+                .revision_writes
+                .with_label_values(&["rollback"])
+                .inc();
+            let asked = set
+                .status
+                .as_ref()
+                .and_then(|s| s.update_revision.as_deref());
+            let note = if asked == Some(hash.as_str()) {
+                format!("revision {number} ({hash}) is what the set already asks for; removed {ANNOTATION_ROLLBACK_TO}")
+            } else {
+                format!("restored spec.template from revision {number} ({hash}); it rolls out as the newest revision")
+            };
+            tracing::info!(%note, "rolled back");
+            ctx.publish(set, false, "RolledBack", &note).await;
+            Ok(Rollback::Restored)
+        }
+        // The annotation changed under us (its `test` failed), or today's rules reject the old
+        // template; refusing tells them apart, since its own `test` fails in the first case.
+        Err(e) if node_writes::is_invalid(&e) => {
+            let problem = RollbackProblem {
+                reason: "RollbackRejected",
+                message: format!(
+                    "the API server rejected the template of revision {number} ({hash}): {}",
+                    api_message(&e)
+                ),
+            };
+            refuse_rollback(ctx, set, &api, value, problem).await
+        }
+        Err(source) => Err(Error::Rollback {
+            set: set_key,
+            source,
+        }),
+    }
+}
+
+async fn refuse_rollback(
+    ctx: &Context,
+    set: &StaticPodSet,
+    api: &Api<StaticPodSet>,
+    value: &str,
+    problem: RollbackProblem,
+) -> Result<Rollback, Error> {
+    let name = set.name_any();
+    let set_key = format!("{}/{name}", set.namespace().unwrap_or_default());
+    let patch: json_patch::Patch = serde_json::from_value(revisions::drop_annotation_patch(
+        ANNOTATION_ROLLBACK_TO,
+        value,
+    ))
+    .map_err(|e| Error::Rollback {
+        set: set_key.clone(),
+        source: kube::Error::SerdeError(e),
+    })?;
+    match api
+        .patch(&name, &patch_params(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => {
+            tracing::warn!(reason = problem.reason, message = %problem.message, "rollback refused");
+            ctx.publish(set, true, problem.reason, &problem.message)
+                .await;
+            Ok(Rollback::Refused(problem))
+        }
+        Err(e) if node_writes::is_invalid(&e) || node_writes::is_not_found(&e) => {
+            Ok(Rollback::Superseded)
+        }
+        Err(source) => Err(Error::Rollback {
+            set: set_key,
+            source,
+        }),
+    }
+}
+
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
 }
 
 async fn cleanup(
@@ -682,6 +1051,7 @@ mod tests {
                     spec,
                 },
                 node_selector: selector,
+                ..Default::default()
             },
         );
         s.metadata.namespace = Some("ns".into());

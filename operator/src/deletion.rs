@@ -129,8 +129,8 @@ mod tests {
             set_namespace: "ns".into(),
             set_name: set.into(),
             revision: "r".into(),
+            revision_name: format!("{set}-r"),
             file_name: format!("staticpodset_ns_{set}.yaml"),
-            manifest: serde_json::json!({}),
         }
     }
 

@@ -70,6 +70,54 @@ pub enum Error {
     /// The object from the watch lacks a field every stored object has.
     #[error("StaticPodSet {0} has no namespace")]
     MissingNamespace(String),
+
+    /// Reading, creating, renumbering or deleting a StaticPodRevision failed.
+    #[error("{op} StaticPodRevision {namespace}/{revision} of set {set}: {source}")]
+    RevisionWrite {
+        /// "listing", "creating", "renumbering", "deleting".
+        op: &'static str,
+        /// `<namespace>/<name>` of the set.
+        set: String,
+        /// The revision's namespace.
+        namespace: String,
+        /// The revision object's name (or the set's label selector when listing).
+        revision: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// The history cannot take the rendered pod (see the problem).
+    #[error("set {set}: {problem}")]
+    History {
+        /// `<namespace>/<name>` of the set.
+        set: String,
+        /// What is wrong.
+        problem: crate::revisions::HistoryProblem,
+    },
+
+    /// The StaticPodRevision for the rendered pod exists but belongs to another set of the same
+    /// name (deleted, waiting for the garbage collector).
+    #[error(
+        "set {set}: StaticPodRevision {revision} exists but belongs to another StaticPodSet (an \
+         earlier one of the same name?); retrying until the garbage collector removes it"
+    )]
+    RevisionTaken {
+        /// `<namespace>/<name>` of the set.
+        set: String,
+        /// The revision object's name.
+        revision: String,
+    },
+
+    /// Restoring a revision's template into the set failed.
+    #[error("rolling back set {set}: {source}")]
+    Rollback {
+        /// `<namespace>/<name>` of the set.
+        set: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -99,6 +147,9 @@ impl Error {
             Error::StoresNotReady(_) => "stores_not_ready",
             Error::WaitingForNodes { .. } => "waiting_for_nodes",
             Error::MissingNamespace(_) => "missing_namespace",
+            Error::RevisionWrite { .. } => "revision_write",
+            Error::History { .. } | Error::RevisionTaken { .. } => "history",
+            Error::Rollback { .. } => "rollback",
             Error::Finalizer { source, .. } => match source.as_ref() {
                 F::AddFinalizer(_) => "add_finalizer",
                 F::RemoveFinalizer(_) => "remove_finalizer",

@@ -2,10 +2,10 @@
 //! distributes it to the selected nodes through one NodeStaticPods object per node, then sums
 //! what the node agents report back into the set's status.
 //!
-//! Pure logic (tested without a server): [`node_match`], [`render`], [`planner`], [`rollout`],
-//! [`status`], [`deletion`], [`triggers`]. What a static pod may contain is decided by the API
-//! crate's `validation` module, shared with the CRD's CEL rules. I/O, kept thin: [`controller`],
-//! [`node_writes`], [`node_objects`], [`leader`], [`http`].
+//! Pure logic (tested without a server): [`node_match`], [`render`], [`planner`], [`revisions`],
+//! [`rollout`], [`status`], [`deletion`], [`triggers`]. What a static pod may contain is decided by
+//! the API crate's `validation` module, shared with the CRD's CEL rules. I/O, kept thin:
+//! [`controller`], [`node_writes`], [`node_objects`], [`leader`], [`http`].
 
 pub mod cli;
 pub mod controller;
@@ -19,6 +19,7 @@ pub mod node_objects;
 pub mod node_writes;
 pub mod planner;
 pub mod render;
+pub mod revisions;
 pub mod rollout;
 pub mod status;
 pub mod telemetry;

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub node_object_writes: IntCounterVec,
     /// NodeStaticPods objects created for nodes, or given the owner reference to their Node.
     pub node_objects_ensured: IntCounter,
+    /// Writes of StaticPodRevisions and rollbacks, by operation: `create`, `renumber`, `delete`,
+    /// `rollback`.
+    pub revision_writes: IntCounterVec,
     /// 1 while this instance runs the controllers (leader, or leader election off).
     pub leader: IntGauge,
 }
@@ -69,6 +72,13 @@ impl Metrics {
             "staticpodset_operator_node_objects_ensured_total",
             "NodeStaticPods objects created for nodes, or given the owner reference to their Node",
         )?;
+        let revision_writes = IntCounterVec::new(
+            Opts::new(
+                "staticpodset_operator_revision_writes_total",
+                "StaticPodRevisions created, renumbered and deleted, and rollbacks done",
+            ),
+            &["op"],
+        )?;
         let leader = IntGauge::new(
             "staticpodset_operator_leader",
             "1 while this instance runs the controllers",
@@ -79,6 +89,7 @@ impl Metrics {
         registry.register(Box::new(sets.clone()))?;
         registry.register(Box::new(node_object_writes.clone()))?;
         registry.register(Box::new(node_objects_ensured.clone()))?;
+        registry.register(Box::new(revision_writes.clone()))?;
         registry.register(Box::new(leader.clone()))?;
         Ok(Self {
             registry,
@@ -88,6 +99,7 @@ impl Metrics {
             sets,
             node_object_writes,
             node_objects_ensured,
+            revision_writes,
             leader,
         })
     }
@@ -128,6 +140,7 @@ mod tests {
         );
         m.node_object_writes.with_label_values(&["apply"]).inc();
         m.node_objects_ensured.inc();
+        m.revision_writes.with_label_values(&["create"]).inc();
         let text = m.render().unwrap();
         for needle in [
             "staticpodset_operator_reconciles_total{result=\"success\"} 1",
@@ -137,6 +150,7 @@ mod tests {
             "staticpodset_operator_staticpodsets 0",
             "staticpodset_operator_node_object_writes_total{op=\"apply\"} 1",
             "staticpodset_operator_node_objects_ensured_total 1",
+            "staticpodset_operator_revision_writes_total{op=\"create\"} 1",
             "staticpodset_operator_leader 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");

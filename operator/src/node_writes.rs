@@ -105,23 +105,27 @@ pub fn replace_entry(
     Some(out)
 }
 
-fn api_error(e: &kube::Error) -> Option<&Status> {
+pub(crate) fn api_error(e: &kube::Error) -> Option<&Status> {
     match e {
         kube::Error::Api(status) => Some(status),
         _ => None,
     }
 }
 
-fn is_conflict(e: &kube::Error) -> bool {
+pub(crate) fn is_conflict(e: &kube::Error) -> bool {
     api_error(e).is_some_and(|s| s.is_conflict())
 }
 
-fn is_not_found(e: &kube::Error) -> bool {
+pub(crate) fn is_not_found(e: &kube::Error) -> bool {
     api_error(e).is_some_and(|s| s.is_not_found())
 }
 
-fn is_invalid(e: &kube::Error) -> bool {
+pub(crate) fn is_invalid(e: &kube::Error) -> bool {
     api_error(e).is_some_and(|s| s.is_invalid() || s.code == 422)
+}
+
+pub(crate) fn is_already_exists(e: &kube::Error) -> bool {
+    api_error(e).is_some_and(|s| s.is_already_exists())
 }
 
 /// Performs one write for set `namespace/name`.
@@ -351,8 +355,8 @@ mod tests {
             set_namespace: "ns".into(),
             set_name: set.into(),
             revision: revision.into(),
+            revision_name: format!("{set}-{revision}"),
             file_name: format!("staticpodset_ns_{set}.yaml"),
-            manifest: json!({"kind": "Pod"}),
         }
     }
 
@@ -416,7 +420,7 @@ mod tests {
     fn only_conflicts_inside_our_entry_are_forced() {
         // Someone edited our entry (as a v1.36 API server reports it).
         assert!(conflicts_only_inside_entries(&conflict(&[
-            r#".spec.pods[setName="vip",setNamespace="apps"].manifest.spec.hostNetwork"#
+            r#".spec.pods[setName="vip",setNamespace="apps"].revisionName"#
         ])));
         // The CRD has no list-map: the whole list is contested; forcing would wipe other sets.
         assert!(!conflicts_only_inside_entries(&conflict(&[".spec.pods"])));

@@ -10,11 +10,8 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use staticpodset_api::{AssignedPod, NodeStaticPods, PodReport};
 
-use serde_json::Value;
-use sha2::{Digest, Sha256};
-
 use crate::node_match::NodeSelector;
-use crate::render::{canonical_json, name_problem, Rendered};
+use crate::render::{name_problem, Rendered};
 
 /// One write into one node object, for one set.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,46 +44,6 @@ pub struct Plan {
     pub writes: Vec<NodeWrite>,
 }
 
-/// Replaces every entry's manifest with its digest ([`manifest_digest`]), keeping the rest.
-///
-/// Applied to node objects before they enter the operator's cache: the cache then holds a few
-/// hundred bytes per entry instead of the whole manifest (at 5,000 nodes that is the difference
-/// between megabytes and gigabytes), and an entry is still compared exactly, edits by hand
-/// included.
-pub fn digest_manifests(obj: &mut NodeStaticPods) {
-    for entry in &mut obj.spec.pods {
-        if !is_digest(&entry.manifest) {
-            entry.manifest = Value::String(manifest_digest(&entry.manifest));
-        }
-    }
-}
-
-/// `sha256:<hex>` of the manifest's canonical JSON.
-pub fn manifest_digest(manifest: &Value) -> String {
-    let digest = Sha256::digest(canonical_json(manifest).as_bytes());
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str(DIGEST_PREFIX);
-    for byte in digest {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
-}
-
-const DIGEST_PREFIX: &str = "sha256:";
-
-fn is_digest(v: &Value) -> bool {
-    v.as_str().is_some_and(|s| s.starts_with(DIGEST_PREFIX))
-}
-
-/// Whether a cached (digested) entry is exactly the wanted one.
-fn same_entry(want: &AssignedPod, want_digest: &str, cached: &AssignedPod) -> bool {
-    want.revision == cached.revision
-        && want.file_name == cached.file_name
-        && want.set_namespace == cached.set_namespace
-        && want.set_name == cached.set_name
-        && cached.manifest.as_str() == Some(want_digest)
-}
-
 /// The set's entry in a node object's spec, if any.
 pub fn entry_of<'a>(
     obj: &'a NodeStaticPods,
@@ -112,8 +69,7 @@ pub fn report_of<'a>(
         .find(|p| p.set_namespace == namespace && p.set_name == name)
 }
 
-/// Plans the writes for set `namespace/name`. `objects` are node objects as cached, that is with
-/// manifests digested ([`digest_manifests`]).
+/// Plans the writes for set `namespace/name` from the node objects as cached.
 ///
 /// `rendered` is `None` while the spec is invalid: then nothing is written anywhere (the nodes
 /// keep running what they have) and only the matched nodes are computed, for the status.
@@ -129,9 +85,6 @@ pub fn plan(
     objects: &BTreeMap<String, Arc<NodeStaticPods>>,
 ) -> Plan {
     let desired_entry = rendered.map(|r| r.assigned_pod(namespace, name));
-    let desired_digest = rendered
-        .map(|r| manifest_digest(&r.manifest))
-        .unwrap_or_default();
     let mut matched = Vec::new();
     let mut writes = Vec::new();
     let mut node_names = std::collections::BTreeSet::new();
@@ -148,12 +101,12 @@ pub fn plan(
         };
         if desired_entry.is_some() {
             match (want, current) {
-                (Some(want), Some(current)) if same_entry(want, &desired_digest, current) => {}
+                (Some(want), Some(current)) if want == current => {}
                 (Some(want), current) => writes.push(NodeWrite {
                     node: node_name.clone(),
                     entry: Some(want.clone()),
-                    // The revision is a hash of the manifest, so the same revision with another
-                    // digest can only be an edit that did not go through the set.
+                    // The set writes an entry only whole, so the same revision and file with
+                    // other content can only be an edit that did not go through the set.
                     repair: current.is_some_and(|c| {
                         c.revision == want.revision && c.file_name == want.file_name
                     }),
@@ -222,11 +175,10 @@ pub(crate) mod tests {
         })
     }
 
-    /// A node object as the cache holds it: manifests digested.
+    /// A node object as the cache holds it.
     pub(crate) fn object(node: &str, entries: Vec<AssignedPod>) -> Arc<NodeStaticPods> {
         let mut obj = NodeStaticPods::new(node, NodeStaticPodsSpec { pods: entries });
         obj.metadata.resource_version = Some(format!("rv-{node}"));
-        digest_manifests(&mut obj);
         Arc::new(obj)
     }
 
@@ -354,7 +306,7 @@ pub(crate) mod tests {
     fn an_entry_edited_by_hand_is_rewritten() {
         let v1 = rendered("img:1");
         let mut edited = v1.assigned_pod("ns", "set");
-        edited.manifest["spec"]["hostNetwork"] = serde_json::json!(true);
+        edited.revision_name = "set-by-hand".into();
         let nodes = vec![node("a", &[]), node("b", &[])];
         let objs = objects(vec![
             object("a", vec![edited]),
@@ -370,29 +322,33 @@ pub(crate) mod tests {
         );
         let names: Vec<&str> = p.writes.iter().map(|w| w.node.as_str()).collect();
         assert_eq!(names, ["a"]);
-        // The write carries the full manifest, not the digest.
-        assert!(p.writes[0].entry.as_ref().unwrap().manifest.is_object());
+        assert!(p.writes[0].repair);
+        assert_eq!(
+            p.writes[0].entry.as_ref(),
+            Some(&v1.assigned_pod("ns", "set"))
+        );
     }
 
     #[test]
-    fn digests_are_compact_exact_and_idempotent() {
+    fn entries_from_before_revisions_are_rewritten() {
+        // Written by an operator that embedded manifests: no revision name, same revision.
         let v1 = rendered("img:1");
-        let mut obj = NodeStaticPods::new(
-            "a",
-            NodeStaticPodsSpec {
-                pods: vec![v1.assigned_pod("ns", "set")],
-            },
+        let mut old = v1.assigned_pod("ns", "set");
+        old.revision_name = String::new();
+        let objs = objects(vec![object("a", vec![old])]);
+        let p = plan(
+            "ns",
+            "set",
+            &NodeSelector::default(),
+            Some(&v1),
+            &[node("a", &[])],
+            &objs,
         );
-        digest_manifests(&mut obj);
-        let digest = obj.spec.pods[0].manifest.as_str().unwrap().to_string();
-        assert!(
-            digest.starts_with("sha256:") && digest.len() == 71,
-            "{digest}"
+        assert_eq!(p.writes.len(), 1);
+        assert_eq!(
+            p.writes[0].entry.as_ref().unwrap().revision_name,
+            format!("set-{}", v1.revision)
         );
-        assert_eq!(digest, manifest_digest(&v1.manifest));
-        digest_manifests(&mut obj);
-        assert_eq!(obj.spec.pods[0].manifest.as_str(), Some(digest.as_str()));
-        assert_ne!(digest, manifest_digest(&rendered("img:2").manifest));
     }
 
     #[test]

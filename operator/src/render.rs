@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use staticpodset_api::keys::{
-    manifest_file_name, ANNOTATION_REVISION, ANNOTATION_SET, LABEL_SET_NAME,
+    manifest_file_name, revision_object_name, ANNOTATION_REVISION, ANNOTATION_SET, LABEL_SET_NAME,
 };
 use staticpodset_api::AssignedPod;
 
@@ -39,14 +39,15 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    /// The entry this set puts into every selected node's `NodeStaticPods.spec.pods`.
+    /// The entry this set puts into every selected node's `NodeStaticPods.spec.pods`: it names
+    /// the StaticPodRevision that holds the manifest.
     pub fn assigned_pod(&self, namespace: &str, name: &str) -> AssignedPod {
         AssignedPod {
             set_namespace: namespace.to_string(),
             set_name: name.to_string(),
             revision: self.revision.clone(),
+            revision_name: revision_object_name(name, &self.revision),
             file_name: self.file_name.clone(),
-            manifest: self.manifest.clone(),
         }
     }
 }
@@ -268,6 +269,10 @@ mod tests {
         );
         assert!(m.get("status").is_none());
         assert_eq!(r.file_name, "staticpodset_kube-system_vip.yaml");
+        let entry = r.assigned_pod("kube-system", "vip");
+        assert_eq!(entry.revision, r.revision);
+        assert_eq!(entry.revision_name, format!("vip-{}", r.revision));
+        assert_eq!(entry.file_name, r.file_name);
         assert_eq!(r.revision.len(), REVISION_LEN);
         assert!(r.revision.chars().all(|c| c.is_ascii_hexdigit()));
     }

@@ -5,6 +5,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use staticpodset_api::{ManifestPhase, PodReport, StaticPodSetStatus};
 
+use crate::revisions::RollbackProblem;
+
 /// Condition type: every selected node runs the current revision and it is Ready.
 pub const AVAILABLE: &str = "Available";
 /// Condition type: some selected node does not run the current revision yet.
@@ -13,6 +15,9 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 /// Condition type: the spec can be rendered and distributed.
 pub const VALID: &str = "Valid";
+/// Condition type, present only after a refused `staticpods.dev/rollback-to`: why it was refused.
+/// It stays until the spec changes.
+pub const ROLLBACK_FAILED: &str = "RollbackFailed";
 
 /// Reason of `Valid=False` when the pod template is unusable.
 pub const REASON_INVALID_TEMPLATE: &str = "InvalidTemplate";
@@ -53,6 +58,10 @@ pub struct Observed<'a> {
     /// The revision the nodes should run: the freshly rendered one, or while the spec is invalid
     /// the last one that was valid (the nodes keep running it).
     pub revision: Option<&'a str>,
+    /// The number of the StaticPodRevision of `revision`, when known.
+    pub revision_number: Option<i64>,
+    /// A rollback this reconcile refused.
+    pub rollback_failed: Option<RollbackProblem>,
     /// Set when the spec is invalid and nothing is distributed.
     pub invalid: Option<Invalid>,
     /// Every node the selector matches, in a stable order (by name).
@@ -154,6 +163,19 @@ pub fn aggregate(
     }
     let desired = observed.nodes.len();
     let updated = desired - not_updated.len();
+    // What every node ran when the set was last fully up to date. Before this field existed, a
+    // status whose counts said "all updated" described the same thing.
+    let current_revision = if revision.is_some() && not_updated.is_empty() {
+        revision.map(str::to_string)
+    } else {
+        previous.and_then(|p| {
+            p.current_revision.clone().or_else(|| {
+                (p.updated_number_scheduled == p.desired_number_scheduled)
+                    .then(|| p.update_revision.clone())
+                    .flatten()
+            })
+        })
+    };
     let ready = desired - not_ready.len();
     let rev = revision.unwrap_or("(none)");
 
@@ -250,6 +272,21 @@ pub fn aggregate(
         None => cond(VALID, true, "Valid", "the spec is valid".into()),
     };
 
+    let rollback_failed = match &observed.rollback_failed {
+        Some(problem) => Some(cond(
+            ROLLBACK_FAILED,
+            true,
+            problem.reason,
+            problem.message.clone(),
+        )),
+        // Kept until the spec changes: the annotation that caused it is gone.
+        None => find_condition(previous, ROLLBACK_FAILED)
+            .filter(|c| c.observed_generation == observed.generation)
+            .cloned(),
+    };
+    let mut conditions = vec![available, progressing, degraded, valid];
+    conditions.extend(rollback_failed);
+
     StaticPodSetStatus {
         observed_generation: observed.generation,
         desired_number_scheduled: count(desired),
@@ -258,7 +295,9 @@ pub fn aggregate(
         updated_number_scheduled: count(updated),
         number_misscheduled: count(problems.len()),
         update_revision: revision.map(str::to_string),
-        conditions: vec![available, progressing, degraded, valid],
+        update_revision_number: observed.revision_number,
+        current_revision,
+        conditions,
     }
 }
 
@@ -331,11 +370,15 @@ pub fn notices(previous: Option<&StaticPodSetStatus>, next: &StaticPodSetStatus)
     }
     if let Some(revision) = &next.update_revision {
         if previous.and_then(|p| p.update_revision.as_ref()) != Some(revision) {
+            let named = match next.update_revision_number {
+                Some(number) => format!("revision {number} ({revision})"),
+                None => format!("revision {revision}"),
+            };
             out.push(Notice {
                 warning: false,
                 reason: "RolloutStarted".into(),
                 note: format!(
-                    "rolling out revision {revision} to {}",
+                    "rolling out {named} to {}",
                     plural(next.desired_number_scheduled.max(0) as usize, "node")
                 ),
             });
@@ -413,7 +456,9 @@ mod tests {
         Observed {
             generation: Some(3),
             revision: Some("r2"),
+            revision_number: Some(2),
             invalid: None,
+            rollback_failed: None,
             nodes,
         }
     }
@@ -594,6 +639,8 @@ mod tests {
         let obs = Observed {
             generation: Some(4),
             revision: Some("r1"),
+            revision_number: Some(1),
+            rollback_failed: None,
             invalid: Some(Invalid {
                 reason: REASON_INVALID_TEMPLATE,
                 problems: vec!["a: bad".into(), "b: worse".into()],
@@ -621,6 +668,8 @@ mod tests {
         let obs = Observed {
             generation: Some(1),
             revision: None,
+            revision_number: None,
+            rollback_failed: None,
             invalid: Some(Invalid {
                 reason: REASON_INVALID_NODE_SELECTOR,
                 problems: vec!["x".into()],
@@ -689,5 +738,93 @@ mod tests {
             .map(|n| n.reason)
             .collect();
         assert_eq!(reasons, ["RolloutStarted"]);
+    }
+
+    #[test]
+    fn current_revision_moves_only_once_every_node_runs_the_update() {
+        let old = report(ManifestPhase::Written, Some("r1"), Some(("r1", true)));
+        let new = report(ManifestPhase::Written, Some("r2"), Some(("r2", true)));
+        let mut obs = observed(vec![state("a", Some(&old))]);
+        obs.revision = Some("r1");
+        obs.revision_number = Some(1);
+        let at_r1 = aggregate(None, &obs, &time(1));
+        assert_eq!(at_r1.current_revision.as_deref(), Some("r1"));
+        assert_eq!(at_r1.update_revision_number, Some(1));
+
+        // r2 is asked for; one node has it, the other not yet: current stays r1.
+        let halfway = aggregate(
+            Some(&at_r1),
+            &observed(vec![state("a", Some(&new)), state("b", Some(&old))]),
+            &time(2),
+        );
+        assert_eq!(halfway.update_revision.as_deref(), Some("r2"));
+        assert_eq!(halfway.update_revision_number, Some(2));
+        assert_eq!(halfway.current_revision.as_deref(), Some("r1"));
+
+        let done = aggregate(
+            Some(&halfway),
+            &observed(vec![state("a", Some(&new)), state("b", Some(&new))]),
+            &time(3),
+        );
+        assert_eq!(done.current_revision.as_deref(), Some("r2"));
+
+        // A brand-new set rolling out for the first time has no current revision yet.
+        let first = aggregate(None, &observed(vec![state("a", None)]), &time(1));
+        assert_eq!(first.current_revision, None);
+        // A status written before the field existed, with every node updated, counts as current.
+        let legacy = StaticPodSetStatus {
+            desired_number_scheduled: 1,
+            updated_number_scheduled: 1,
+            update_revision: Some("r1".into()),
+            ..Default::default()
+        };
+        let s = aggregate(
+            Some(&legacy),
+            &observed(vec![state("a", Some(&old))]),
+            &time(4),
+        );
+        assert_eq!(s.current_revision.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn a_refused_rollback_shows_until_the_spec_changes() {
+        let ready = report(ManifestPhase::Written, Some("r2"), Some(("r2", true)));
+        let mut obs = observed(vec![state("a", Some(&ready))]);
+        obs.rollback_failed = Some(RollbackProblem {
+            reason: "RollbackRevisionNotFound",
+            message: "cannot roll back to revision 9".into(),
+        });
+        let refused = aggregate(None, &obs, &time(1));
+        let c = cond(&refused, ROLLBACK_FAILED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "RollbackRevisionNotFound")
+        );
+        assert_eq!(c.message, "cannot roll back to revision 9");
+        // Other conditions are untouched by it.
+        assert_eq!(cond(&refused, AVAILABLE).status, "True");
+
+        // Later reconciles of the same generation keep it, unchanged.
+        let again = aggregate(
+            Some(&refused),
+            &observed(vec![state("a", Some(&ready))]),
+            &time(2),
+        );
+        assert_eq!(again, refused);
+
+        // A new generation drops it.
+        let mut next = observed(vec![state("a", Some(&ready))]);
+        next.generation = Some(4);
+        let changed = aggregate(Some(&again), &next, &time(3));
+        assert!(find_condition(Some(&changed), ROLLBACK_FAILED).is_none());
+    }
+
+    #[test]
+    fn rollout_notice_names_the_revision_number() {
+        let ready = report(ManifestPhase::Written, Some("r2"), Some(("r2", true)));
+        let s = aggregate(None, &observed(vec![state("a", Some(&ready))]), &time(1));
+        let n = notices(None, &s);
+        assert_eq!(n[0].reason, "RolloutStarted");
+        assert_eq!(n[0].note, "rolling out revision 2 (r2) to 1 node");
     }
 }

@@ -146,8 +146,8 @@ pub fn node_object_fingerprint(obj: &NodeStaticPods) -> BTreeMap<SetKey, u64> {
             .or_default();
         "entry".hash(h);
         entry.revision.hash(h);
+        entry.revision_name.hash(h);
         entry.file_name.hash(h);
-        entry.manifest.to_string().hash(h);
     }
     for report in obj.status.iter().flat_map(|s| &s.pods) {
         let h = per_set
@@ -273,8 +273,8 @@ mod tests {
             set_namespace: "ns".into(),
             set_name: set.into(),
             revision: revision.into(),
+            revision_name: format!("{set}-{revision}"),
             file_name: format!("staticpodset_ns_{set}.yaml"),
-            manifest: serde_json::json!({"rev": revision}),
         }
     }
 
@@ -355,6 +355,7 @@ mod tests {
             StaticPodSetSpec {
                 template: Default::default(),
                 node_selector: selector,
+                ..Default::default()
             },
         );
         s.metadata.namespace = Some("ns".into());

@@ -4,7 +4,10 @@
 #
 #   node objects created and owned by their Node
 #   -> two sets sharing nodes -> entries, status counts, conditions, Events
+#   -> StaticPodRevisions: numbered, owned by the set, immutable; entries name them
 #   -> template change -> new revision written; hand edit of an entry -> taken back
+#   -> rollback by annotation (restored template, reused revision renumbered), refused rollback
+#   -> history pruned to revisionHistoryLimit, never a revision a node still runs
 #   -> node relabelled -> entry removed, the set's field manager gone from managedFields
 #   -> set deleted -> finalizer waits for the live agent, skips the NotReady node, releases
 #   -> finalizer removed by hand -> orphaned entry removed by the node-objects loop
@@ -102,7 +105,7 @@ eventually 120 "API server ready" k get --raw /readyz
 # --- CRDs, RBAC, nodes -------------------------------------------------------------------------
 k apply --server-side -f "$ROOT/crds/" >/dev/null
 eventually 30 "CRDs established" k wait --for condition=Established --timeout=5s \
-  crd/staticpodsets.staticpods.dev crd/nodestaticpods.staticpods.dev
+  crd/staticpodsets.staticpods.dev crd/nodestaticpods.staticpods.dev crd/staticpodrevisions.staticpods.dev
 MODE=apply
 if ! grep -q 'x-kubernetes-list-type: map' "$ROOT/crds/nodestaticpods.staticpods.dev.yaml"; then
   MODE=update
@@ -200,18 +203,100 @@ eventually 10 "everywhere not Available while node-c is not ready, and says so" 
 k -n apps get events.events.k8s.io -o jsonpath='{.items[*].reason}' | grep -q RolloutStarted \
   && ok "RolloutStarted Event published" || fail "RolloutStarted Event published"
 
+# --- revisions ---------------------------------------------------------------------------------
 rev=$(jp vip '{.status.updateRevision}')
+spr() { k -n apps get staticpodrevisions -l staticpods.dev/set-name="$1" -o json; }
+# "<number>:<hash>" of every revision of a set, by number.
+history() {
+  spr "$1" | python3 -c '
+import json, sys
+items = sorted(json.load(sys.stdin)["items"], key=lambda r: r["spec"]["revision"])
+print(" ".join("%d:%s" % (r["spec"]["revision"], r["spec"]["hash"]) for r in items))'
+}
+# Both zone-x nodes carry vip's entry at the revision its status asks for.
+entries_at_update() {
+  local want n; want=$(jp vip '{.status.updateRevision}')
+  for n in node-a node-b; do
+    [[ $(k get nsp "$n" -o jsonpath='{.spec.pods[?(@.setName=="vip")].revision}') == "$want" ]] || return 1
+  done
+}
+history_is() { [[ $(history "$1") == "$2" ]]; }
+eventually 10 "revision 1 of vip exists" history_is vip "1:$rev"
+owner=$(k -n apps get spr "vip-$rev" -o jsonpath='{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}/{.metadata.ownerReferences[0].uid}/{.metadata.ownerReferences[0].controller}')
+[[ $owner == "StaticPodSet/vip/$(jp vip '{.metadata.uid}')/true" ]] && ok "the revision is controlled by its set" || fail "revision owner: $owner"
+[[ $(k get nsp node-a -o jsonpath='{.spec.pods[?(@.setName=="vip")].revisionName}') == "vip-$rev" ]] \
+  && ok "entries name the revision object" || fail "entries name the revision object"
+[[ $(k get nsp node-a -o json | grep -c '"manifest"') == 0 ]] && ok "entries carry no manifest" || fail "entries carry no manifest"
+is vip '{.status.updateRevisionNumber}' 1 && is vip '{.status.currentRevision}' "$rev" \
+  && ok "status: updateRevisionNumber 1, currentRevision $rev" || fail "status revision fields: $(jp vip '{.status}')"
+for change in '{"spec":{"hash":"0000000000"}}' '{"spec":{"manifest":{"kind":"Deployment"}}}' \
+  '{"spec":{"template":{"metadata":{"labels":{"edited":"yes"}}}}}' '{"spec":{"template":null}}' '{"spec":{"setName":"other"}}'; do
+  out=$(k -n apps patch spr "vip-$rev" --type=merge -p "$change" 2>&1) && fail "revision changed by $change"
+  grep -Eq "immutable|Required value" <<<"$out" || fail "unexpected error for $change: $out"
+done
+ok "a revision's hash, manifest, template and set name cannot be changed or removed"
+
 k -n apps patch sps vip --type=json -p '[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"busybox:1.37"}]' >/dev/null
 new_revision() { r=$(k get nsp node-a -o jsonpath='{.spec.pods[?(@.setName=="vip")].revision}'); [[ -n $r && $r != "$1" ]]; }
 eventually 10 "template change writes a new revision" new_revision "$rev"
+rev2=$(k get nsp node-a -o jsonpath='{.spec.pods[?(@.setName=="vip")].revision}')
+eventually 10 "revision 2 of vip exists" history_is vip "1:$rev 2:$rev2"
+current_is() { is vip '{.status.currentRevision}' "$1" && is vip '{.status.updateRevision}' "$2"; }
+eventually 10 "currentRevision stays $rev while the nodes run it" current_is "$rev" "$rev2"
+eventually 10 "both nodes assigned $rev2" entries_at_update
+agent node-a && agent node-b
+eventually 10 "currentRevision moves to $rev2 once every node runs it" current_is "$rev2" "$rev2"
 
 if [[ $MODE == apply ]]; then
   i=$(k get nsp node-a -o json | python3 -c 'import json,sys; print([p["setName"] for p in json.load(sys.stdin)["spec"]["pods"]].index("vip"))')
   k patch nsp node-a --field-manager=human --type=json \
-    -p "[{\"op\":\"add\",\"path\":\"/spec/pods/$i/manifest/metadata/labels/edited\",\"value\":\"by-hand\"}]" >/dev/null
+    -p "[{\"op\":\"replace\",\"path\":\"/spec/pods/$i/revisionName\",\"value\":\"by-hand\"}]" >/dev/null
   not_edited() { ! k get nsp node-a -o json | grep -q by-hand; }
   eventually 15 "an entry edited by hand is taken back" not_edited
 fi
+
+# Rollback to revision 1: its template comes back whole; its object is reused as number 3.
+k -n apps annotate sps vip staticpods.dev/rollback-to=1 >/dev/null
+rolled_back() {
+  [[ $(jp vip '{.spec.template.spec.containers[0].image}') == busybox:1.36 ]] &&
+    [[ -z $(jp vip '{.metadata.annotations.staticpods\.dev/rollback-to}') ]] && history_is vip "2:$rev2 3:$rev"
+}
+eventually 15 "rollback-to 1 restores the template, removes the annotation, renumbers revision 1 as 3" rolled_back
+eventually 10 "status: updateRevisionNumber 3" is vip '{.status.updateRevisionNumber}' 3
+eventually 10 "nodes are assigned the rolled-back revision" entries_at_update
+k -n apps get events.events.k8s.io -o jsonpath='{.items[?(@.reason=="RolledBack")].note}' | grep -q "revision 1 ($rev)" \
+  && ok "RolledBack Event names revision 1" || fail "RolledBack Event names revision 1"
+k -n apps annotate sps vip staticpods.dev/rollback-to=99 >/dev/null
+refused() {
+  [[ -z $(jp vip '{.metadata.annotations.staticpods\.dev/rollback-to}') ]] &&
+    jp vip '{.status.conditions[?(@.type=="RollbackFailed")].message}' | grep -q "revision 99"
+}
+eventually 15 "rollback-to 99 is refused: annotation removed, RollbackFailed condition" refused
+k -n apps get events.events.k8s.io -o jsonpath='{.items[?(@.reason=="RollbackRevisionNotFound")].type}' | grep -q Warning \
+  && ok "a Warning Event says the revision does not exist" || fail "Warning Event RollbackRevisionNotFound"
+history_is vip "2:$rev2 3:$rev" && ok "a refused rollback changes nothing" || fail "history after a refused rollback: $(history vip)"
+
+# Pruning: the nodes report revision 3 ($rev); two more templates are written but not yet run.
+agent node-a && agent node-b
+eventually 10 "currentRevision is $rev again" current_is "$rev" "$rev"
+image() { k -n apps patch sps vip --type=json -p "[{\"op\":\"replace\",\"path\":\"/spec/template/spec/containers/0/image\",\"value\":\"busybox:$1\"}]" >/dev/null; }
+numbers() { history vip | tr ' ' '\n' | cut -d: -f1 | tr '\n' ' ' | sed 's/ $//'; }
+numbers_are() { [[ $(numbers) == "$1" ]]; }
+image 1.38
+eventually 10 "revision 4" numbers_are "2 3 4"
+image 1.39
+eventually 10 "revision 5" numbers_are "2 3 4 5"
+eventually 10 "status: updateRevisionNumber 5" is vip '{.status.updateRevisionNumber}' 5
+eventually 10 "both nodes assigned revision 5" entries_at_update
+k -n apps patch sps vip --type=merge -p '{"spec":{"revisionHistoryLimit":1}}' >/dev/null
+# Old and unused: 2 and 4; the newest of them stays. 3 is run by the nodes, 5 is asked for.
+eventually 10 "revisionHistoryLimit 1 keeps the newest old revision and every one in use" numbers_are "3 4 5"
+k -n apps patch sps vip --type=merge -p '{"spec":{"revisionHistoryLimit":0}}' >/dev/null
+eventually 10 "revisionHistoryLimit 0 still keeps the revision the nodes run" numbers_are "3 5"
+agent node-a && agent node-b
+eventually 10 "once no node runs it, it goes too" numbers_are "5"
+out=$(k -n apps patch sps vip --type=merge -p '{"spec":{"revisionHistoryLimit":-1}}' 2>&1) && fail "revisionHistoryLimit -1 accepted"
+ok "revisionHistoryLimit below 0 is rejected"
 
 k label node node-b zone=y --overwrite >/dev/null
 eventually 10 "relabelled node loses the entry" has_entries node-b everywhere

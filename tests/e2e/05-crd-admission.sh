@@ -16,7 +16,7 @@ REPO_ROOT=$(cd "$HERE/../.." && pwd)
 CACHE_BIN=${STATICPODSET_CACHE:-$HOME/.cache/staticpodset}/k8s-${K8S_VERSION:-v1.36.3}/bin
 [[ -x $CACHE_BIN/kubectl ]] && export PATH="$CACHE_BIN:$PATH"
 KUBECTL=${KUBECTL:-kubectl}
-CRDS=(staticpodsets.staticpods.dev nodestaticpods.staticpods.dev)
+CRDS=(staticpodsets.staticpods.dev staticpodrevisions.staticpods.dev nodestaticpods.staticpods.dev)
 ns=sps-crd-admission-$$
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
