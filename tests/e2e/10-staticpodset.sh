@@ -46,31 +46,10 @@ YAML
 foreign_sum=$(sha256sum "$FOREIGN")
 
 # --- 1. apply a set for both nodes; time to all mirror pods Ready ------------------------------
-set_yaml() { # name selector-yaml message
-  cat <<YAML
-apiVersion: staticpods.dev/v1alpha1
-kind: StaticPodSet
-metadata: {name: $1, namespace: $E2E_NS}
-spec:
-  nodeSelector: $2
-  template:
-    metadata:
-      labels: {app: $1}
-    spec:
-      terminationGracePeriodSeconds: 2
-      containers:
-      - name: web
-        image: $BUSYBOX_IMAGE
-        imagePullPolicy: Never
-        env: [{name: MESSAGE, value: "$3"}]
-        command: ["sh", "-c", "echo \$MESSAGE > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"]
-        readinessProbe: {httpGet: {path: /index.html, port: 8080}, periodSeconds: 1}
-YAML
-}
 
 both_ready() { mirror_ready "$E2E_NS" "web-$A" && mirror_ready "$E2E_NS" "web-$B"; }
 t0=$(date +%s.%N)
-set_yaml web '{}' v1 | kubectl apply -f - >/dev/null
+web_set_yaml web '{}' v1 | kubectl apply -f - >/dev/null
 wait_for "mirror pods Ready on both nodes" 180 both_ready || fail "web mirror pods not Ready on both nodes"
 t1=$(date +%s.%N)
 apply_to_ready=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')
@@ -93,7 +72,7 @@ ok "status desired=2 ready=2 up-to-date=2; mirror pods carry config.mirror and t
 # --- 2. edit the template: new revision, new config hash on both nodes ------------------------
 rev1=$(sps_status web updateRevision)
 hash_a1=$(kubectl get pod -n "$E2E_NS" "web-$A" -o jsonpath='{.metadata.annotations.kubernetes\.io/config\.hash}')
-set_yaml web '{}' v2 | kubectl apply -f - >/dev/null
+web_set_yaml web '{}' v2 | kubectl apply -f - >/dev/null
 wait_for "new revision" 30 bash -c "[[ \$(kubectl get sps -n $E2E_NS web -o jsonpath='{.status.updateRevision}') != '$rev1' ]]" || fail "no new revision"
 rev2=$(sps_status web updateRevision)
 on_rev2() {
@@ -111,7 +90,7 @@ ok "template edit: revision $rev1 -> $rev2, config hash $hash_a1 -> $hash_a2 on 
 
 # --- 3. node selector and relabel: the pod moves ----------------------------------------------
 kubectl label node "$A" "$LABEL=yes" --overwrite >/dev/null
-set_yaml web "{matchLabels: {$LABEL: \"yes\"}}" v2 | kubectl apply -f - >/dev/null
+web_set_yaml web "{matchLabels: {$LABEL: \"yes\"}}" v2 | kubectl apply -f - >/dev/null
 only_on() { # node-with node-without
   mirror_ready "$E2E_NS" "web-$1" && ! kubectl get pod -n "$E2E_NS" "web-$2" >/dev/null 2>&1 &&
     [[ ! -e $(static_pod_dir "$2")/staticpodset_${E2E_NS}_web.yaml ]]
@@ -155,7 +134,7 @@ spec:
   - {name: main, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: [sleep, "100000"]}
 YAML
 conflict_sum=$(sha256sum "$(static_pod_dir "$B")/conflict-owner.yaml")
-set_yaml clash '{}' c | kubectl apply -f - >/dev/null
+web_set_yaml clash '{}' c | kubectl apply -f - >/dev/null
 wait_for "clash Ready on $A" 120 mirror_ready "$E2E_NS" "clash-$A" || fail "clash not running on $A"
 conflict_reported() {
   kubectl get nodestaticpods "$B" -o jsonpath='{.status.pods[?(@.setName=="clash")].phase}' | grep -qx Conflict

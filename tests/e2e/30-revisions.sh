@@ -23,28 +23,9 @@ cleanup() {
 trap cleanup EXIT
 
 install_product
-kubectl create namespace "$E2E_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+ensure_e2e_namespace
 
-set_yaml() { # message
-  cat <<YAML
-apiVersion: staticpods.dev/v1alpha1
-kind: StaticPodSet
-metadata: {name: $SET, namespace: $E2E_NS}
-spec:
-  template:
-    metadata:
-      labels: {app: $SET}
-    spec:
-      terminationGracePeriodSeconds: 2
-      containers:
-      - name: web
-        image: $BUSYBOX_IMAGE
-        imagePullPolicy: Never
-        env: [{name: MESSAGE, value: "$1"}]
-        command: ["sh", "-c", "echo \$MESSAGE > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"]
-        readinessProbe: {httpGet: {path: /index.html, port: 8080}, periodSeconds: 1}
-YAML
-}
+set_yaml() { web_set_yaml "$SET" "{}" "$1"; }
 
 # "<number>:<hash> ..." of the set's revisions, by number; and the numbers alone.
 history() {

@@ -60,3 +60,27 @@ all_mirrors_ready() {
   local n
   for n in "${NODES[@]}"; do mirror_ready "$1" "$2-$n" || return 1; done
 }
+
+# web_set_yaml NAME SELECTOR MESSAGE: a set whose pod serves MESSAGE over HTTP on 8080 and is Ready
+# once it does; changing MESSAGE changes the template (a new revision).
+web_set_yaml() {
+  cat <<YAML
+apiVersion: staticpods.dev/v1alpha1
+kind: StaticPodSet
+metadata: {name: $1, namespace: $E2E_NS}
+spec:
+  nodeSelector: $2
+  template:
+    metadata:
+      labels: {app: $1}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: web
+        image: $BUSYBOX_IMAGE
+        imagePullPolicy: Never
+        env: [{name: MESSAGE, value: "$3"}]
+        command: ["sh", "-c", "echo \$MESSAGE > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"]
+        readinessProbe: {httpGet: {path: /index.html, port: 8080}, periodSeconds: 1}
+YAML
+}
