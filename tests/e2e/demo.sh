@@ -12,6 +12,7 @@ install_product
 kubectl apply -f "$ROOT/examples/static-web.yaml"
 ready() { for n in "${NODES[@]}"; do mirror_ready default "static-web-$n" || return 1; done; }
 wait_for "static-web mirror pods Ready" 180 ready || { kubectl get sps,pods -A; exit 1; }
+kubectl wait sps/static-web --for=jsonpath='{.status.numberReady}'="${#NODES[@]}" --timeout=60s >/dev/null
 kubectl get sps static-web
 kubectl get pods -l app=static-web -o wide
 echo
