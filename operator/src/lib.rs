@@ -11,6 +11,8 @@ pub mod cli;
 pub mod controller;
 pub mod deletion;
 pub mod error;
+#[cfg(test)]
+mod fixtures;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -206,34 +206,63 @@ async fn remove(
     name: &str,
     node: &str,
 ) -> Result<(), kube::Error> {
-    let params = PatchParams {
-        field_manager: Some(OPERATOR_MANAGER.into()),
-        ..Default::default()
-    };
     for _ in 0..CONFLICT_RETRIES {
         let Some(obj) = api.get_opt(node).await? else {
             return Ok(());
         };
-        let Some(index) = obj
-            .spec
-            .pods
-            .iter()
-            .position(|p| p.set_namespace == namespace && p.set_name == name)
-        else {
+        let Some(index) = entry_index(&obj, namespace, name) else {
             return Ok(());
         };
-        let patch: json_patch::Patch =
-            serde_json::from_value(removal_patch(index, namespace, name))
-                .map_err(kube::Error::SerdeError)?;
-        match api.patch(node, &params, &Patch::<()>::Json(patch)).await {
-            Ok(_) => return Ok(()),
-            // A failed `test` (the list moved under us) is rejected as invalid; read and retry.
-            Err(e) if is_conflict(&e) || is_invalid(&e) => continue,
+        match guarded_json_patch(api, node, removal_patch(index, namespace, name)).await {
+            Ok(Sent::Done) => return Ok(()),
+            Ok(Sent::Retry) => continue,
             Err(e) if is_not_found(&e) => return Ok(()),
             Err(e) => return Err(e),
         }
     }
     Err(conflict_exhausted(node))
+}
+
+/// The outcome of a guarded write that may have to be redone on a fresh read.
+enum Sent {
+    Done,
+    /// The object changed under us (a conflict, or a failed `test` operation, which the API
+    /// server reports as invalid): read it again and retry.
+    Retry,
+}
+
+/// Patch parameters of the operator's own (non-apply) writes to node objects.
+fn operator_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(OPERATOR_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// Where the set's entry stands in the node object's list, if it is there.
+fn entry_index(obj: &NodeStaticPods, namespace: &str, name: &str) -> Option<usize> {
+    obj.spec
+        .pods
+        .iter()
+        .position(|p| p.set_namespace == namespace && p.set_name == name)
+}
+
+/// Sends a JSON patch whose `test` operations guard the index it touches.
+async fn guarded_json_patch(
+    api: &Api<NodeStaticPods>,
+    node: &str,
+    patch: Value,
+) -> Result<Sent, kube::Error> {
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+    match api
+        .patch(node, &operator_params(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => Ok(Sent::Done),
+        Err(e) if is_conflict(&e) || is_invalid(&e) => Ok(Sent::Retry),
+        Err(e) => Err(e),
+    }
 }
 
 /// Replaces the set's entry as a whole (guarded JSON patch), dropping whatever another manager
@@ -246,34 +275,21 @@ async fn repair(
     node: &str,
     entry: &AssignedPod,
 ) -> Result<(), kube::Error> {
-    let params = PatchParams {
-        field_manager: Some(OPERATOR_MANAGER.into()),
-        ..Default::default()
-    };
     for _ in 0..CONFLICT_RETRIES {
         let Some(obj) = api.get_opt(node).await? else {
             return Err(not_found(node));
         };
-        let Some(index) = obj
-            .spec
-            .pods
-            .iter()
-            .position(|p| p.set_namespace == namespace && p.set_name == name)
-        else {
+        let Some(index) = entry_index(&obj, namespace, name) else {
             // Gone meanwhile: put it back the normal way.
             return apply(api, namespace, name, node, entry).await;
         };
         if obj.spec.pods[index] == *entry {
             return Ok(());
         }
-        let patch: json_patch::Patch =
-            serde_json::from_value(replace_patch(index, namespace, name, entry))
-                .map_err(kube::Error::SerdeError)?;
         tracing::info!(%node, "replacing the set's entry, edited outside the set");
-        match api.patch(node, &params, &Patch::<()>::Json(patch)).await {
-            Ok(_) => return Ok(()),
-            Err(e) if is_conflict(&e) || is_invalid(&e) => continue,
-            Err(e) => return Err(e),
+        match guarded_json_patch(api, node, replace_patch(index, namespace, name, entry)).await? {
+            Sent::Done => return Ok(()),
+            Sent::Retry => continue,
         }
     }
     Err(conflict_exhausted(node))
@@ -295,10 +311,7 @@ async fn update(
     node: &str,
     entry: &AssignedPod,
 ) -> Result<(), kube::Error> {
-    let params = PatchParams {
-        field_manager: Some(OPERATOR_MANAGER.into()),
-        ..Default::default()
-    };
+    let params = operator_params();
     for _ in 0..CONFLICT_RETRIES {
         let Some(obj) = api.get_opt(node).await? else {
             // The node-objects loop creates it; a later reconcile writes.
@@ -349,16 +362,7 @@ fn not_found(node: &str) -> kube::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(set: &str, revision: &str) -> AssignedPod {
-        AssignedPod {
-            set_namespace: "ns".into(),
-            set_name: set.into(),
-            revision: revision.into(),
-            revision_name: format!("{set}-{revision}"),
-            file_name: format!("staticpodset_ns_{set}.yaml"),
-        }
-    }
+    use crate::fixtures::entry;
 
     #[test]
     fn apply_body_carries_only_our_entry() {

@@ -203,11 +203,10 @@ pub fn set_ref((namespace, name): SetKey) -> ObjectRef<StaticPodSet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::entry;
     use crate::planner::tests::{node, object};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-    use staticpodset_api::{
-        AssignedPod, ManifestPhase, NodeStaticPodsStatus, PodReport, StaticPodSetSpec,
-    };
+    use staticpodset_api::{ManifestPhase, NodeStaticPodsStatus, PodReport, StaticPodSetSpec};
 
     fn names<V>(changes: &[Change<V>]) -> Vec<&str> {
         changes.iter().map(|c| c.name.as_str()).collect()
@@ -266,16 +265,6 @@ mod tests {
             names(&t.observe(&Event::Apply(labelled("c", "x")), node_fingerprint)),
             ["c"]
         );
-    }
-
-    fn entry(set: &str, revision: &str) -> AssignedPod {
-        AssignedPod {
-            set_namespace: "ns".into(),
-            set_name: set.into(),
-            revision: revision.into(),
-            revision_name: format!("{set}-{revision}"),
-            file_name: format!("staticpodset_ns_{set}.yaml"),
-        }
     }
 
     fn with_reports(
