@@ -15,7 +15,8 @@
 //! - `maxItems` on the lists those rules sit under: the API server estimates the worst-case cost
 //!   of every rule times the number of places it may run, and refuses the CRD ("estimated rule cost
 //!   exceeds budget") if a rule sits under unbounded lists;
-//! - the naming rule for the set itself (see [`crate::validation::MAX_SET_NAME_LENGTH`]).
+//! - the naming rule for the set itself (see [`crate::validation::MAX_SET_NAME_LENGTH`]);
+//! - the rule on `maxUnavailable` (see [`MAX_UNAVAILABLE_RULE`]).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
@@ -26,6 +27,14 @@ use crate::validation::{
     Scope, CONTAINER_LISTS, FORBIDDEN, MAX_CONTAINERS, MAX_ENV, MAX_ENV_FROM,
     MAX_PROJECTED_SOURCES, MAX_VOLUMES, SET_NAME_MESSAGE, SET_NAME_RULE,
 };
+
+/// maxUnavailable is an integer of at least 1 or a percentage from 1% to 100%. Zero is refused
+/// as a DaemonSet refuses it (with no surge possible, 0 would never update anything); a bare
+/// number in a string is refused as Kubernetes refuses it.
+pub(crate) const MAX_UNAVAILABLE_RULE: &str = "!has(self.maxUnavailable) || (type(self.maxUnavailable) == int ? self.maxUnavailable >= 1 : self.maxUnavailable.matches('^(100|[1-9][0-9]?)%$'))";
+/// The message of [`MAX_UNAVAILABLE_RULE`].
+pub(crate) const MAX_UNAVAILABLE_MESSAGE: &str =
+    "must be an integer of at least 1 or a percentage from \"1%\" to \"100%\"";
 
 /// Applies everything described in the module docs to every version of the StaticPodSet CRD.
 pub(crate) fn finish_static_pod_set(crd: &mut CustomResourceDefinition) {
@@ -63,6 +72,22 @@ fn finish_root(root: &mut JSONSchemaProps) {
             field_path: Some(".metadata.name".into()),
             ..Default::default()
         });
+
+    if let Some(rolling) = property(root, "spec")
+        .and_then(|spec| property(spec, "updateStrategy"))
+        .and_then(|strategy| property(strategy, "rollingUpdate"))
+    {
+        rolling
+            .x_kubernetes_validations
+            .get_or_insert_default()
+            .push(ValidationRule {
+                rule: MAX_UNAVAILABLE_RULE.into(),
+                message: Some(MAX_UNAVAILABLE_MESSAGE.into()),
+                field_path: Some(".maxUnavailable".into()),
+                reason: Some("FieldValueInvalid".into()),
+                ..Default::default()
+            });
+    }
 
     let Some(template) = property(root, "spec").and_then(|spec| property(spec, "template")) else {
         return;

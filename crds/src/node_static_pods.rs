@@ -51,6 +51,29 @@ pub struct AssignedPod {
     pub revision_name: String,
     /// The file name in the kubelet's staticPodPath.
     pub file_name: String,
+    /// When the node was handed `revision`: the start of its progress deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_time: Option<Time>,
+    /// The last revision of the set this node failed (did not become Ready at within the set's
+    /// progressDeadlineSeconds), and why. Kept until the node becomes available at a revision the
+    /// set asks for, so a user sees per node what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<RevisionFailure>,
+}
+
+/// A revision that failed on a node.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionFailure {
+    /// The revision (content hash) that failed.
+    pub revision: String,
+    /// CamelCase reason, e.g. `ProgressDeadlineExceeded`.
+    pub reason: String,
+    /// What happened, for a human.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When the failure was recorded.
+    pub time: Time,
 }
 
 /// What the node's agent observed, written by the agent only.

@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -15,10 +16,12 @@ use serde::{Deserialize, Serialize};
     namespaced,
     shortname = "sps",
     status = "StaticPodSetStatus",
-    doc = "A pod that every selected node runs as a kubelet static pod, so it keeps running while the API server is down. The operator renders the template into one manifest per node; each node's agent writes it into the kubelet's staticPodPath; the kubelet runs the pod and publishes it as the mirror pod `<set name>-<node name>` in the set's namespace. The name of a StaticPodSet must be a DNS-1123 label (lowercase letters, digits and '-', no dots) of at most 40 characters: it names the static pod, and the kubelet names the mirror pod `<set name>-<node name>` and uses that name, cut to 63 characters, as the pod's hostname. Every distinct rendered pod is kept as a numbered StaticPodRevision owned by the set (`kubectl get staticpodrevisions -l staticpods.dev/set-name=<set>`); annotating the set with `staticpods.dev/rollback-to: \"<revision number>\"` restores that revision's template. To redeploy an unchanged spec, change an annotation of the template, e.g. `staticpods.dev/restartedAt`.",
+    doc = "A pod that every selected node runs as a kubelet static pod, so it keeps running while the API server is down. The operator renders the template into one manifest per node; each node's agent writes it into the kubelet's staticPodPath; the kubelet runs the pod and publishes it as the mirror pod `<set name>-<node name>` in the set's namespace. The name of a StaticPodSet must be a DNS-1123 label (lowercase letters, digits and '-', no dots) of at most 40 characters: it names the static pod, and the kubelet names the mirror pod `<set name>-<node name>` and uses that name, cut to 63 characters, as the pod's hostname. Every distinct rendered pod is kept as a numbered StaticPodRevision owned by the set (`kubectl get staticpodrevisions -l staticpods.dev/set-name=<set>`); annotating the set with `staticpods.dev/rollback-to: \"<revision number>\"` restores that revision's template. To redeploy an unchanged spec, change an annotation of the template, e.g. `staticpods.dev/restartedAt`. A new revision rolls out node by node within `spec.updateStrategy.rollingUpdate.maxUnavailable`; each node's target, running and last failed revision are in its NodeStaticPods object.",
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredNumberScheduled"}"#,
+    printcolumn = r#"{"name":"Current","type":"integer","jsonPath":".status.currentNumberScheduled"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.numberReady"}"#,
     printcolumn = r#"{"name":"Up-to-date","type":"integer","jsonPath":".status.updatedNumberScheduled"}"#,
+    printcolumn = r#"{"name":"Available","type":"integer","jsonPath":".status.numberAvailable"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -47,10 +50,73 @@ pub struct StaticPodSetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub revision_history_limit: Option<i32>,
+
+    /// How a new revision reaches the nodes: at most `maxUnavailable` targeted nodes unavailable
+    /// at once, only nodes from `partition` on, optional automatic rollback of failed nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<UpdateStrategy>,
+
+    /// How long (seconds) a node's pod must have been Ready at a revision before the node counts
+    /// as available and the rollout moves on. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_ready_seconds: Option<i32>,
+
+    /// How long (seconds) a node handed a new revision has to become Ready at it. A node that
+    /// misses it fails the revision: the rollout halts (no further node is handed it) and
+    /// `Progressing` turns False with reason `ProgressDeadlineExceeded`, until the template
+    /// changes. The clock does not run while the Node is NotReady. Default 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub progress_deadline_seconds: Option<i32>,
+
+    /// Stops the rollout where it is: no node is handed another revision (a node new to the set
+    /// gets the last healthy one). Failures are still detected and reported.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+/// How a new revision of a set is rolled out to its nodes.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// Settings of the rolling update, the only strategy: the kubelet runs one pod of a name per
+    /// node, so every update of a node is a short outage of that node, and these settings bound
+    /// how many nodes are out at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+/// The rolling update of a set's nodes.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingUpdate {
+    /// How many targeted nodes may be unavailable at once during an update, counting nodes that
+    /// were unavailable before it: an integer of at least 1, or a percentage of the targeted nodes
+    /// ("25%", rounded up, at least one node). Default 1. A node is available when its Node is
+    /// Ready and its mirror pod runs the node's revision and has been Ready for minReadySeconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+
+    /// Only nodes at this position or later, in the order of their names, are handed the new
+    /// revision; the others keep theirs. With N targeted nodes, N-1 updates one node (a canary);
+    /// 0 (the default) updates all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub partition: Option<i32>,
+
+    /// When a node fails a revision (misses progressDeadlineSeconds) and is still not available,
+    /// return it to the last revision that was healthy on every node (`status.currentRevision`).
+    /// Default false: failed nodes stay as they are for a human to look at.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_rollback: bool,
 }
 
 /// Old revisions kept when `spec.revisionHistoryLimit` is not set.
 pub const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
+
+/// The progress deadline when `spec.progressDeadlineSeconds` is not set (as for a Deployment).
+pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i32 = 600;
 
 /// The observed state of a StaticPodSet, summed over its nodes. Per-node detail is on each node's
 /// NodeStaticPods object (`kubectl get nodestaticpods`).
@@ -66,12 +132,23 @@ pub struct StaticPodSetStatus {
     /// Selected nodes whose agent has written the current manifest into the kubelet's directory.
     #[serde(default)]
     pub number_written: i32,
-    /// Selected nodes whose mirror pod proves the kubelet runs the current revision, and is Ready.
+    /// Selected nodes where the kubelet runs the pod, at any revision (there is a mirror pod).
+    #[serde(default)]
+    pub current_number_scheduled: i32,
+    /// Selected nodes whose Node is Ready and whose pod is Ready, at any revision.
     #[serde(default)]
     pub number_ready: i32,
-    /// Selected nodes whose mirror pod runs the current revision (Ready or not).
+    /// Selected nodes that are available at the revision the set asks for (`updateRevision`):
+    /// the mirror pod proves the kubelet runs it and has been Ready for minReadySeconds.
     #[serde(default)]
     pub updated_number_scheduled: i32,
+    /// Selected nodes that are available: Node Ready, and the mirror pod runs the node's revision
+    /// and has been Ready for minReadySeconds.
+    #[serde(default)]
+    pub number_available: i32,
+    /// Selected nodes that are not available (`desiredNumberScheduled - numberAvailable`).
+    #[serde(default)]
+    pub number_unavailable: i32,
     /// Selected nodes that report a problem (a conflict, a write error, no mirror pod).
     #[serde(default)]
     pub number_misscheduled: i32,

@@ -371,6 +371,7 @@ mod tests {
                 revision: self.revision.clone(),
                 revision_name: format!("{}-{}", self.set_name, self.revision),
                 file_name: self.file_name.clone(),
+                ..Default::default()
             }
         }
 

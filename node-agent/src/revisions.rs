@@ -258,6 +258,7 @@ pub(crate) mod tests {
             revision: rev.into(),
             revision_name: format!("{set}-{rev}"),
             file_name: manifest_file_name("ns", set),
+            ..Default::default()
         }
     }
 

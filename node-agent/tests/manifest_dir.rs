@@ -38,6 +38,7 @@ fn assigned(ns: &str, set: &str, rev: &str, image: &str) -> Assignment {
             revision: rev.into(),
             revision_name: format!("{set}-{rev}"),
             file_name: manifest_file_name(ns, set),
+            ..Default::default()
         },
         json!({
             "apiVersion": "v1",

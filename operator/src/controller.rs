@@ -25,7 +25,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use staticpodset_api::keys::{ANNOTATION_ROLLBACK_TO, FINALIZER, LABEL_SET_NAME};
 use staticpodset_api::validation;
-use staticpodset_api::{NodeStaticPods, StaticPodRevision, StaticPodSet};
+use staticpodset_api::{AssignedPod, NodeStaticPods, StaticPodRevision, StaticPodSet};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -37,8 +37,11 @@ use crate::node_writes::{self, WriteMode, OPERATOR_MANAGER};
 use crate::planner::{self, entry_of, report_of, MatchedNode, NodeWrite, Plan};
 use crate::render::{render, Rendered};
 use crate::revisions::{self, Ensure, RollbackProblem};
+use crate::rollout::{self, NodeFacts, RolloutInput};
+use crate::rollout_state;
 use crate::status::{
     self, Invalid, NodeState, Observed, REASON_INVALID_NODE_SELECTOR, REASON_INVALID_TEMPLATE,
+    REASON_INVALID_UPDATE_STRATEGY,
 };
 use crate::triggers::{
     changed_sets, node_fingerprint, node_object_fingerprint, set_ref, sets_for_node, SetKey,
@@ -468,7 +471,15 @@ fn evaluate(
         Some(spec) => template_problems.extend(validation::template_problems(spec)),
         None => template_problems.push(crate::render::RenderError::MissingSpec.to_string()),
     }
-    let rendered = if !template_problems.is_empty() {
+    let strategy_problem = crate::rollout_state::strategy_of(&set.spec)
+        .err()
+        .map(|e| format!("spec.updateStrategy.rollingUpdate.{e}"));
+    let rendered = if let (true, Some(problem)) = (template_problems.is_empty(), strategy_problem) {
+        Err(Invalid {
+            reason: REASON_INVALID_UPDATE_STRATEGY,
+            problems: vec![problem],
+        })
+    } else if !template_problems.is_empty() {
         let mut problems = template_problems;
         if let Err(selector_problems) = &selector {
             problems.extend(selector_problems.iter().cloned());
@@ -515,36 +526,82 @@ async fn apply(
         Err(_) => previous.and_then(|s| s.update_revision_number),
     };
     let objects = ctx.objects_by_name();
-    let plan = match &selector {
-        Some(selector) => planner::plan(
-            namespace,
-            name,
-            selector,
-            rendered.as_ref().ok(),
-            &ctx.nodes.state(),
-            &objects,
-        ),
-        // Without a usable selector nothing is written; the nodes that carry the set's entry are
-        // the truth about where it runs, so the status describes those.
-        None => Plan {
-            matched: objects
+    let now = Timestamp::now();
+    let nodes = ctx.nodes.state();
+    let matched = match &selector {
+        Some(selector) => planner::matched(name, selector, &nodes),
+        None => objects
+            .iter()
+            .filter(|(_, o)| entry_of(o, namespace, name).is_some())
+            .map(|(node, _)| MatchedNode {
+                name: node.clone(),
+                name_problem: None,
+            })
+            .collect(),
+    };
+    let revision = match &rendered {
+        Ok(r) => Some(r.revision.clone()),
+        Err(_) => previous.and_then(|s| s.update_revision.clone()),
+    };
+    let strategy = rollout_state::strategy_of(&set.spec).unwrap_or_default();
+    let nodes_by_name: BTreeMap<String, Arc<Node>> =
+        nodes.iter().map(|n| (n.name_any(), n.clone())).collect();
+    let facts: Vec<NodeFacts> = matched
+        .iter()
+        .filter(|m| m.name_problem.is_none())
+        .map(|m| {
+            rollout_state::node_facts(
+                &m.name,
+                nodes_by_name.get(&m.name).map(|n| &**n),
+                objects.get(&m.name).map(|o| &**o),
+                namespace,
+                name,
+                now,
+            )
+        })
+        .collect();
+    let rollout = revision.as_ref().map(|update| {
+        rollout::plan_rollout(&RolloutInput {
+            update_revision: update.clone(),
+            last_healthy_revision: previous.and_then(|s| s.current_revision.clone()),
+            revision_numbers: revisions::numbers(
+                &ctx.revisions.state(),
+                namespace,
+                name,
+                set.metadata.uid.as_deref(),
+            ),
+            strategy: strategy.clone(),
+            nodes: facts.clone(),
+            now,
+        })
+    });
+    let plan = match (&selector, &rendered, &rollout) {
+        (Some(selector), Ok(_), Some(rollout)) => {
+            let current: BTreeMap<String, AssignedPod> = objects
                 .iter()
-                .filter(|(_, o)| entry_of(o, namespace, name).is_some())
-                .map(|(node, _)| MatchedNode {
-                    name: node.clone(),
-                    name_problem: None,
-                })
-                .collect(),
+                .filter_map(|(node, o)| Some((node.clone(), entry_of(o, namespace, name)?.clone())))
+                .collect();
+            let wanted = rollout_state::desired_entries(rollout, namespace, name, &current, now);
+            planner::plan(namespace, name, selector, Some(&wanted), &nodes, &objects)
+        }
+        _ => Plan {
+            matched: matched.clone(),
             writes: vec![],
         },
     };
     if let Err(invalid) = &rendered {
         tracing::info!(problems = ?invalid.problems, "spec is invalid; nothing is written to nodes");
     }
+    if let Some(rollout) = &rollout {
+        for failure in &rollout.newly_failed {
+            tracing::warn!(node = %failure.node, revision = %failure.revision, "{}", failure.message);
+            ctx.publish(set, true, failure.reason, &failure.message)
+                .await;
+        }
+    }
     let write_result = execute(ctx, namespace, name, plan.writes).await;
 
-    let states: Vec<NodeState<'_>> = plan
-        .matched
+    let states: Vec<NodeState<'_>> = matched
         .iter()
         .map(|m| NodeState {
             node: &m.name,
@@ -554,10 +611,15 @@ async fn apply(
             name_problem: m.name_problem.as_deref(),
         })
         .collect();
-    let revision = match &rendered {
-        Ok(r) => Some(r.revision.as_str()),
-        Err(_) => previous.and_then(|s| s.update_revision.as_deref()),
-    };
+    let revision = revision.as_deref();
+    // A rollout's clocks (progress deadline, minReadySeconds) run out without any event.
+    let requeue = rollout
+        .as_ref()
+        .and_then(|r| rollout_state::next_check(r, &facts, &strategy))
+        .and_then(|at| Duration::try_from(at.duration_since(Timestamp::now())).ok())
+        .map_or(ctx.settings.resync, |wait| {
+            wait.clamp(Duration::from_secs(1), ctx.settings.resync)
+        });
     let observed = Observed {
         generation: set.metadata.generation,
         revision,
@@ -565,6 +627,7 @@ async fn apply(
         invalid: rendered.as_ref().err().cloned(),
         rollback_failed,
         nodes: states,
+        rollout,
     };
     let next = status::aggregate(previous, &observed, &Time(Timestamp::now()));
     if previous != Some(&next) {
@@ -592,7 +655,7 @@ async fn apply(
         keep.extend(next.current_revision.clone());
         prune_history(ctx, set, namespace, name, &keep).await;
     }
-    Ok(Action::requeue(ctx.settings.resync))
+    Ok(Action::requeue(requeue))
 }
 
 fn patch_params() -> PatchParams {

@@ -131,6 +131,7 @@ mod tests {
             revision: "r".into(),
             revision_name: format!("{set}-r"),
             file_name: format!("staticpodset_ns_{set}.yaml"),
+            ..Default::default()
         }
     }
 

@@ -10,5 +10,6 @@ pub fn entry(set: &str, revision: &str) -> AssignedPod {
         revision: revision.into(),
         revision_name: format!("{set}-{revision}"),
         file_name: format!("staticpodset_ns_{set}.yaml"),
+        ..Default::default()
     }
 }

@@ -3,7 +3,7 @@
 //! what the node agents report back into the set's status.
 //!
 //! Pure logic (tested without a server): [`node_match`], [`render`], [`planner`], [`revisions`],
-//! [`rollout`], [`status`], [`deletion`], [`triggers`]. What a static pod may contain is decided by
+//! [`rollout`], [`rollout_state`], [`status`], [`deletion`], [`triggers`]. What a static pod may contain is decided by
 //! the API crate's `validation` module, shared with the CRD's CEL rules. I/O, kept thin:
 //! [`controller`], [`node_writes`], [`node_objects`], [`leader`], [`http`].
 
@@ -23,6 +23,7 @@ pub mod planner;
 pub mod render;
 pub mod revisions;
 pub mod rollout;
+pub mod rollout_state;
 pub mod status;
 pub mod telemetry;
 pub mod triggers;

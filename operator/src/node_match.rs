@@ -98,7 +98,7 @@ pub fn node_ready(node: &Node) -> bool {
     ready_condition(node).is_some_and(|c| c.status == "True")
 }
 
-fn ready_condition(node: &Node) -> Option<&NodeCondition> {
+pub(crate) fn ready_condition(node: &Node) -> Option<&NodeCondition> {
     node.status
         .as_ref()?
         .conditions
@@ -122,6 +122,8 @@ pub fn trim_node(node: &mut Node) {
     let ready = ready_condition(node).map(|c| NodeCondition {
         type_: c.type_.clone(),
         status: c.status.clone(),
+        // Kept: the start of a rollout's progress deadline for a node that was down.
+        last_transition_time: c.last_transition_time.clone(),
         ..Default::default()
     });
     node.status = Some(NodeStatus {

@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use staticpodset_api::{AssignedPod, NodeStaticPods, PodReport};
 
 use crate::node_match::NodeSelector;
-use crate::render::{name_problem, Rendered};
+use crate::render::name_problem;
 
 /// One write into one node object, for one set.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,64 +69,79 @@ pub fn report_of<'a>(
         .find(|p| p.set_namespace == namespace && p.set_name == name)
 }
 
+/// The nodes set `name` selects, sorted by name, each with the reason it cannot run there (the
+/// naming rule), if any.
+pub fn matched(name: &str, selector: &NodeSelector, nodes: &[Arc<Node>]) -> Vec<MatchedNode> {
+    let mut matched: Vec<MatchedNode> = nodes
+        .iter()
+        .filter(|node| selector.matches_node(node))
+        .map(|node| {
+            let node_name = node.name_any();
+            MatchedNode {
+                name_problem: name_problem(name, &node_name),
+                name: node_name,
+            }
+        })
+        .collect();
+    matched.sort_by(|a, b| a.name.cmp(&b.name));
+    matched
+}
+
 /// Plans the writes for set `namespace/name` from the node objects as cached.
 ///
-/// `rendered` is `None` while the spec is invalid: then nothing is written anywhere (the nodes
-/// keep running what they have) and only the matched nodes are computed, for the status.
-/// Otherwise every matched node without a naming problem gets the rendered entry, and every node
+/// `wanted` holds the entry each node must carry, as the rollout planner decided, by node name;
+/// it is `None` while the spec is invalid: then nothing is written anywhere (the nodes keep
+/// running what they have) and only the matched nodes are computed, for the status. Every node
 /// object that carries an entry of the set but should not (the node no longer matches, or the
-/// name rule excludes it) gets a removal.
+/// name rule excludes it) gets a removal. A matched node that `wanted` does not name keeps what
+/// it has.
 pub fn plan(
     namespace: &str,
     name: &str,
     selector: &NodeSelector,
-    rendered: Option<&Rendered>,
+    wanted: Option<&BTreeMap<String, AssignedPod>>,
     nodes: &[Arc<Node>],
     objects: &BTreeMap<String, Arc<NodeStaticPods>>,
 ) -> Plan {
-    let desired_entry = rendered.map(|r| r.assigned_pod(namespace, name));
-    let mut matched = Vec::new();
+    let matched = matched(name, selector, nodes);
+    let eligible: std::collections::BTreeSet<&str> = matched
+        .iter()
+        .filter(|m| m.name_problem.is_none())
+        .map(|m| m.name.as_str())
+        .collect();
     let mut writes = Vec::new();
-    let mut node_names = std::collections::BTreeSet::new();
-    for node in nodes {
-        let node_name = node.name_any();
-        node_names.insert(node_name.clone());
-        let is_matched = selector.matches_node(node);
-        let problem = is_matched.then(|| name_problem(name, &node_name)).flatten();
-        let object = objects.get(&node_name);
-        let current = object.and_then(|o| entry_of(o, namespace, name));
-        let want = match (&desired_entry, is_matched, &problem) {
-            (Some(entry), true, None) => Some(entry),
-            _ => None,
-        };
-        if desired_entry.is_some() {
-            match (want, current) {
+    if let Some(wanted) = wanted {
+        for node in nodes {
+            let node_name = node.name_any();
+            let current = objects
+                .get(&node_name)
+                .and_then(|o| entry_of(o, namespace, name));
+            let keep = eligible.contains(node_name.as_str());
+            match (keep.then(|| wanted.get(&node_name)).flatten(), current) {
                 (Some(want), Some(current)) if want == current => {}
                 (Some(want), current) => writes.push(NodeWrite {
                     node: node_name.clone(),
                     entry: Some(want.clone()),
-                    // The set writes an entry only whole, so the same revision and file with
-                    // other content can only be an edit that did not go through the set.
-                    repair: current.is_some_and(|c| {
-                        c.revision == want.revision && c.file_name == want.file_name
-                    }),
+                    repair: current.is_some_and(|c| edited(c, want)),
                 }),
-                (None, Some(_)) => writes.push(removal(&node_name)),
-                (None, None) => {}
+                (None, Some(_)) if !keep => writes.push(removal(&node_name)),
+                (None, _) => {}
             }
-        }
-        if is_matched {
-            matched.push(MatchedNode {
-                name: node_name,
-                name_problem: problem,
-            });
         }
     }
     // Node objects of nodes that are gone are left to the garbage collector (they are owned by
     // their Node), so writing to them would only race with it.
-    matched.sort_by(|a, b| a.name.cmp(&b.name));
     writes.sort_by(|a, b| a.node.cmp(&b.node));
     Plan { matched, writes }
+}
+
+/// The entry is there at the wanted revision but differs in what the set always writes whole,
+/// so the difference can only be an edit that did not go through the set. The rollout's
+/// bookkeeping (`assignedTime`, `lastFailure`) changes by server-side apply and is no edit.
+fn edited(current: &AssignedPod, want: &AssignedPod) -> bool {
+    current.revision == want.revision
+        && current.file_name == want.file_name
+        && current.revision_name != want.revision_name
 }
 
 /// Removals of set `namespace/name` from every node object that still carries its entry: what a
@@ -154,6 +169,7 @@ fn removal(node: &str) -> NodeWrite {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::render::Rendered;
     use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
     use staticpodset_api::NodeStaticPodsSpec;
@@ -180,6 +196,14 @@ pub(crate) mod tests {
         let mut obj = NodeStaticPods::new(node, NodeStaticPodsSpec { pods: entries });
         obj.metadata.resource_version = Some(format!("rv-{node}"));
         Arc::new(obj)
+    }
+
+    /// Every node wants `r`'s entry, as when no rollout holds anything back.
+    fn everywhere(r: &Rendered, nodes: &[Arc<Node>]) -> BTreeMap<String, AssignedPod> {
+        nodes
+            .iter()
+            .map(|n| (n.name_any(), r.assigned_pod("ns", "set")))
+            .collect()
     }
 
     fn rendered(image: &str) -> Rendered {
@@ -233,7 +257,14 @@ pub(crate) mod tests {
             // c has no object yet; d carries a stale entry of ours but no longer matches.
             object("d", vec![other, v1.assigned_pod("ns", "set")]),
         ]);
-        let p = plan("ns", "set", &edge_selector(), Some(&v2), &nodes, &objs);
+        let p = plan(
+            "ns",
+            "set",
+            &edge_selector(),
+            Some(&everywhere(&v2, &nodes)),
+            &nodes,
+            &objs,
+        );
         let names: Vec<&str> = p.matched.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         let writes: Vec<(&str, bool)> = p
@@ -269,7 +300,7 @@ pub(crate) mod tests {
             "ns",
             "set",
             &NodeSelector::default(),
-            Some(&v1),
+            Some(&everywhere(&v1, &nodes)),
             &nodes,
             &objs,
         );
@@ -316,7 +347,7 @@ pub(crate) mod tests {
             "ns",
             "set",
             &NodeSelector::default(),
-            Some(&v1),
+            Some(&everywhere(&v1, &nodes)),
             &nodes,
             &objs,
         );
@@ -340,7 +371,7 @@ pub(crate) mod tests {
             "ns",
             "set",
             &NodeSelector::default(),
-            Some(&v1),
+            Some(&everywhere(&v1, &[node("a", &[])])),
             &[node("a", &[])],
             &objs,
         );

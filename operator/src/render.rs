@@ -48,6 +48,7 @@ impl Rendered {
             revision: self.revision.clone(),
             revision_name: revision_object_name(name, &self.revision),
             file_name: self.file_name.clone(),
+            ..Default::default()
         }
     }
 }

@@ -83,6 +83,20 @@ pub fn history_of(
     out
 }
 
+/// The number of every revision in the set's history, by content hash: the rollout updates the
+/// nodes at the oldest revision first.
+pub fn numbers(
+    all: &[Arc<StaticPodRevision>],
+    namespace: &str,
+    name: &str,
+    set_uid: Option<&str>,
+) -> BTreeMap<String, i64> {
+    history_of(all, namespace, name, set_uid)
+        .iter()
+        .map(|r| (r.spec.hash.clone(), r.spec.revision))
+        .collect()
+}
+
 /// The UID of the revision's controller, if it has one.
 pub fn controller_uid(revision: &StaticPodRevision) -> Option<&str> {
     revision
@@ -641,6 +655,7 @@ mod tests {
             revision: rev.into(),
             revision_name: format!("{set}-{rev}"),
             file_name: format!("staticpodset_ns_{set}.yaml"),
+            ..Default::default()
         };
         let report = |set: &str, written: Option<&str>, mirror: Option<&str>| PodReport {
             set_namespace: "ns".into(),

@@ -6,12 +6,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use staticpodset_api::{ManifestPhase, PodReport, StaticPodSetStatus};
 
 use crate::revisions::RollbackProblem;
+use crate::rollout::{
+    Counts, RolloutPlan, REASON_AS_EXPECTED, REASON_NODES_UNAVAILABLE, REASON_NO_NODES_SELECTED,
+    REASON_ROLLOUT_COMPLETE,
+};
 
-/// Condition type: every selected node runs the current revision and it is Ready.
+/// Condition type: at most maxUnavailable targeted nodes are unavailable, and some node is
+/// available (see [`crate::rollout`]).
 pub const AVAILABLE: &str = "Available";
-/// Condition type: some selected node does not run the current revision yet.
+/// Condition type: a new revision is being rolled out (True), is rolled out or halted (False),
+/// or the rollout is paused (Unknown).
 pub const PROGRESSING: &str = "Progressing";
-/// Condition type: some selected node reports a problem the rollout will not fix by waiting.
+/// Condition type: some node failed a revision, is NotReady, or reports a problem the rollout
+/// will not fix by waiting.
 pub const DEGRADED: &str = "Degraded";
 /// Condition type: the spec can be rendered and distributed.
 pub const VALID: &str = "Valid";
@@ -21,6 +28,9 @@ pub const ROLLBACK_FAILED: &str = "RollbackFailed";
 
 /// Reason of `Valid=False` when the pod template is unusable.
 pub const REASON_INVALID_TEMPLATE: &str = "InvalidTemplate";
+/// Reason of `Valid=False` when the rollout settings are unusable (a maxUnavailable the CRD's
+/// rule would have refused, with an older CRD installed).
+pub const REASON_INVALID_UPDATE_STRATEGY: &str = "InvalidUpdateStrategy";
 /// Reason of `Valid=False` when only the node selector is unusable.
 pub const REASON_INVALID_NODE_SELECTOR: &str = "InvalidNodeSelector";
 
@@ -66,6 +76,9 @@ pub struct Observed<'a> {
     pub invalid: Option<Invalid>,
     /// Every node the selector matches, in a stable order (by name).
     pub nodes: Vec<NodeState<'a>>,
+    /// The rollout planner's view of the targeted nodes; `None` when there is no revision to
+    /// roll out (the spec was never valid).
+    pub rollout: Option<RolloutPlan>,
 }
 
 /// The problem a node has with its static pod, if any: a name that cannot work, a file or pod
@@ -105,17 +118,6 @@ fn shorten(message: &str) -> String {
     short
 }
 
-/// "a, b, c, d, e and 3 more"
-fn list_names<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
-    let total = names.len();
-    let shown: Vec<&str> = names.take(MAX_NODES_IN_MESSAGE).collect();
-    let mut text = shown.join(", ");
-    if total > shown.len() {
-        text.push_str(&format!(" and {} more", total - shown.len()));
-    }
-    text
-}
-
 fn plural(n: usize, word: &str) -> String {
     if n == 1 {
         format!("1 {word}")
@@ -124,12 +126,15 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
-/// Computes the status of a set from what its nodes report.
+/// Computes the status of a set from what its nodes report and what the rollout planner found.
 ///
-/// Counts, per selected node: *written* when the agent wrote the current revision; *updated* when
-/// the mirror pod shows the current revision; *ready* when updated and Ready; *misscheduled* when
-/// [`node_problem`] finds a problem. Conditions keep their `lastTransitionTime` while their status
-/// does not change, so an unchanged world yields an identical status and no write.
+/// The DaemonSet-like counts and the `Available` and `Progressing` conditions are the planner's
+/// (see [`crate::rollout`]); `numberWritten` and `numberMisscheduled` count, per selected node, the
+/// agent having written the update revision and [`node_problem`] finding a problem. `Degraded`
+/// joins the planner's (failed revisions, NotReady Nodes) and the nodes' problems. Without a plan
+/// (the spec was never valid) nothing runs and nothing is available. Conditions keep their
+/// `lastTransitionTime` while their status does not change, so an unchanged world yields an
+/// identical status and no write.
 pub fn aggregate(
     previous: Option<&StaticPodSetStatus>,
     observed: &Observed<'_>,
@@ -139,33 +144,27 @@ pub fn aggregate(
     let at_revision = |r: Option<&str>| revision.is_some() && r == revision;
 
     let mut written = 0;
-    let mut not_updated: Vec<&str> = Vec::new();
-    let mut not_ready: Vec<&str> = Vec::new();
     let mut problems: Vec<(&str, String)> = Vec::new();
     for state in &observed.nodes {
-        let report = state.report;
-        if report.is_some_and(|r| {
+        if state.report.is_some_and(|r| {
             r.phase == ManifestPhase::Written && at_revision(r.written_revision.as_deref())
         }) {
             written += 1;
-        }
-        let mirror = report.and_then(|r| r.mirror_pod.as_ref());
-        let updated = mirror.is_some_and(|m| at_revision(m.revision.as_deref()));
-        if !updated {
-            not_updated.push(state.node);
-        }
-        if !(updated && mirror.is_some_and(|m| m.ready)) {
-            not_ready.push(state.node);
         }
         if let Some(problem) = node_problem(state) {
             problems.push((state.node, problem));
         }
     }
     let desired = observed.nodes.len();
-    let updated = desired - not_updated.len();
+    let plan = observed.rollout.as_ref();
+    let counts = plan.map(|p| p.counts).unwrap_or(Counts {
+        desired,
+        unavailable: desired,
+        ..Counts::default()
+    });
     // What every node ran when the set was last fully up to date. Before this field existed, a
     // status whose counts said "all updated" described the same thing.
-    let current_revision = if revision.is_some() && not_updated.is_empty() {
+    let current_revision = if revision.is_some() && plan.is_some_and(|p| p.complete) {
         revision.map(str::to_string)
     } else {
         previous.and_then(|p| {
@@ -176,10 +175,8 @@ pub fn aggregate(
             })
         })
     };
-    let ready = desired - not_ready.len();
-    let rev = revision.unwrap_or("(none)");
 
-    let cond = |type_: &str, status: bool, reason: &str, message: String| {
+    let cond = |type_: &str, status: &str, reason: &str, message: String| {
         condition(
             previous,
             observed.generation,
@@ -190,66 +187,55 @@ pub fn aggregate(
             message,
         )
     };
-
-    let available = if desired == 0 {
-        cond(
-            AVAILABLE,
-            true,
-            "NoNodesSelected",
-            "the node selector matches no node".into(),
-        )
-    } else if not_ready.is_empty() {
-        cond(
-            AVAILABLE,
-            true,
-            "AllNodesReady",
-            format!("{desired}/{desired} nodes ready at revision {rev}"),
-        )
-    } else {
-        cond(
-            AVAILABLE,
-            false,
-            "NodesNotReady",
-            format!(
-                "{ready}/{desired} nodes ready at revision {rev}; not ready: {}",
-                list_names(not_ready.iter().copied())
-            ),
-        )
+    let planned = |type_: &str| {
+        plan.and_then(|p| p.condition(type_))
+            .map(|c| cond(type_, c.status.as_str(), c.reason, c.message.clone()))
     };
 
-    let progressing = if let Some(invalid) = &observed.invalid {
-        cond(
+    let available = planned(AVAILABLE).unwrap_or_else(|| {
+        if desired == 0 {
+            cond(
+                AVAILABLE,
+                "True",
+                REASON_NO_NODES_SELECTED,
+                "the set targets no node".into(),
+            )
+        } else {
+            cond(
+                AVAILABLE,
+                "False",
+                REASON_NODES_UNAVAILABLE,
+                "the spec was never valid: no node runs the pod".into(),
+            )
+        }
+    });
+
+    let progressing = match (&observed.invalid, planned(PROGRESSING)) {
+        (Some(invalid), _) => cond(
             PROGRESSING,
-            false,
+            "False",
             invalid.reason,
             "nothing is rolled out while the spec is invalid; nodes keep what they run".into(),
-        )
-    } else if not_updated.is_empty() {
-        cond(
+        ),
+        (None, Some(progressing)) => progressing,
+        (None, None) => cond(
             PROGRESSING,
-            false,
-            "RolloutComplete",
-            format!("{desired}/{desired} nodes run revision {rev}"),
-        )
-    } else {
-        cond(
-            PROGRESSING,
-            true,
-            "RollingOut",
-            format!(
-                "{updated}/{desired} nodes run revision {rev}; waiting for: {}",
-                list_names(not_updated.iter().copied())
-            ),
-        )
+            "False",
+            REASON_ROLLOUT_COMPLETE,
+            "the set targets no node".into(),
+        ),
     };
 
+    let planned_degraded = planned(DEGRADED).filter(|c| c.status == "True");
     let degraded = if problems.is_empty() {
-        cond(
-            DEGRADED,
-            false,
-            "NoProblems",
-            "no node reports a problem".into(),
-        )
+        planned_degraded.unwrap_or_else(|| {
+            cond(
+                DEGRADED,
+                "False",
+                REASON_AS_EXPECTED,
+                "no node reports a problem".into(),
+            )
+        })
     } else {
         let shown: Vec<String> = problems
             .iter()
@@ -264,18 +250,26 @@ pub fn aggregate(
         if problems.len() > shown.len() {
             message.push_str(&format!("; and {} more", problems.len() - shown.len()));
         }
-        cond(DEGRADED, true, "NodeProblems", message)
+        match planned_degraded {
+            Some(rollout) => cond(
+                DEGRADED,
+                "True",
+                &rollout.reason,
+                format!("{}; {message}", rollout.message),
+            ),
+            None => cond(DEGRADED, "True", "NodeProblems", message),
+        }
     };
 
     let valid = match &observed.invalid {
-        Some(invalid) => cond(VALID, false, invalid.reason, invalid.problems.join("; ")),
-        None => cond(VALID, true, "Valid", "the spec is valid".into()),
+        Some(invalid) => cond(VALID, "False", invalid.reason, invalid.problems.join("; ")),
+        None => cond(VALID, "True", "Valid", "the spec is valid".into()),
     };
 
     let rollback_failed = match &observed.rollback_failed {
         Some(problem) => Some(cond(
             ROLLBACK_FAILED,
-            true,
+            "True",
             problem.reason,
             problem.message.clone(),
         )),
@@ -289,10 +283,13 @@ pub fn aggregate(
 
     StaticPodSetStatus {
         observed_generation: observed.generation,
-        desired_number_scheduled: count(desired),
+        desired_number_scheduled: count(counts.desired),
+        current_number_scheduled: count(counts.current),
         number_written: count(written),
-        number_ready: count(ready),
-        updated_number_scheduled: count(updated),
+        number_ready: count(counts.ready),
+        updated_number_scheduled: count(counts.updated),
+        number_available: count(counts.available),
+        number_unavailable: count(counts.unavailable),
         number_misscheduled: count(problems.len()),
         update_revision: revision.map(str::to_string),
         update_revision_number: observed.revision_number,
@@ -311,11 +308,11 @@ fn condition(
     generation: Option<i64>,
     now: &Time,
     type_: &str,
-    status: bool,
+    status: &str,
     reason: &str,
     message: String,
 ) -> Condition {
-    let status = if status { "True" } else { "False" }.to_string();
+    let status = status.to_string();
     let last_transition_time = find_condition(previous, type_)
         .filter(|c| c.status == status)
         .map(|c| c.last_transition_time.clone())
@@ -460,7 +457,60 @@ mod tests {
             invalid: None,
             rollback_failed: None,
             nodes,
+            rollout: None,
         }
+    }
+
+    /// What the rollout planner makes of the reports: every node with a report is assigned the
+    /// observed revision (the agent acted on it), every Node is Ready.
+    fn plan_for(obs: &Observed<'_>) -> Option<RolloutPlan> {
+        use crate::rollout::{
+            plan_rollout, Assignment, MirrorPod, NodeFacts, NodeHealth, RolloutInput, Strategy,
+        };
+        let update = obs.revision?;
+        let nodes = obs
+            .nodes
+            .iter()
+            .filter(|n| n.name_problem.is_none())
+            .map(|n| NodeFacts {
+                name: n.node.to_string(),
+                assignment: n.report.map(|_| Assignment {
+                    revision: update.to_string(),
+                    since: Timestamp::from_second(0).unwrap(),
+                }),
+                mirror_pod: n
+                    .report
+                    .and_then(|r| r.mirror_pod.as_ref())
+                    .map(|m| MirrorPod {
+                        revision: m.revision.clone(),
+                        ready: m.ready,
+                        ready_since: None,
+                    }),
+                health: NodeHealth::Ready { since: None },
+                failed_revision: None,
+            })
+            .collect();
+        Some(plan_rollout(&RolloutInput {
+            update_revision: update.to_string(),
+            last_healthy_revision: None,
+            revision_numbers: Default::default(),
+            strategy: Strategy::default(),
+            nodes,
+            now: Timestamp::from_second(10).unwrap(),
+        }))
+    }
+
+    /// [`aggregate`] with the plan the reports imply.
+    fn run(
+        previous: Option<&StaticPodSetStatus>,
+        obs: &Observed<'_>,
+        now: &Time,
+    ) -> StaticPodSetStatus {
+        let obs = Observed {
+            rollout: plan_for(obs),
+            ..obs.clone()
+        };
+        aggregate(previous, &obs, now)
     }
 
     fn cond<'a>(s: &'a StaticPodSetStatus, t: &str) -> &'a Condition {
@@ -482,29 +532,37 @@ mod tests {
             state("e", Some(&conflict)),
             state("f", None),
         ];
-        let s = aggregate(None, &observed(nodes), &time(100));
+        let s = run(None, &observed(nodes), &time(100));
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.desired_number_scheduled, 6);
         assert_eq!(s.number_written, 3);
-        assert_eq!(s.updated_number_scheduled, 2);
-        assert_eq!(s.number_ready, 1);
+        // Only a runs r2 Ready: updated and available. a, b, c, d have a mirror pod; a, c, d
+        // are Ready (at some revision).
+        assert_eq!(s.updated_number_scheduled, 1);
+        assert_eq!(s.number_available, 1);
+        assert_eq!(s.number_unavailable, 5);
+        assert_eq!(s.current_number_scheduled, 4);
+        assert_eq!(s.number_ready, 3);
         assert_eq!(s.number_misscheduled, 1);
         assert_eq!(s.update_revision.as_deref(), Some("r2"));
 
         let available = cond(&s, AVAILABLE);
         assert_eq!(
             (available.status.as_str(), available.reason.as_str()),
-            ("False", "NodesNotReady")
+            ("False", "NodesUnavailable")
         );
-        assert_eq!(
-            available.message,
-            "1/6 nodes ready at revision r2; not ready: b, c, d, e, f"
+        assert!(
+            available
+                .message
+                .starts_with("1/6 nodes available, maxUnavailable is 1; unavailable: b ("),
+            "{}",
+            available.message
         );
         let progressing = cond(&s, PROGRESSING);
-        assert_eq!(progressing.status, "True");
-        assert!(progressing
-            .message
-            .starts_with("2/6 nodes run revision r2; waiting for: c, d, e, f"));
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "RollingUpdate")
+        );
         let degraded = cond(&s, DEGRADED);
         assert_eq!(degraded.status, "True");
         assert!(
@@ -522,7 +580,7 @@ mod tests {
     #[test]
     fn all_ready() {
         let ready = report(ManifestPhase::Written, Some("r2"), Some(("r2", true)));
-        let s = aggregate(
+        let s = run(
             None,
             &observed(vec![state("a", Some(&ready)), state("b", Some(&ready))]),
             &time(1),
@@ -531,9 +589,9 @@ mod tests {
         let a = cond(&s, AVAILABLE);
         assert_eq!(
             (a.status.as_str(), a.reason.as_str()),
-            ("True", "AllNodesReady")
+            ("True", "AllNodesAvailable")
         );
-        assert_eq!(a.message, "2/2 nodes ready at revision r2");
+        assert_eq!(a.message, "2/2 nodes available");
         let p = cond(&s, PROGRESSING);
         assert_eq!(
             (p.status.as_str(), p.reason.as_str()),
@@ -544,7 +602,7 @@ mod tests {
 
     #[test]
     fn no_nodes_selected_is_available() {
-        let s = aggregate(None, &observed(vec![]), &time(1));
+        let s = run(None, &observed(vec![]), &time(1));
         assert_eq!(s.desired_number_scheduled, 0);
         let a = cond(&s, AVAILABLE);
         assert_eq!(
@@ -558,20 +616,20 @@ mod tests {
     fn transition_time_is_kept_while_status_is_unchanged() {
         let ready = report(ManifestPhase::Written, Some("r2"), Some(("r2", true)));
         let starting = report(ManifestPhase::Written, Some("r2"), Some(("r2", false)));
-        let first = aggregate(
+        let first = run(
             None,
             &observed(vec![state("a", Some(&starting))]),
             &time(10),
         );
         // Same world later: identical status, so the controller writes nothing.
-        let again = aggregate(
+        let again = run(
             Some(&first),
             &observed(vec![state("a", Some(&starting))]),
             &time(20),
         );
         assert_eq!(first, again);
         // The node becomes ready: Available flips and gets the new time; Degraded does not.
-        let later = aggregate(
+        let later = run(
             Some(&first),
             &observed(vec![state("a", Some(&ready))]),
             &time(30),
@@ -585,11 +643,13 @@ mod tests {
     fn message_lists_at_most_five_nodes() {
         let names: Vec<String> = (0..8).map(|i| format!("n{i}")).collect();
         let nodes = names.iter().map(|n| state(n, None)).collect();
-        let s = aggregate(None, &observed(nodes), &time(1));
-        assert_eq!(
-            cond(&s, AVAILABLE).message,
-            "0/8 nodes ready at revision r2; not ready: n0, n1, n2, n3, n4 and 3 more"
+        let s = run(None, &observed(nodes), &time(1));
+        let message = &cond(&s, AVAILABLE).message;
+        assert!(
+            message.contains("n4 (") && message.ends_with(" and 3 more"),
+            "{message}"
         );
+        assert!(!message.contains("n5"), "{message}");
     }
 
     #[test]
@@ -612,7 +672,7 @@ mod tests {
                 name_problem: Some(too_long),
             },
         ];
-        let s = aggregate(None, &observed(nodes), &time(1));
+        let s = run(None, &observed(nodes), &time(1));
         assert_eq!(s.number_misscheduled, 3);
         assert_eq!(s.number_written, 2);
         let d = cond(&s, DEGRADED);
@@ -646,8 +706,9 @@ mod tests {
                 problems: vec!["a: bad".into(), "b: worse".into()],
             }),
             nodes: vec![state("a", Some(&previous_ready))],
+            rollout: None,
         };
-        let s = aggregate(None, &obs, &time(1));
+        let s = run(None, &obs, &time(1));
         let v = cond(&s, VALID);
         assert_eq!(
             (v.status.as_str(), v.reason.as_str(), v.message.as_str()),
@@ -675,8 +736,9 @@ mod tests {
                 problems: vec!["x".into()],
             }),
             nodes: vec![],
+            rollout: None,
         };
-        let s = aggregate(None, &obs, &time(1));
+        let s = run(None, &obs, &time(1));
         assert_eq!(s.update_revision, None);
         assert_eq!(cond(&s, VALID).reason, "InvalidNodeSelector");
     }
@@ -686,14 +748,14 @@ mod tests {
         let ready = report(ManifestPhase::Written, Some("r2"), Some(("r2", true)));
         let conflict = report(ManifestPhase::Conflict, None, None);
 
-        let first = aggregate(None, &observed(vec![state("a", Some(&conflict))]), &time(1));
+        let first = run(None, &observed(vec![state("a", Some(&conflict))]), &time(1));
         let n = notices(None, &first);
         let reasons: Vec<&str> = n.iter().map(|n| n.reason.as_str()).collect();
         assert_eq!(reasons, ["RolloutStarted", "NodeProblems"]);
         assert!(n[1].warning && n[1].note.contains("a: Conflict"));
 
         // Nothing changed: nothing to say.
-        let same = aggregate(
+        let same = run(
             Some(&first),
             &observed(vec![state("a", Some(&conflict))]),
             &time(2),
@@ -701,7 +763,7 @@ mod tests {
         assert!(notices(Some(&first), &same).is_empty());
 
         // Recovery and availability.
-        let fixed = aggregate(
+        let fixed = run(
             Some(&same),
             &observed(vec![state("a", Some(&ready))]),
             &time(3),
@@ -720,7 +782,7 @@ mod tests {
             }),
             ..observed(vec![state("a", Some(&ready))])
         };
-        let invalid = aggregate(Some(&fixed), &obs, &time(4));
+        let invalid = run(Some(&fixed), &obs, &time(4));
         let n = notices(Some(&fixed), &invalid);
         assert_eq!(n.len(), 1);
         assert!(n[0].warning);
@@ -732,7 +794,7 @@ mod tests {
         // A new revision.
         let mut obs = observed(vec![state("a", Some(&ready))]);
         obs.revision = Some("r3");
-        let rolled = aggregate(Some(&fixed), &obs, &time(5));
+        let rolled = run(Some(&fixed), &obs, &time(5));
         let reasons: Vec<String> = notices(Some(&fixed), &rolled)
             .into_iter()
             .map(|n| n.reason)
@@ -747,12 +809,12 @@ mod tests {
         let mut obs = observed(vec![state("a", Some(&old))]);
         obs.revision = Some("r1");
         obs.revision_number = Some(1);
-        let at_r1 = aggregate(None, &obs, &time(1));
+        let at_r1 = run(None, &obs, &time(1));
         assert_eq!(at_r1.current_revision.as_deref(), Some("r1"));
         assert_eq!(at_r1.update_revision_number, Some(1));
 
         // r2 is asked for; one node has it, the other not yet: current stays r1.
-        let halfway = aggregate(
+        let halfway = run(
             Some(&at_r1),
             &observed(vec![state("a", Some(&new)), state("b", Some(&old))]),
             &time(2),
@@ -761,7 +823,7 @@ mod tests {
         assert_eq!(halfway.update_revision_number, Some(2));
         assert_eq!(halfway.current_revision.as_deref(), Some("r1"));
 
-        let done = aggregate(
+        let done = run(
             Some(&halfway),
             &observed(vec![state("a", Some(&new)), state("b", Some(&new))]),
             &time(3),
@@ -769,7 +831,7 @@ mod tests {
         assert_eq!(done.current_revision.as_deref(), Some("r2"));
 
         // A brand-new set rolling out for the first time has no current revision yet.
-        let first = aggregate(None, &observed(vec![state("a", None)]), &time(1));
+        let first = run(None, &observed(vec![state("a", None)]), &time(1));
         assert_eq!(first.current_revision, None);
         // A status written before the field existed, with every node updated, counts as current.
         let legacy = StaticPodSetStatus {
@@ -778,7 +840,7 @@ mod tests {
             update_revision: Some("r1".into()),
             ..Default::default()
         };
-        let s = aggregate(
+        let s = run(
             Some(&legacy),
             &observed(vec![state("a", Some(&old))]),
             &time(4),
@@ -794,7 +856,7 @@ mod tests {
             reason: "RollbackRevisionNotFound",
             message: "cannot roll back to revision 9".into(),
         });
-        let refused = aggregate(None, &obs, &time(1));
+        let refused = run(None, &obs, &time(1));
         let c = cond(&refused, ROLLBACK_FAILED);
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -805,7 +867,7 @@ mod tests {
         assert_eq!(cond(&refused, AVAILABLE).status, "True");
 
         // Later reconciles of the same generation keep it, unchanged.
-        let again = aggregate(
+        let again = run(
             Some(&refused),
             &observed(vec![state("a", Some(&ready))]),
             &time(2),
@@ -815,14 +877,14 @@ mod tests {
         // A new generation drops it.
         let mut next = observed(vec![state("a", Some(&ready))]);
         next.generation = Some(4);
-        let changed = aggregate(Some(&again), &next, &time(3));
+        let changed = run(Some(&again), &next, &time(3));
         assert!(find_condition(Some(&changed), ROLLBACK_FAILED).is_none());
     }
 
     #[test]
     fn rollout_notice_names_the_revision_number() {
         let ready = report(ManifestPhase::Written, Some("r2"), Some(("r2", true)));
-        let s = aggregate(None, &observed(vec![state("a", Some(&ready))]), &time(1));
+        let s = run(None, &observed(vec![state("a", Some(&ready))]), &time(1));
         let n = notices(None, &s);
         assert_eq!(n[0].reason, "RolloutStarted");
         assert_eq!(n[0].note, "rolling out revision 2 (r2) to 1 node");

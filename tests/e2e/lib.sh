@@ -61,8 +61,9 @@ all_mirrors_ready() {
   for n in "${NODES[@]}"; do mirror_ready "$1" "$2-$n" || return 1; done
 }
 
-# web_set_yaml NAME SELECTOR MESSAGE: a set whose pod serves MESSAGE over HTTP on 8080 and is Ready
-# once it does; changing MESSAGE changes the template (a new revision).
+# web_set_yaml NAME SELECTOR MESSAGE [SPEC]: a set whose pod serves MESSAGE over HTTP on 8080 and is
+# Ready once it does; changing MESSAGE changes the template (a new revision). SPEC: more fields of
+# the set's spec, one per line, e.g. $'paused: true\nminReadySeconds: 2'.
 web_set_yaml() {
   cat <<YAML
 apiVersion: staticpods.dev/v1alpha1
@@ -70,6 +71,7 @@ kind: StaticPodSet
 metadata: {name: $1, namespace: $E2E_NS}
 spec:
   nodeSelector: $2
+$(sed 's/^/  /' <<<"${4:-}")
   template:
     metadata:
       labels: {app: $1}

@@ -1,0 +1,458 @@
+//! The edges of the rolling-update planner ([`crate::rollout`]): its input gathered from what the
+//! caches hold, and its plan turned into node-object entries. Pure.
+//!
+//! What the planner needs to remember between passes lives in each node's entry of the set, not
+//! in the operator's memory, so a new leader continues a rollout where the old one left it:
+//! `assignedTime` (when the node was handed its revision: the start of its progress deadline) and
+//! `lastFailure` (the revision the node last failed, and why).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use staticpodset_api::keys::{manifest_file_name, revision_object_name};
+use staticpodset_api::{
+    AssignedPod, NodeStaticPods, RevisionFailure, StaticPodSetSpec,
+    DEFAULT_PROGRESS_DEADLINE_SECONDS,
+};
+
+use crate::node_match::ready_condition;
+use crate::planner::{entry_of, report_of};
+use crate::rollout::{
+    Assignment, InvalidMaxUnavailable, MaxUnavailable, MirrorPod, NodeFacts, NodeFailure,
+    NodeHealth, RolloutPlan, Strategy,
+};
+
+/// The rollout settings of a spec, with the defaults filled in.
+///
+/// Fails only on a maxUnavailable the CRD's rule lets through when that rule is missing (an old
+/// CRD, or one installed by hand); the caller reports it as an invalid spec.
+pub fn strategy_of(spec: &StaticPodSetSpec) -> Result<Strategy, InvalidMaxUnavailable> {
+    let rolling = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref());
+    let max_unavailable = match rolling.and_then(|r| r.max_unavailable.as_ref()) {
+        Some(value) => MaxUnavailable::try_from(value)?,
+        None => MaxUnavailable::default(),
+    };
+    let non_negative = |v: Option<i32>| v.map_or(0, |v| u32::try_from(v).unwrap_or(0));
+    Ok(Strategy {
+        max_unavailable,
+        partition: non_negative(rolling.and_then(|r| r.partition)),
+        min_ready_seconds: non_negative(spec.min_ready_seconds),
+        progress_deadline_seconds: Some(
+            u32::try_from(
+                spec.progress_deadline_seconds
+                    .unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS),
+            )
+            .unwrap_or(1)
+            .max(1),
+        ),
+        paused: spec.paused,
+        auto_rollback: rolling.is_some_and(|r| r.auto_rollback),
+    })
+}
+
+/// What the planner needs to know about node `node_name` for set `namespace/name`.
+///
+/// An entry without `assignedTime` (written before the field existed) counts as handed `now`:
+/// the node gets a full deadline, and the entry is rewritten with the time.
+pub fn node_facts(
+    node_name: &str,
+    node: Option<&Node>,
+    object: Option<&NodeStaticPods>,
+    namespace: &str,
+    name: &str,
+    now: Timestamp,
+) -> NodeFacts {
+    let entry = object.and_then(|o| entry_of(o, namespace, name));
+    let report = object.and_then(|o| report_of(o, namespace, name));
+    let health = match node {
+        None => NodeHealth::Gone,
+        Some(node) => {
+            let ready = ready_condition(node);
+            let since = ready
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0);
+            if ready.is_some_and(|c| c.status == "True") {
+                NodeHealth::Ready { since }
+            } else {
+                NodeHealth::NotReady { since }
+            }
+        }
+    };
+    NodeFacts {
+        name: node_name.to_string(),
+        assignment: entry.map(|e| Assignment {
+            revision: e.revision.clone(),
+            since: e.assigned_time.as_ref().map_or(now, |t| t.0),
+        }),
+        mirror_pod: report
+            .and_then(|r| r.mirror_pod.as_ref())
+            .map(|m| MirrorPod {
+                revision: m.revision.clone(),
+                ready: m.ready,
+                ready_since: m.ready_since.as_ref().map(|t| t.0),
+            }),
+        health,
+        failed_revision: entry
+            .and_then(|e| e.last_failure.as_ref())
+            .map(|f| f.revision.clone()),
+    }
+}
+
+/// The entry each planned node must carry, by node name: the planned revision, the time it was
+/// handed (kept while the revision stays), and the last failure (a new one from this plan, or
+/// the one recorded before: it is history, never cleared).
+///
+/// Nodes the plan leaves without a revision get no entry.
+pub fn desired_entries(
+    plan: &RolloutPlan,
+    namespace: &str,
+    name: &str,
+    current: &BTreeMap<String, AssignedPod>,
+    now: Timestamp,
+) -> BTreeMap<String, AssignedPod> {
+    let failures: BTreeMap<&str, &NodeFailure> = plan
+        .newly_failed
+        .iter()
+        .map(|f| (f.node.as_str(), f))
+        .collect();
+    plan.nodes
+        .iter()
+        .filter_map(|node| {
+            let revision = node.revision.as_deref()?;
+            let old = current.get(&node.name);
+            let kept = old.filter(|e| e.revision == revision);
+            let assigned_time = kept
+                .and_then(|e| e.assigned_time.clone())
+                .unwrap_or(Time(now));
+            let last_failure = match failures.get(node.name.as_str()) {
+                Some(failure) => Some(RevisionFailure {
+                    revision: failure.revision.clone(),
+                    reason: failure.reason.to_string(),
+                    message: failure.message.clone(),
+                    time: Time(now),
+                }),
+                None => old.and_then(|e| e.last_failure.clone()),
+            };
+            let entry = AssignedPod {
+                set_namespace: namespace.to_string(),
+                set_name: name.to_string(),
+                revision: revision.to_string(),
+                revision_name: revision_object_name(name, revision),
+                file_name: manifest_file_name(namespace, name),
+                assigned_time: Some(assigned_time),
+                last_failure,
+            };
+            Some((node.name.clone(), entry))
+        })
+        .collect()
+}
+
+/// When the plan must be looked at again even if nothing changes in the cluster: the earliest
+/// moment a node's progress deadline passes or its pod has been Ready for minReadySeconds.
+/// `None` when no clock runs.
+pub fn next_check(
+    plan: &RolloutPlan,
+    facts: &[NodeFacts],
+    strategy: &Strategy,
+) -> Option<Timestamp> {
+    let by_name: BTreeMap<&str, &NodeFacts> = facts.iter().map(|f| (f.name.as_str(), f)).collect();
+    let seconds = |s: u32| k8s_openapi::jiff::SignedDuration::from_secs(i64::from(s) + 1);
+    let mut times = Vec::new();
+    for node in &plan.nodes {
+        let Some(facts) = by_name.get(node.name.as_str()) else {
+            continue;
+        };
+        if node.unavailable.is_none() || node.changed {
+            continue;
+        }
+        if let (Some(deadline), Some(assignment)) =
+            (strategy.progress_deadline_seconds, &facts.assignment)
+        {
+            let start = match facts.health {
+                NodeHealth::Ready { since: Some(s) } if s > assignment.since => s,
+                _ => assignment.since,
+            };
+            times.extend(start.checked_add(seconds(deadline)).ok());
+        }
+        if let Some(since) = facts
+            .mirror_pod
+            .as_ref()
+            .filter(|m| m.ready)
+            .and_then(|m| m.ready_since)
+        {
+            if strategy.min_ready_seconds > 0 {
+                times.extend(since.checked_add(seconds(strategy.min_ready_seconds)).ok());
+            }
+        }
+    }
+    times.into_iter().min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::{plan_rollout, RolloutInput};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use staticpodset_api::{
+        MirrorPodReport, NodeStaticPodsStatus, PodReport, RollingUpdate, UpdateStrategy,
+    };
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_a_daemonsets() {
+        let s = strategy_of(&StaticPodSetSpec::default()).unwrap();
+        assert_eq!(s, Strategy::default());
+    }
+
+    #[test]
+    fn spec_fields_reach_the_strategy() {
+        let spec = StaticPodSetSpec {
+            update_strategy: Some(UpdateStrategy {
+                rolling_update: Some(RollingUpdate {
+                    max_unavailable: Some(IntOrString::String("50%".into())),
+                    partition: Some(3),
+                    auto_rollback: true,
+                }),
+            }),
+            min_ready_seconds: Some(5),
+            progress_deadline_seconds: Some(30),
+            paused: true,
+            ..Default::default()
+        };
+        let s = strategy_of(&spec).unwrap();
+        assert_eq!(s.max_unavailable, MaxUnavailable::Percent(50));
+        assert_eq!(
+            (
+                s.partition,
+                s.min_ready_seconds,
+                s.progress_deadline_seconds
+            ),
+            (3, 5, Some(30))
+        );
+        assert!(s.paused && s.auto_rollback);
+    }
+
+    #[test]
+    fn a_bad_max_unavailable_is_an_error_not_a_default() {
+        let spec = StaticPodSetSpec {
+            update_strategy: Some(UpdateStrategy {
+                rolling_update: Some(RollingUpdate {
+                    max_unavailable: Some(IntOrString::String("half".into())),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        assert!(strategy_of(&spec).is_err());
+    }
+
+    fn object(entry: Option<AssignedPod>, mirror: Option<(&str, bool, i64)>) -> NodeStaticPods {
+        let mut o = NodeStaticPods::new(
+            "n1",
+            staticpodset_api::NodeStaticPodsSpec {
+                pods: entry.into_iter().collect(),
+            },
+        );
+        o.status = Some(NodeStaticPodsStatus {
+            pods: vec![PodReport {
+                set_namespace: "ns".into(),
+                set_name: "set".into(),
+                mirror_pod: mirror.map(|(rev, ready, since)| MirrorPodReport {
+                    name: "set-n1".into(),
+                    uid: "u".into(),
+                    revision: Some(rev.into()),
+                    ready,
+                    ready_since: Some(Time(at(since))),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        o
+    }
+
+    fn entry(revision: &str, assigned: Option<i64>, failed: Option<&str>) -> AssignedPod {
+        AssignedPod {
+            set_namespace: "ns".into(),
+            set_name: "set".into(),
+            revision: revision.into(),
+            revision_name: revision_object_name("set", revision),
+            file_name: manifest_file_name("ns", "set"),
+            assigned_time: assigned.map(|s| Time(at(s))),
+            last_failure: failed.map(|r| RevisionFailure {
+                revision: r.into(),
+                reason: "ProgressDeadlineExceeded".into(),
+                message: String::new(),
+                time: Time(at(1)),
+            }),
+        }
+    }
+
+    fn ready_node(since: i64) -> Node {
+        Node {
+            status: Some(k8s_openapi::api::core::v1::NodeStatus {
+                conditions: Some(vec![k8s_openapi::api::core::v1::NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    last_transition_time: Some(Time(at(since))),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn facts_come_from_entry_report_and_node() {
+        let o = object(
+            Some(entry("r2", Some(100), Some("r1"))),
+            Some(("r1", true, 50)),
+        );
+        let f = node_facts("n1", Some(&ready_node(10)), Some(&o), "ns", "set", at(200));
+        assert_eq!(
+            f.assignment,
+            Some(Assignment {
+                revision: "r2".into(),
+                since: at(100)
+            })
+        );
+        assert_eq!(
+            f.mirror_pod.as_ref().unwrap().revision.as_deref(),
+            Some("r1")
+        );
+        assert_eq!(f.mirror_pod.as_ref().unwrap().ready_since, Some(at(50)));
+        assert_eq!(
+            f.health,
+            NodeHealth::Ready {
+                since: Some(at(10))
+            }
+        );
+        assert_eq!(f.failed_revision.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn an_entry_without_time_counts_as_handed_now_and_is_stamped() {
+        let o = object(Some(entry("r2", None, None)), None);
+        let now = at(500);
+        let f = node_facts("n1", Some(&ready_node(10)), Some(&o), "ns", "set", now);
+        assert_eq!(f.assignment.as_ref().unwrap().since, now);
+        let plan = plan_rollout(&RolloutInput {
+            update_revision: "r2".into(),
+            last_healthy_revision: None,
+            revision_numbers: BTreeMap::new(),
+            strategy: Strategy::default(),
+            nodes: vec![f],
+            now,
+        });
+        let current = BTreeMap::from([("n1".to_string(), entry("r2", None, None))]);
+        let desired = desired_entries(&plan, "ns", "set", &current, now);
+        assert_eq!(desired["n1"].assigned_time, Some(Time(now)));
+    }
+
+    #[test]
+    fn no_node_object_and_no_node() {
+        let f = node_facts("gone", None, None, "ns", "set", at(1));
+        assert_eq!(f.health, NodeHealth::Gone);
+        assert_eq!((f.assignment, f.mirror_pod), (None, None));
+    }
+
+    fn input(nodes: Vec<NodeFacts>, now: i64, strategy: Strategy) -> RolloutInput {
+        RolloutInput {
+            update_revision: "r2".into(),
+            last_healthy_revision: Some("r1".into()),
+            revision_numbers: BTreeMap::from([("r1".into(), 1), ("r2".into(), 2)]),
+            strategy,
+            nodes,
+            now: at(now),
+        }
+    }
+
+    #[test]
+    fn handing_a_revision_stamps_the_time_and_keeps_history() {
+        // n1 runs r1, available; n2 too. maxUnavailable 1: one of them is handed r2.
+        let objects: Vec<(String, NodeStaticPods)> = ["n1", "n2"]
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    object(
+                        Some(entry("r1", Some(10), Some("r0"))),
+                        Some(("r1", true, 20)),
+                    ),
+                )
+            })
+            .collect();
+        let facts: Vec<NodeFacts> = objects
+            .iter()
+            .map(|(n, o)| node_facts(n, Some(&ready_node(1)), Some(o), "ns", "set", at(100)))
+            .collect();
+        let plan = plan_rollout(&input(facts, 100, Strategy::default()));
+        let current: BTreeMap<String, AssignedPod> = objects
+            .iter()
+            .map(|(n, o)| (n.clone(), o.spec.pods[0].clone()))
+            .collect();
+        let desired = desired_entries(&plan, "ns", "set", &current, at(100));
+        assert_eq!(desired["n1"].revision, "r2");
+        assert_eq!(desired["n1"].revision_name, "set-r2");
+        assert_eq!(desired["n1"].assigned_time, Some(Time(at(100))));
+        assert_eq!(desired["n2"], current["n2"], "n2 waits, untouched");
+        assert_eq!(
+            desired["n1"]
+                .last_failure
+                .as_ref()
+                .map(|f| f.revision.as_str()),
+            Some("r0"),
+            "an old failure is history and stays"
+        );
+    }
+
+    #[test]
+    fn a_missed_deadline_is_recorded_on_the_entry_and_the_clock_is_reported() {
+        let o = object(Some(entry("r2", Some(100), None)), Some(("r2", false, 0)));
+        let strategy = Strategy {
+            progress_deadline_seconds: Some(60),
+            ..Strategy::default()
+        };
+        let early = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(120));
+        let plan = plan_rollout(&input(vec![early.clone()], 120, strategy.clone()));
+        assert!(plan.newly_failed.is_empty());
+        assert_eq!(next_check(&plan, &[early], &strategy), Some(at(161)));
+
+        let late = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(161));
+        let plan = plan_rollout(&input(vec![late], 161, strategy));
+        let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
+        let desired = desired_entries(&plan, "ns", "set", &current, at(161));
+        let failure = desired["n1"].last_failure.as_ref().unwrap();
+        assert_eq!(failure.revision, "r2");
+        assert_eq!(failure.reason, "ProgressDeadlineExceeded");
+        assert_eq!(failure.time, Time(at(161)));
+        assert_eq!(
+            desired["n1"].assigned_time,
+            Some(Time(at(100))),
+            "deadline start kept"
+        );
+    }
+
+    #[test]
+    fn min_ready_seconds_sets_a_clock() {
+        let o = object(Some(entry("r2", Some(100), None)), Some(("r2", true, 150)));
+        let strategy = Strategy {
+            min_ready_seconds: 30,
+            progress_deadline_seconds: None,
+            ..Strategy::default()
+        };
+        let f = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(160));
+        let plan = plan_rollout(&input(vec![f.clone()], 160, strategy.clone()));
+        assert_eq!(next_check(&plan, &[f], &strategy), Some(at(181)));
+    }
+}
