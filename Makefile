@@ -3,7 +3,7 @@ STATICPODSET_CACHE ?= $(HOME)/.cache/staticpodset
 export STATICPODSET_CACHE
 export CARGO_TARGET_DIR ?= $(STATICPODSET_CACHE)/target
 
-.PHONY: test demo unit lint crds images cluster-up cluster-down
+.PHONY: test demo unit lint crds images cluster-up cluster-down bench
 
 ## test: everything — lints, unit tests, real cluster up, e2e suites, cluster down
 test:
@@ -29,6 +29,10 @@ lint:
 crds:
 	cargo run -q -p staticpodset-api --bin crdgen -- crds/
 	cargo run -q -p staticpodset-api --bin crdgen -- charts/staticpodset/crds/
+
+## bench: DaemonSet vs StaticPodSet rollout times on the local cluster (needs cluster-up)
+bench:
+	bash tests/bench/rollout-vs-daemonset.sh
 
 cluster-up:
 	bash tests/e2e/cluster/up

@@ -199,7 +199,7 @@ not_available() {
   is everywhere '{.status.numberReady}' 2 &&
     jp everywhere '{.status.conditions[?(@.type=="Available")].message}' | grep -q node-c
 }
-eventually 10 "everywhere not Available while node-c is not ready, and says so" not_available
+eventually 10 "everywhere counts 2 ready and names node-c as unavailable" not_available
 k -n apps get events.events.k8s.io -o jsonpath='{.items[*].reason}' | grep -q RolloutStarted \
   && ok "RolloutStarted Event published" || fail "RolloutStarted Event published"
 
