@@ -3,7 +3,7 @@
 #   1. apply -> `kubectl wait --for=condition=Available` returns; both nodes at revision 1
 #   2. new template, maxUnavailable 1: a watcher on the mirror pods sees each node go down once and
 #      never both at once; both end at the new revision with a new kubernetes.io/config.hash
-#   3. a template whose container cannot start, progressDeadlineSeconds 20: the first node fails,
+#   3. a template whose image cannot start, progressDeadlineSeconds 20: the first node fails,
 #      the rollout halts (Progressing=False ProgressDeadlineExceeded) no sooner than the deadline,
 #      the failure is recorded on the node's entry, the second node is never touched
 #   4. autoRollback: the failed node returns to the last healthy revision and is Ready again
@@ -29,7 +29,9 @@ install_product
 ensure_e2e_namespace
 
 set_yaml() { web_set_yaml "$SET" "{}" "$1" "${2:-}"; }
-# A template whose container exits at once: never Ready.
+# A template whose image cannot start (not on the node, and pulling is not allowed): never Ready.
+# (A container that merely exits is Ready for an instant when it has no readiness probe, and a
+# rollout with minReadySeconds 0 rightly counts that as available.)
 broken_yaml() {
   cat <<YAML
 apiVersion: staticpods.dev/v1alpha1
@@ -43,7 +45,7 @@ spec:
     spec:
       terminationGracePeriodSeconds: 2
       containers:
-      - {name: web, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: [sh, -c, "echo broken; exit 1"]}
+      - {name: web, image: docker.io/library/staticpodset-no-such-image:1, imagePullPolicy: Never}
 YAML
 }
 
