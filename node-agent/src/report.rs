@@ -75,7 +75,7 @@ pub fn outcomes(
                 },
                 SetState::Conflict(m) => (ManifestPhase::Conflict, on_disk, None, Some(m.clone())),
                 SetState::Invalid(m) => (ManifestPhase::Error, on_disk, None, Some(m.clone())),
-                SetState::Unavailable(m) => {
+                SetState::Unavailable(m) | SetState::WaitingForImages(m) => {
                     (ManifestPhase::Pending, on_disk, None, Some(m.clone()))
                 }
             };
@@ -163,6 +163,11 @@ pub fn build(
             ManifestPhase::Conflict | ManifestPhase::Error | ManifestPhase::Removing
         );
         let up_to_date = mirror.as_ref().is_some_and(|m| m.up_to_date);
+        // A note on a written manifest (a pre-pull that did not finish) is moot once the kubelet
+        // runs the revision.
+        if outcome.phase == ManifestPhase::Written && up_to_date {
+            message = None;
+        }
         if outcome.phase == ManifestPhase::Written && !up_to_date {
             let deadline = outcome.written_at.map(|t| t + MIRROR_GRACE);
             if let Some(d) = deadline.filter(|d| *d > now) {
