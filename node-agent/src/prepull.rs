@@ -118,9 +118,9 @@ pub struct Released {
 pub struct Gate {
     /// Pulls to start now (none is already in flight).
     pub pulls: Vec<PullJob>,
-    /// Sets that started waiting in this sync, with their revision.
+    /// Sets whose write this sync held for the first time, with their revision.
     pub held: Vec<(SetKey, String)>,
-    /// Writes that waited and go ahead in this sync.
+    /// Writes that waited (were held in an earlier sync) and go ahead in this sync.
     pub released: Vec<Released>,
 }
 
@@ -190,8 +190,6 @@ impl PrePull {
                 .get(&set_plan.set)
                 .is_none_or(|w| w.revision != set_plan.revision);
             if is_new {
-                gate.held
-                    .push((set_plan.set.clone(), set_plan.revision.clone()));
                 self.waits.insert(
                     set_plan.set.clone(),
                     Wait {
@@ -217,12 +215,15 @@ impl PrePull {
                 let note = (!missing.is_empty())
                     .then(|| timeout_note(&self.images, self.timeout, &missing));
                 wait.done = Some(note.clone());
-                gate.released.push(Released {
-                    set: set_plan.set.clone(),
-                    revision: set_plan.revision.clone(),
-                    waited,
-                    deadline_passed: note,
-                });
+                // A write that never had to wait is no news.
+                if !is_new {
+                    gate.released.push(Released {
+                        set: set_plan.set.clone(),
+                        revision: set_plan.revision.clone(),
+                        waited,
+                        deadline_passed: note,
+                    });
+                }
                 continue;
             }
             for w in &missing {
@@ -247,6 +248,10 @@ impl PrePull {
                 &set_plan.revision,
                 set_plan.on_disk_revision.is_some(),
             ));
+            if is_new {
+                gate.held
+                    .push((set_plan.set.clone(), set_plan.revision.clone()));
+            }
             waiting.insert(set_plan.set.clone());
             held_files.push(set_plan.file_name.clone());
         }
@@ -293,7 +298,7 @@ impl PrePull {
     }
 
     /// Adds the timeout note to each written set whose write went ahead without its images, until
-    /// the set leaves that revision (the report drops it once the mirror pod runs the revision).
+    /// the set leaves that revision (the report drops it once the mirror pod runs the revision Ready).
     pub fn annotate(&self, outcomes: &mut [SetOutcome]) {
         for outcome in outcomes {
             let Some(wait) = self.waits.get(&outcome.set) else {
@@ -599,8 +604,10 @@ mod tests {
         let t0 = Instant::now();
         let mut p = planned(&assigned, olds.clone());
         let gate = pp.gate(&mut p, &assigned, t0);
-        // An image the kubelet never pulls is nothing to wait for.
+        // An image the kubelet never pulls is nothing to wait for, and no news.
         assert_eq!(writes(&p), vec![never.entry.file_name.as_str()]);
+        assert!(gate.released.is_empty());
+        assert_eq!(gate.held.len(), 2);
         assert_eq!(gate.pulls, images(&["reg/big:2", "reg/small:2"]));
 
         pp.record("reg/small:2", Ok(()), t0);
