@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The one test command (README: `make test`). Runs, in order, and stops at the first failure:
+#   0. host packages                    tests/e2e/cluster/build/host-deps.sh (protoc for the build, …)
 #   1. formatting and lints             cargo fmt --check, cargo clippy -D warnings
 #   2. unit and temp-directory tests    cargo test --workspace
 #   3. the real cluster                 tests/e2e/cluster/up (builds what is missing, into the cache)
@@ -36,6 +37,8 @@ finish() {
 }
 trap finish EXIT
 
+# The agent's CRI bindings are generated at build time by protoc, a Debian package.
+bash tests/e2e/cluster/build/host-deps.sh
 suite "cargo fmt" cargo fmt --all -- --check
 suite "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 suite "cargo test" cargo test --workspace --locked

@@ -18,14 +18,17 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::cri::{CriImages, PullResult, Puller};
 use crate::dir_watcher::DirWatcher;
 use crate::http::Readiness;
 use crate::manifest_dir::{ManifestDir, PodKey};
 use crate::metrics::Metrics;
 use crate::mirror_pods;
+use crate::plan::{Assignment, Plan};
+use crate::prepull::PrePull;
 use crate::report::{self, LastPatch};
 use crate::revisions::{RevisionCache, RevisionKey};
-use crate::sync::{sync_directory, DirSync};
+use crate::sync::{execute_plan, scan_and_plan, DirSync};
 
 /// The field manager of the agent's status patches.
 pub const FIELD_MANAGER: &str = "staticpodset-node-agent";
@@ -35,6 +38,8 @@ pub const FIELD_MANAGER: &str = "staticpodset-node-agent";
 const REVISION_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// StaticPodRevisions read in parallel (many at once only on start).
 const REVISION_READS_IN_FLIGHT: usize = 8;
+/// How soon a failed image pre-pull is tried again (within the pre-pull timeout).
+const PULL_RETRY: Duration = Duration::from_secs(5);
 
 /// A failure talking to the API server.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +78,11 @@ pub struct Context {
     pub readiness: watch::Sender<Readiness>,
     /// The periodic resync, also the minimum interval between status heartbeats.
     pub resync_interval: Duration,
+    /// The node's container runtime, when writes that change a revision wait for its images to
+    /// be pulled (`--cri-socket`); `None` turns pre-pull off.
+    pub cri: Option<CriImages>,
+    /// The longest a write waits for a pre-pull (`--prepull-timeout`).
+    pub prepull_timeout: Duration,
 }
 
 /// What the loop remembers between syncs (owned by the loop, never shared).
@@ -82,6 +92,14 @@ struct LoopState {
     dir_watcher: Option<DirWatcher>,
     warned_missing: bool,
     revisions: RevisionCache,
+    prepull: Option<PrePulling>,
+}
+
+/// Pre-pull, when on: the pure book of waits, and the background puller feeding it.
+struct PrePulling {
+    book: PrePull,
+    puller: Puller,
+    results: tokio::sync::mpsc::UnboundedReceiver<PullResult>,
 }
 
 /// The caches the watchers fill.
@@ -146,6 +164,17 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         dir_watcher: None,
         warned_missing: false,
         revisions: RevisionCache::for_node(&node),
+        prepull: ctx.cri.clone().map(|cri| {
+            info!(socket = %cri.socket().display(), timeout_s = ctx.prepull_timeout.as_secs(),
+                  "image pre-pull on: writes that change a revision wait for their images");
+            let (puller, results) =
+                Puller::new(cri, ctx.prepull_timeout, wake.clone(), ctx.metrics.clone());
+            PrePulling {
+                book: PrePull::new(ctx.prepull_timeout, PULL_RETRY),
+                puller,
+                results,
+            }
+        }),
     };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -239,24 +268,32 @@ async fn sync_once(
     state.revisions.retain(&entries);
     let now = SystemTime::now();
     let dir = ctx.dir.clone();
-    // The blocking thread does not inherit the span; carry it over so its logs name the node.
-    let span = tracing::Span::current();
-    let dir_sync = match tokio::task::spawn_blocking(move || {
-        span.in_scope(|| sync_directory(&dir, &assigned, now))
+    let planned = blocking(node, move || {
+        scan_and_plan(&dir, &assigned).map(|plan| (plan, assigned))
     })
-    .await
-    {
-        Ok(s) => s,
-        Err(source) => {
-            let e = AgentError::SyncTask {
-                node: node.clone(),
-                source,
-            };
+    .await;
+    let executed = match planned {
+        Ok(Ok((mut plan, assigned))) => {
+            if let Some(prepull) = &mut state.prepull {
+                hold_for_images(prepull, &mut plan, &assigned, &ctx.metrics);
+            }
+            let dir = ctx.dir.clone();
+            blocking(node, move || execute_plan(&dir, &plan, now)).await
+        }
+        Ok(Err(unreadable)) => Ok(unreadable),
+        Err(e) => Err(e),
+    };
+    let mut dir_sync = match executed {
+        Ok(dir_sync) => dir_sync,
+        Err(e) => {
             warn!(error = %e, "sync failed");
             ctx.metrics.sync_errors.inc();
             return None;
         }
     };
+    if let Some(prepull) = &state.prepull {
+        prepull.book.annotate(&mut dir_sync.sets);
+    }
     record(&ctx.metrics, &dir_sync);
     ctx.readiness.send_replace(Readiness::Ready);
 
@@ -307,10 +344,71 @@ async fn sync_once(
         .revisions
         .next_retry()
         .map(|t| t.saturating_duration_since(std::time::Instant::now()));
-    match (recheck, retry) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    let pull = state
+        .prepull
+        .as_ref()
+        .and_then(|p| p.book.next_wakeup())
+        .map(|t| t.saturating_duration_since(std::time::Instant::now()));
+    [recheck, retry, pull].into_iter().flatten().min()
+}
+
+/// Runs blocking directory work on the blocking pool, inside the current span (the blocking
+/// thread does not inherit it, and its logs should name the node).
+async fn blocking<T: Send + 'static>(
+    node: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AgentError> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
+        .await
+        .map_err(|source| AgentError::SyncTask {
+            node: node.to_owned(),
+            source,
+        })
+}
+
+/// Takes in finished pulls, holds back the writes whose images are not on the node yet, and
+/// starts the pulls they need. Never waits for a pull.
+fn hold_for_images(
+    prepull: &mut PrePulling,
+    plan: &mut Plan,
+    assigned: &[Assignment],
+    metrics: &Metrics,
+) {
+    while let Ok(done) = prepull.results.try_recv() {
+        prepull.book.record(&done.image, done.result, done.at);
     }
+    let gate = prepull.book.gate(plan, assigned, std::time::Instant::now());
+    for (set, revision) in &gate.held {
+        info!(set = %set, %revision, "manifest write held until the node has the new pod's images");
+    }
+    for released in &gate.released {
+        let waited_ms = u64::try_from(released.waited.as_millis()).unwrap_or(u64::MAX);
+        match &released.deadline_passed {
+            None => {
+                metrics
+                    .prepull_waits
+                    .with_label_values(&["images_ready"])
+                    .inc();
+                info!(set = %released.set, revision = %released.revision, waited_ms,
+                      "images on the node; writing the manifest");
+            }
+            Some(note) => {
+                metrics
+                    .prepull_waits
+                    .with_label_values(&["deadline_passed"])
+                    .inc();
+                warn!(set = %released.set, revision = %released.revision, waited_ms, %note,
+                      "writing the manifest without its images");
+            }
+        }
+    }
+    for job in gate.pulls {
+        prepull.puller.start(job);
+    }
+    metrics
+        .prepull_waiting
+        .set(i64::try_from(prepull.book.waiting()).unwrap_or(i64::MAX));
 }
 
 /// Reads the StaticPodRevisions `entries` name that the cache lacks (and whose retry is due), a few

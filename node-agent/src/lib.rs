@@ -1,10 +1,12 @@
 //! The StaticPodSet node agent: makes the kubelet's static pod directory match the node's
 //! NodeStaticPods, and reports what the kubelet runs.
 //!
-//! Pure decisions over plain data sit in the middle ([`plan`], [`revisions`], [`mirror_pods`],
-//! [`report`], [`manifest_yaml`]); I/O is at the edges ([`manifest_dir`], [`dir_watcher`], [`agent`], [`http`]).
+//! Pure decisions over plain data sit in the middle ([`plan`], [`revisions`], [`prepull`],
+//! [`mirror_pods`], [`report`], [`manifest_yaml`]); I/O is at the edges ([`manifest_dir`],
+//! [`dir_watcher`], [`cri`], [`agent`], [`http`]).
 
 pub mod agent;
+pub mod cri;
 pub mod dir_watcher;
 pub mod http;
 pub mod manifest_dir;
@@ -12,6 +14,7 @@ pub mod manifest_yaml;
 pub mod metrics;
 pub mod mirror_pods;
 pub mod plan;
+pub mod prepull;
 pub mod report;
 pub mod revisions;
 pub mod sync;

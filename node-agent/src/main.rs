@@ -15,13 +15,14 @@
 //! hold pod specs, which carry no Secret data since the CRD rejects references to Secrets.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kube::Client;
 use staticpodset_node_agent::agent::{self, Context};
+use staticpodset_node_agent::cri::CriImages;
 use staticpodset_node_agent::http::{self, Readiness};
 use staticpodset_node_agent::manifest_dir::ManifestDir;
 use staticpodset_node_agent::metrics::Metrics;
@@ -54,6 +55,18 @@ struct Args {
     /// Also the shortest interval between status writes that only refresh lastSyncTime.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     resync_interval: Duration,
+
+    /// The node's CRI socket (the kubelet's containerRuntimeEndpoint, e.g.
+    /// /run/containerd/containerd.sock). When set, a manifest write that changes a set's revision
+    /// waits until the runtime has the new pod's images, so the node's outage does not include the
+    /// pull. Empty: pre-pull off.
+    #[arg(long, env = "CRI_SOCKET", default_value = "")]
+    cri_socket: String,
+
+    /// The longest a manifest write waits for its images to be pre-pulled; after that it is
+    /// written anyway and the kubelet pulls (e.g. 2m, 90s).
+    #[arg(long, env = "PREPULL_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    prepull_timeout: Duration,
 
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -105,6 +118,8 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         readiness,
         resync_interval: args.resync_interval,
+        cri: (!args.cri_socket.is_empty()).then(|| CriImages::new(Path::new(&args.cri_socket))),
+        prepull_timeout: args.prepull_timeout,
     };
     agent::run(ctx, stopped(stop_rx)).await;
     server.await.context("the HTTP server task failed")?;
@@ -200,6 +215,20 @@ mod tests {
         );
         assert_eq!(args.http_addr, "0.0.0.0:9102".parse().expect("addr"));
         assert_eq!(args.resync_interval, Duration::from_secs(30));
+        assert!(args.cri_socket.is_empty(), "pre-pull off by default");
+        assert_eq!(args.prepull_timeout, Duration::from_secs(120));
+        let on = Args::try_parse_from([
+            "agent",
+            "--node-name",
+            "n",
+            "--cri-socket",
+            "/run/containerd/containerd.sock",
+            "--prepull-timeout",
+            "90s",
+        ])
+        .expect("args");
+        assert_eq!(on.cri_socket, "/run/containerd/containerd.sock");
+        assert_eq!(on.prepull_timeout, Duration::from_secs(90));
         assert!(Args::try_parse_from(["agent", "--node-name", "../x"]).is_err());
         assert!(
             Args::try_parse_from(["agent", "--node-name", "n", "--log-format", "json"]).is_ok()

@@ -1,6 +1,8 @@
 //! The agent's Prometheus metrics, registered in one place on a registry of its own.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Every metric the agent exports, and the registry that serves them.
 #[derive(Clone, Debug)]
@@ -24,6 +26,15 @@ pub struct Metrics {
     pub revision_reads: IntCounter,
     /// Reads of StaticPodRevisions that failed, found none, or found one not matching its entry.
     pub revision_read_failures: IntCounter,
+    /// Image pre-pull jobs by result: `present` (the runtime had it), `pulled`, `error`, `timeout`.
+    pub image_pulls: IntCounterVec,
+    /// Wall time of image pulls that downloaded something.
+    pub image_pull_duration: Histogram,
+    /// Writes that waited for a pre-pull, by how the wait ended: `images_ready` or
+    /// `deadline_passed` (written without the images).
+    pub prepull_waits: IntCounterVec,
+    /// Sets whose write waits for a pre-pull right now.
+    pub prepull_waiting: IntGauge,
 }
 
 impl Metrics {
@@ -71,6 +82,41 @@ impl Metrics {
             "staticpodset_agent_revision_read_failures_total",
             "StaticPodRevision reads that failed, found none, or found one not matching its entry",
         )?;
+        let image_pulls = IntCounterVec::new(
+            Opts::new(
+                "staticpodset_agent_image_pulls_total",
+                "Image pre-pull jobs (ImageStatus, then PullImage) by result: present, pulled, \
+                 error, timeout",
+            ),
+            &["result"],
+        )?;
+        let image_pull_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "staticpodset_agent_image_pull_duration_seconds",
+                "Duration of image pre-pulls that downloaded the image",
+            )
+            .buckets(vec![
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+            ]),
+        )?;
+        let prepull_waits = IntCounterVec::new(
+            Opts::new(
+                "staticpodset_agent_prepull_waits_total",
+                "Manifest writes held back for an image pre-pull, by how the wait ended: \
+                 images_ready, deadline_passed",
+            ),
+            &["outcome"],
+        )?;
+        let prepull_waiting = IntGauge::new(
+            "staticpodset_agent_prepull_waiting",
+            "Sets whose manifest write waits for an image pre-pull",
+        )?;
+        for result in ["present", "pulled", "error", "timeout"] {
+            image_pulls.with_label_values(&[result]);
+        }
+        for outcome in ["images_ready", "deadline_passed"] {
+            prepull_waits.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(syncs.clone()))?;
         registry.register(Box::new(sync_errors.clone()))?;
         registry.register(Box::new(sync_duration.clone()))?;
@@ -80,6 +126,10 @@ impl Metrics {
         registry.register(Box::new(status_patches.clone()))?;
         registry.register(Box::new(revision_reads.clone()))?;
         registry.register(Box::new(revision_read_failures.clone()))?;
+        registry.register(Box::new(image_pulls.clone()))?;
+        registry.register(Box::new(image_pull_duration.clone()))?;
+        registry.register(Box::new(prepull_waits.clone()))?;
+        registry.register(Box::new(prepull_waiting.clone()))?;
         Ok(Self {
             registry,
             syncs,
@@ -91,6 +141,10 @@ impl Metrics {
             status_patches,
             revision_reads,
             revision_read_failures,
+            image_pulls,
+            image_pull_duration,
+            prepull_waits,
+            prepull_waiting,
         })
     }
 
@@ -120,6 +174,11 @@ mod tests {
             "staticpodset_agent_status_patches_total 0",
             "staticpodset_agent_revision_reads_total 0",
             "staticpodset_agent_revision_read_failures_total 0",
+            "staticpodset_agent_image_pulls_total{result=\"pulled\"} 0",
+            "staticpodset_agent_image_pulls_total{result=\"error\"} 0",
+            "staticpodset_agent_image_pull_duration_seconds_count 0",
+            "staticpodset_agent_prepull_waits_total{outcome=\"deadline_passed\"} 0",
+            "staticpodset_agent_prepull_waiting 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

@@ -75,6 +75,10 @@ pub enum SetState {
     /// The agent does not have the manifest of the assigned revision (not readable yet, or not
     /// what the entry asks for): nothing is written or removed for the set. The text says why.
     Unavailable(String),
+    /// The write would change the set's revision, and waits until the node's container runtime
+    /// has the new pod's images (see [`crate::prepull`]); nothing is written yet. The text says
+    /// which images.
+    WaitingForImages(String),
 }
 
 /// The decision for one assigned set.

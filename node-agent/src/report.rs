@@ -75,7 +75,7 @@ pub fn outcomes(
                 },
                 SetState::Conflict(m) => (ManifestPhase::Conflict, on_disk, None, Some(m.clone())),
                 SetState::Invalid(m) => (ManifestPhase::Error, on_disk, None, Some(m.clone())),
-                SetState::Unavailable(m) => {
+                SetState::Unavailable(m) | SetState::WaitingForImages(m) => {
                     (ManifestPhase::Pending, on_disk, None, Some(m.clone()))
                 }
             };
@@ -163,6 +163,13 @@ pub fn build(
             ManifestPhase::Conflict | ManifestPhase::Error | ManifestPhase::Removing
         );
         let up_to_date = mirror.as_ref().is_some_and(|m| m.up_to_date);
+        // A note on a written manifest (a pre-pull that did not finish) is moot once the kubelet
+        // runs the revision and it is Ready (the image was pulled after all).
+        if outcome.phase == ManifestPhase::Written
+            && mirror.as_ref().is_some_and(|m| m.up_to_date && m.ready)
+        {
+            message = None;
+        }
         if outcome.phase == ManifestPhase::Written && !up_to_date {
             let deadline = outcome.written_at.map(|t| t + MIRROR_GRACE);
             if let Some(d) = deadline.filter(|d| *d > now) {
@@ -382,6 +389,7 @@ mod tests {
                 set_plan("conflict", SetState::Conflict("taken".into())),
                 set_plan("invalid", SetState::Invalid("bad".into())),
                 set_plan("unavailable", SetState::Unavailable("not read yet".into())),
+                set_plan("pulling", SetState::WaitingForImages("pre-pulling".into())),
             ],
             removals: vec![Removal {
                 set: set("old"),
@@ -413,8 +421,12 @@ mod tests {
                 ManifestPhase::Conflict,
                 ManifestPhase::Error,
                 ManifestPhase::Pending,
+                ManifestPhase::Pending,
             ]
         );
+        // Waiting for images, like unavailable: what is on disk stays, and the report says why.
+        assert_eq!(sets[7].written_revision.as_deref(), Some("r1"));
+        assert_eq!(sets[7].message.as_deref(), Some("pre-pulling"));
         // Unavailable: what is on disk stays, and the report says so.
         assert_eq!(sets[6].written_revision.as_deref(), Some("r1"));
         assert_eq!(sets[6].message.as_deref(), Some("not read yet"));
@@ -455,6 +467,31 @@ mod tests {
         assert!(m.up_to_date && m.ready);
         assert_eq!(r.status.pods[0].message, None);
         assert_eq!(r.recheck_at, None);
+    }
+
+    #[test]
+    fn a_pre_pull_note_stays_until_the_new_pod_is_ready() {
+        let mut noted = written("vip", 0);
+        noted.message = Some("pre-pull did not get reg/vip:2 within 120s".into());
+        let pulling = build(
+            NODE,
+            None,
+            std::slice::from_ref(&noted),
+            &[],
+            pods(vec![mirror("vip", "r2", false)]),
+            t(10),
+        );
+        assert_eq!(pulling.status.pods[0].message, noted.message);
+        assert_eq!(pulling.status.summary.problems, 0);
+        let ready = build(
+            NODE,
+            None,
+            &[noted],
+            &[],
+            pods(vec![mirror("vip", "r2", true)]),
+            t(10),
+        );
+        assert_eq!(ready.status.pods[0].message, None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! One pass over the manifest directory: scan, plan, execute. Blocking file I/O only; the API side
-//! (what is assigned, where the status goes) belongs to the caller.
+//! (what is assigned, where the status goes) and holding writes back for a pre-pull belong to the
+//! caller.
 
 use std::time::SystemTime;
 
@@ -8,7 +9,7 @@ use staticpodset_api::{ManifestPhase, PodReport};
 use tracing::{info, info_span, warn};
 
 use crate::manifest_dir::{Action, DirError, ManifestDir};
-use crate::plan::{plan, Assignment, SetKey};
+use crate::plan::{plan, Assignment, Plan, SetKey};
 use crate::report::{outcomes, unreadable_dir, SetOutcome};
 
 /// What one pass did.
@@ -39,21 +40,33 @@ impl DirSync {
 /// Brings the directory to the `assigned` state. Call it only with API data in hand: the caller's
 /// knowing what is assigned is what allows removals.
 pub fn sync_directory(dir: &ManifestDir, assigned: &[Assignment], now: SystemTime) -> DirSync {
-    let scan = match dir.scan() {
-        Ok(scan) => scan,
-        Err(e) => {
-            warn!(error = %e, "cannot read the manifest directory; nothing written or removed");
-            let sets: Vec<SetKey> = assigned.iter().map(|a| SetKey::of(&a.entry)).collect();
-            return DirSync {
-                sets: unreadable_dir(&sets, &e),
-                removals: Vec::new(),
-                written: 0,
-                removed: 0,
-                failed: true,
-            };
+    match scan_and_plan(dir, assigned) {
+        Ok(plan) => execute_plan(dir, &plan, now),
+        Err(unreadable) => unreadable,
+    }
+}
+
+/// The first half of a sync: scan the directory and decide. `Err` holds the outcome when the
+/// directory cannot be read (nothing is written or removed then). Between the halves the caller
+/// may hold back writes (see [`crate::prepull`]); each action re-checks the file it was planned
+/// for, so a change in between is never clobbered.
+pub fn scan_and_plan(dir: &ManifestDir, assigned: &[Assignment]) -> Result<Plan, DirSync> {
+    let scan = dir.scan().map_err(|e| {
+        warn!(error = %e, "cannot read the manifest directory; nothing written or removed");
+        let sets: Vec<SetKey> = assigned.iter().map(|a| SetKey::of(&a.entry)).collect();
+        DirSync {
+            sets: unreadable_dir(&sets, &e),
+            removals: Vec::new(),
+            written: 0,
+            removed: 0,
+            failed: true,
         }
-    };
-    let plan = plan(Some(assigned), &scan);
+    })?;
+    Ok(plan(Some(assigned), &scan))
+}
+
+/// The second half of a sync: carry out `plan`'s actions and say what came of each set.
+pub fn execute_plan(dir: &ManifestDir, plan: &Plan, now: SystemTime) -> DirSync {
     let results = dir.execute(&plan.actions);
     let mut sync = DirSync {
         sets: Vec::new(),
@@ -90,6 +103,6 @@ pub fn sync_directory(dir: &ManifestDir, assigned: &[Assignment], now: SystemTim
             }
         }
     }
-    (sync.sets, sync.removals) = outcomes(&plan, &results, now);
+    (sync.sets, sync.removals) = outcomes(plan, &results, now);
     sync
 }

@@ -296,6 +296,8 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
         metrics: Metrics::new().expect("metrics"),
         readiness,
         resync_interval: Duration::from_secs(3600),
+        cri: None,
+        prepull_timeout: Duration::from_secs(120),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(agent::run(ctx, async move {

@@ -6,11 +6,12 @@
 #   openssl                      certificates
 #   gcc, libc6-dev               the pause binary (a few lines of C, linked statically) and runc's cgo
 #   libseccomp-dev, pkg-config   runc's seccomp support
+#   protobuf-compiler            protoc, which the node agent's CRI bindings (crate k8s-cri) need to build
 #   prometheus                   a real Prometheus that scrapes our components in the metrics e2e test
 #                                (Debian's package does not start a service here: no init system)
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 
-PACKAGES=(containernetworking-plugins libseccomp-dev pkg-config busybox-static iptables conntrack openssl gcc libc6-dev curl prometheus)
+PACKAGES=(containernetworking-plugins libseccomp-dev pkg-config busybox-static iptables conntrack openssl gcc libc6-dev curl prometheus protobuf-compiler)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
