@@ -28,6 +28,7 @@ use crate::plan::{Assignment, Plan};
 use crate::prepull::PrePull;
 use crate::report::{self, LastPatch};
 use crate::revisions::{RevisionCache, RevisionKey};
+use crate::stop_first::StopFirst;
 use crate::sync::{execute_plan, scan_and_plan, DirSync};
 
 /// The field manager of the agent's status patches.
@@ -83,6 +84,9 @@ pub struct Context {
     pub cri: Option<CriImages>,
     /// The longest a write waits for a pre-pull (`--prepull-timeout`).
     pub prepull_timeout: Duration,
+    /// Stop a running pod before writing its new revision, waiting at most this long
+    /// (`--stop-first`, `--stop-first-timeout`); `None` replaces manifests in place.
+    pub stop_first: Option<Duration>,
 }
 
 /// What the loop remembers between syncs (owned by the loop, never shared).
@@ -93,6 +97,7 @@ struct LoopState {
     warned_missing: bool,
     revisions: RevisionCache,
     prepull: Option<PrePulling>,
+    stop_first: Option<StopFirst>,
 }
 
 /// Pre-pull, when on: the pure book of waits, and the background puller feeding it.
@@ -164,6 +169,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         dir_watcher: None,
         warned_missing: false,
         revisions: RevisionCache::for_node(&node),
+        stop_first: ctx.stop_first.map(StopFirst::new),
         prepull: ctx.cri.clone().map(|cri| {
             info!(socket = %cri.socket().display(), timeout_s = ctx.prepull_timeout.as_secs(),
                   "image pre-pull on: writes that change a revision wait for their images");
@@ -277,6 +283,9 @@ async fn sync_once(
             if let Some(prepull) = &mut state.prepull {
                 hold_for_images(prepull, &mut plan, &assigned, &ctx.metrics);
             }
+            if let Some(stop_first) = &mut state.stop_first {
+                stop_before_start(stop_first, &mut plan, caches, node, &ctx.metrics);
+            }
             let dir = ctx.dir.clone();
             blocking(node, move || execute_plan(&dir, &plan, now)).await
         }
@@ -349,7 +358,54 @@ async fn sync_once(
         .as_ref()
         .and_then(|p| p.book.next_wakeup())
         .map(|t| t.saturating_duration_since(std::time::Instant::now()));
-    [recheck, retry, pull].into_iter().flatten().min()
+    let swap = state
+        .stop_first
+        .as_ref()
+        .and_then(StopFirst::next_wakeup)
+        .map(|t| t.saturating_duration_since(std::time::Instant::now()));
+    [recheck, retry, pull, swap].into_iter().flatten().min()
+}
+
+/// Applies [`StopFirst`] to the plan, with the mirror pods as the watch shows them. Before the
+/// pod list is complete nothing is known to run, so manifests are replaced in place.
+fn stop_before_start(
+    stop_first: &mut StopFirst,
+    plan: &mut Plan,
+    caches: &Caches,
+    node: &str,
+    metrics: &Metrics,
+) {
+    let listed = caches.pods.wait_until_ready().now_or_never().is_some();
+    let stopped = stop_first.gate(
+        plan,
+        |set_plan| {
+            listed
+                && set_plan.pod.as_ref().is_some_and(|pod| {
+                    let mirror = mirror_pods::mirror_pod_key(pod, node);
+                    caches
+                        .pods
+                        .get(&ObjectRef::new(&mirror.name).within(&mirror.namespace))
+                        .is_some_and(|p| {
+                            mirror_pods::mirror_report(&p, &set_plan.set.to_string(), None)
+                                .is_some()
+                        })
+                })
+        },
+        std::time::Instant::now(),
+    );
+    for set in &stopped.started {
+        info!(set = %set, "revision change: removing the old manifest first, writing the new one once the old pod has stopped");
+    }
+    for (set, waited, timed_out) in &stopped.finished {
+        let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+        let result = if *timed_out { "timeout" } else { "stopped" };
+        metrics.stop_first_swaps.with_label_values(&[result]).inc();
+        if *timed_out {
+            warn!(set = %set, waited_ms, "the old pod did not stop in time; writing the new manifest anyway");
+        } else {
+            info!(set = %set, waited_ms, "old pod stopped; writing the new manifest");
+        }
+    }
 }
 
 /// Runs blocking directory work on the blocking pool, inside the current span (the blocking

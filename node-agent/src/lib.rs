@@ -1,7 +1,7 @@
 //! The StaticPodSet node agent: makes the kubelet's static pod directory match the node's
 //! NodeStaticPods, and reports what the kubelet runs.
 //!
-//! Pure decisions over plain data sit in the middle ([`plan`], [`revisions`], [`prepull`],
+//! Pure decisions over plain data sit in the middle ([`plan`], [`revisions`], [`prepull`], [`stop_first`],
 //! [`mirror_pods`], [`report`], [`manifest_yaml`]); I/O is at the edges ([`manifest_dir`],
 //! [`dir_watcher`], [`cri`], [`agent`], [`http`]).
 
@@ -17,4 +17,5 @@ pub mod plan;
 pub mod prepull;
 pub mod report;
 pub mod revisions;
+pub mod stop_first;
 pub mod sync;

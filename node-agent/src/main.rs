@@ -68,6 +68,17 @@ struct Args {
     #[arg(long, env = "PREPULL_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
     prepull_timeout: Duration,
 
+    /// Change a running pod's revision by removing its old manifest first and writing the new
+    /// one once the kubelet has stopped the old pod (its mirror pod is gone): the kubelet then
+    /// starts the new pod at once instead of after a ~10 s back-off. `false`: replace in place.
+    #[arg(long, env = "STOP_FIRST", default_value_t = true, action = clap::ArgAction::Set)]
+    stop_first: bool,
+
+    /// The longest a new manifest waits for the old pod to stop (e.g. 60s); then it is written
+    /// anyway.
+    #[arg(long, env = "STOP_FIRST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    stop_first_timeout: Duration,
+
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -120,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
         resync_interval: args.resync_interval,
         cri: (!args.cri_socket.is_empty()).then(|| CriImages::new(Path::new(&args.cri_socket))),
         prepull_timeout: args.prepull_timeout,
+        stop_first: args.stop_first.then_some(args.stop_first_timeout),
     };
     agent::run(ctx, stopped(stop_rx)).await;
     server.await.context("the HTTP server task failed")?;

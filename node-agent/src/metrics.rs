@@ -35,6 +35,9 @@ pub struct Metrics {
     pub prepull_waits: IntCounterVec,
     /// Sets whose write waits for a pre-pull right now.
     pub prepull_waiting: IntGauge,
+    /// Revision changes done stop-first, by how the wait for the old pod ended: `stopped` or
+    /// `timeout`.
+    pub stop_first_swaps: IntCounterVec,
 }
 
 impl Metrics {
@@ -111,6 +114,17 @@ impl Metrics {
             "staticpodset_agent_prepull_waiting",
             "Sets whose manifest write waits for an image pre-pull",
         )?;
+        let stop_first_swaps = IntCounterVec::new(
+            Opts::new(
+                "staticpodset_agent_stop_first_swaps_total",
+                "Revision changes that removed the old manifest first and wrote the new one once \
+                 the old pod had stopped, by how the wait ended: stopped, timeout",
+            ),
+            &["result"],
+        )?;
+        for result in ["stopped", "timeout"] {
+            stop_first_swaps.with_label_values(&[result]);
+        }
         for result in ["present", "pulled", "error", "timeout"] {
             image_pulls.with_label_values(&[result]);
         }
@@ -129,6 +143,7 @@ impl Metrics {
         registry.register(Box::new(image_pulls.clone()))?;
         registry.register(Box::new(image_pull_duration.clone()))?;
         registry.register(Box::new(prepull_waits.clone()))?;
+        registry.register(Box::new(stop_first_swaps.clone()))?;
         registry.register(Box::new(prepull_waiting.clone()))?;
         Ok(Self {
             registry,
@@ -145,6 +160,7 @@ impl Metrics {
             image_pull_duration,
             prepull_waits,
             prepull_waiting,
+            stop_first_swaps,
         })
     }
 

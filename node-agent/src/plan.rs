@@ -79,6 +79,10 @@ pub enum SetState {
     /// has the new pod's images (see [`crate::prepull`]); nothing is written yet. The text says
     /// which images.
     WaitingForImages(String),
+    /// The write changes the revision of a running pod: the old manifest is removed first and
+    /// the new one written once the kubelet has stopped the old pod (see
+    /// [`crate::stop_first`]). The text says how far along.
+    StoppingOldPod(String),
 }
 
 /// The decision for one assigned set.

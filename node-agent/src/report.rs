@@ -75,7 +75,9 @@ pub fn outcomes(
                 },
                 SetState::Conflict(m) => (ManifestPhase::Conflict, on_disk, None, Some(m.clone())),
                 SetState::Invalid(m) => (ManifestPhase::Error, on_disk, None, Some(m.clone())),
-                SetState::Unavailable(m) | SetState::WaitingForImages(m) => {
+                SetState::Unavailable(m)
+                | SetState::WaitingForImages(m)
+                | SetState::StoppingOldPod(m) => {
                     (ManifestPhase::Pending, on_disk, None, Some(m.clone()))
                 }
             };

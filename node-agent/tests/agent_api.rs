@@ -298,6 +298,8 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
         resync_interval: Duration::from_secs(3600),
         cri: None,
         prepull_timeout: Duration::from_secs(120),
+        // No kubelet here deletes mirror pods; stop-first is proven on the real cluster.
+        stop_first: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(agent::run(ctx, async move {

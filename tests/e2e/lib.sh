@@ -25,6 +25,8 @@ install_product() {
     --set image.tag=dev --set image.pullPolicy=Never \
     --set agent.manifestDir="$MANIFESTS_ROOT" --set agent.manifestSubPathExpr='$(NODE_NAME)' \
     --set agent.manifestDirType=DirectoryOrCreate --set agent.resyncInterval=10s \
+    --set agent.criSocket="$RUN_DIR/nodes/containerd.sock" \
+    --set agent.criSocketSubPathExpr='$(NODE_NAME)/containerd' \
     --set operator.logFormat=text --set agent.logFormat=text
 }
 
