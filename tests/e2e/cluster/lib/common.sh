@@ -87,11 +87,13 @@ wait_for() {
   done
 }
 
-# Starts a long-running process in its own session, records its pid, logs to LOG_DIR.
+# Starts a long-running process in its own session, records its pid, logs to LOG_DIR. Descriptors
+# other than 0-2 are closed first: a daemon must not keep, say, a caller's flock on the cluster.
 start_daemon() {
   local name=$1; shift
   mkdir -p "$LOG_DIR" "$PID_DIR"
-  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  setsid bash -c 'for fd in /proc/$$/fd/*; do n=${fd##*/}; ((n > 2)) && eval "exec $n>&-" 2>/dev/null; done; exec "$@"' \
+    start-daemon "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$PID_DIR/$name.pid"
 }
 
