@@ -2,7 +2,8 @@
 //! NodeStaticPods, and reports what the kubelet runs.
 //!
 //! Pure decisions over plain data sit in the middle ([`plan`], [`revisions`], [`mirror_pods`],
-//! [`report`], [`manifest_yaml`]); I/O is at the edges ([`manifest_dir`], [`dir_watcher`], [`agent`], [`http`]).
+//! [`report`], [`manifest_yaml`], [`served_pods`]); I/O is at the edges ([`manifest_dir`], [`dir_watcher`],
+//! [`agent`], [`http`], [`url_source`]).
 
 pub mod agent;
 pub mod dir_watcher;
@@ -14,4 +15,6 @@ pub mod mirror_pods;
 pub mod plan;
 pub mod report;
 pub mod revisions;
+pub mod served_pods;
 pub mod sync;
+pub mod url_source;

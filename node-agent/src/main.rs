@@ -9,6 +9,7 @@
 //! | staticpods.dev   | nodestaticpods/status  | patch       | the status report (server-side apply)  |
 //! | staticpods.dev   | staticpodrevisions     | get         | the manifest an entry names, read once |
 //! | "" (core)        | pods                   | list, watch | its node's mirror pods, by spec.nodeName |
+//! | "" (core)        | nodes                  | list, watch | only with `--manifest-source-from-node-label`: its own Node's labels |
 //!
 //! The agent emits no Events and never reads Secrets, ConfigMaps or Nodes. `get` on
 //! staticpodrevisions is cluster-wide (RBAC cannot narrow it to the names an entry lists); revisions
@@ -21,10 +22,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kube::Client;
+use staticpodset_api::ManifestSource;
 use staticpodset_node_agent::agent::{self, Context};
 use staticpodset_node_agent::http::{self, Readiness};
 use staticpodset_node_agent::manifest_dir::ManifestDir;
 use staticpodset_node_agent::metrics::Metrics;
+use staticpodset_node_agent::served_pods::parse_source;
+use staticpodset_node_agent::url_source::{self, parse_required_header, RequiredHeader, UrlSource};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -58,6 +62,31 @@ struct Args {
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// Serve the node's static pods to the kubelet's URL source (`staticPodURL`) at
+    /// http://ADDR/static-pods. Unset: no endpoint, and the agent only writes files.
+    #[arg(long, env = "STATIC_POD_URL_ADDR")]
+    static_pod_url_addr: Option<SocketAddr>,
+
+    /// `NAME:VALUE` every request to the static pod URL must carry (the kubelet's
+    /// `staticPodURLHeader`); others get 401.
+    #[arg(long, env = "STATIC_POD_URL_HEADER", value_parser = parse_required_header, hide_env_values = true)]
+    static_pod_url_header: Option<RequiredHeader>,
+
+    /// How this node's pods reach the kubelet: file, url or both (both: a set goes to the URL
+    /// when its template has the annotation staticpods.dev/manifest-source=url). url and both
+    /// need --static-pod-url-addr.
+    #[arg(long, env = "MANIFEST_SOURCE", default_value = "file", value_parser = parse_manifest_source)]
+    manifest_source: ManifestSource,
+
+    /// Let the Node's label staticpods.dev/manifest-source override --manifest-source (the agent
+    /// then watches its own Node: RBAC list/watch on nodes).
+    #[arg(long, env = "MANIFEST_SOURCE_FROM_NODE_LABEL")]
+    manifest_source_from_node_label: bool,
+}
+
+fn parse_manifest_source(s: &str) -> Result<ManifestSource, String> {
+    parse_source(s).ok_or_else(|| format!("{s:?} is not file, url or both"))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -86,6 +115,34 @@ async fn main() -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
 
+    if args.manifest_source != ManifestSource::File && args.static_pod_url_addr.is_none() {
+        anyhow::bail!("--manifest-source url or both needs --static-pod-url-addr");
+    }
+    let static_pod_url = match args.static_pod_url_addr {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the static pod URL"))?;
+            let (response, response_rx) = watch::channel(url_source::UrlResponse::Unavailable(
+                "the agent is starting".to_owned(),
+            ));
+            info!(%addr, header = args.static_pod_url_header.is_some(), "serving the static pod URL");
+            tokio::spawn(url_source::serve(
+                listener,
+                response_rx,
+                args.static_pod_url_header.clone(),
+                metrics.clone(),
+                stopped(stop_rx.clone()),
+            ));
+            Some(UrlSource {
+                response,
+                default_mode: args.manifest_source,
+                node_label: args.manifest_source_from_node_label,
+            })
+        }
+    };
+
     // Builds the configuration only; no request is made, so a down API server does not stop the
     // agent from starting (and leaving the directory alone).
     let client = Client::try_default()
@@ -105,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         readiness,
         resync_interval: args.resync_interval,
+        static_pod_url,
     };
     agent::run(ctx, stopped(stop_rx)).await;
     server.await.context("the HTTP server task failed")?;
@@ -204,5 +262,43 @@ mod tests {
         assert!(
             Args::try_parse_from(["agent", "--node-name", "n", "--log-format", "json"]).is_ok()
         );
+        assert_eq!(args.static_pod_url_addr, None);
+        assert_eq!(args.manifest_source, ManifestSource::File);
+        assert!(!args.manifest_source_from_node_label);
+    }
+
+    #[test]
+    fn static_pod_url_flags() {
+        let args = Args::try_parse_from([
+            "agent",
+            "--node-name",
+            "n",
+            "--static-pod-url-addr",
+            "127.0.0.1:10280",
+            "--static-pod-url-header",
+            "X-Token: abc",
+            "--manifest-source",
+            "url",
+            "--manifest-source-from-node-label",
+        ])
+        .expect("args");
+        assert_eq!(
+            args.static_pod_url_addr,
+            Some("127.0.0.1:10280".parse().expect("addr"))
+        );
+        assert_eq!(args.manifest_source, ManifestSource::Url);
+        assert!(args.manifest_source_from_node_label);
+        assert_eq!(
+            args.static_pod_url_header.map(|h| h.name),
+            Some("x-token".to_owned())
+        );
+        for bad in [
+            ["--manifest-source", "URL"],
+            ["--static-pod-url-header", "nocolon"],
+        ] {
+            let mut argv = vec!["agent", "--node-name", "n"];
+            argv.extend(bad);
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 }

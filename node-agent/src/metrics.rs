@@ -1,6 +1,8 @@
 //! The agent's Prometheus metrics, registered in one place on a registry of its own.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Every metric the agent exports, and the registry that serves them.
 #[derive(Clone, Debug)]
@@ -24,6 +26,10 @@ pub struct Metrics {
     pub revision_reads: IntCounter,
     /// Reads of StaticPodRevisions that failed, found none, or found one not matching its entry.
     pub revision_read_failures: IntCounter,
+    /// Requests to the static pod URL endpoint, by HTTP status code.
+    pub url_requests: IntCounterVec,
+    /// Pods in the list the static pod URL endpoint serves.
+    pub url_served_pods: IntGauge,
 }
 
 impl Metrics {
@@ -71,6 +77,19 @@ impl Metrics {
             "staticpodset_agent_revision_read_failures_total",
             "StaticPodRevision reads that failed, found none, or found one not matching its entry",
         )?;
+        let url_requests = IntCounterVec::new(
+            Opts::new(
+                "staticpodset_agent_url_requests_total",
+                "Requests to the static pod URL endpoint (the kubelet's polls), by status code",
+            ),
+            &["code"],
+        )?;
+        let url_served_pods = IntGauge::new(
+            "staticpodset_agent_url_served_pods",
+            "Pods in the list the static pod URL endpoint serves",
+        )?;
+        registry.register(Box::new(url_requests.clone()))?;
+        registry.register(Box::new(url_served_pods.clone()))?;
         registry.register(Box::new(syncs.clone()))?;
         registry.register(Box::new(sync_errors.clone()))?;
         registry.register(Box::new(sync_duration.clone()))?;
@@ -91,6 +110,8 @@ impl Metrics {
             status_patches,
             revision_reads,
             revision_read_failures,
+            url_requests,
+            url_served_pods,
         })
     }
 
@@ -120,6 +141,7 @@ mod tests {
             "staticpodset_agent_status_patches_total 0",
             "staticpodset_agent_revision_reads_total 0",
             "staticpodset_agent_revision_read_failures_total 0",
+            "staticpodset_agent_url_served_pods 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

@@ -7,8 +7,8 @@ use staticpodset_api::keys::parse_manifest_file_name;
 use staticpodset_api::{ManifestPhase, PodReport};
 use tracing::{info, info_span, warn};
 
-use crate::manifest_dir::{Action, DirError, ManifestDir};
-use crate::plan::{plan, Assignment, SetKey};
+use crate::manifest_dir::{Action, DirError, ManifestDir, PodKey};
+use crate::plan::{owner, plan, Assignment, SetKey};
 use crate::report::{outcomes, unreadable_dir, SetOutcome};
 
 /// What one pass did.
@@ -24,6 +24,9 @@ pub struct DirSync {
     pub removed: u64,
     /// Whether anything failed (reading the directory, a write, a removal).
     pub failed: bool,
+    /// The pods defined by files the agent does not own, with their file names (for the URL
+    /// source's conflict check).
+    pub foreign_pods: Vec<(String, PodKey)>,
 }
 
 impl DirSync {
@@ -50,17 +53,25 @@ pub fn sync_directory(dir: &ManifestDir, assigned: &[Assignment], now: SystemTim
                 written: 0,
                 removed: 0,
                 failed: true,
+                foreign_pods: Vec::new(),
             };
         }
     };
     let plan = plan(Some(assigned), &scan);
     let results = dir.execute(&plan.actions);
+    let foreign_pods = scan
+        .files
+        .iter()
+        .filter(|f| owner(f).is_none())
+        .filter_map(|f| Some((f.name.clone(), f.info.pod.clone()?)))
+        .collect();
     let mut sync = DirSync {
         sets: Vec::new(),
         removals: Vec::new(),
         written: 0,
         removed: 0,
         failed: false,
+        foreign_pods,
     };
     for (action, result) in plan.actions.iter().zip(&results) {
         let set = parse_manifest_file_name(action.file_name())
