@@ -68,10 +68,16 @@ struct Args {
     #[arg(long, env = "STATIC_POD_URL_ADDR")]
     static_pod_url_addr: Option<SocketAddr>,
 
-    /// `NAME:VALUE` every request to the static pod URL must carry (the kubelet's
-    /// `staticPodURLHeader`); others get 401.
-    #[arg(long, env = "STATIC_POD_URL_HEADER", value_parser = parse_required_header, hide_env_values = true)]
-    static_pod_url_header: Option<RequiredHeader>,
+    /// A header every request to the static pod URL must carry (the kubelet's
+    /// `staticPodURLHeader`); others get 401. Needs --static-pod-url-header-value-file.
+    #[arg(long, requires = "static_pod_url_header_value_file")]
+    static_pod_url_header_name: Option<String>,
+
+    /// File holding the value of --static-pod-url-header-name (a mounted Secret key), read at
+    /// start. A file rather than an environment variable from a Secret: a container with such a
+    /// variable cannot restart while the API server is down.
+    #[arg(long, requires = "static_pod_url_header_name")]
+    static_pod_url_header_value_file: Option<PathBuf>,
 
     /// How this node's pods reach the kubelet: file, url or both (both: a set goes to the URL
     /// when its template has the annotation staticpods.dev/manifest-source=url). url and both
@@ -83,6 +89,13 @@ struct Args {
     /// then watches its own Node: RBAC list/watch on nodes).
     #[arg(long, env = "MANIFEST_SOURCE_FROM_NODE_LABEL")]
     manifest_source_from_node_label: bool,
+}
+
+fn read_required_header(name: &str, file: &std::path::Path) -> anyhow::Result<RequiredHeader> {
+    let value = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the header value from {}", file.display()))?;
+    parse_required_header(&format!("{name}:{}", value.trim()))
+        .map_err(|e| anyhow::anyhow!("--static-pod-url-header-name/-value-file: {e}"))
 }
 
 fn parse_manifest_source(s: &str) -> Result<ManifestSource, String> {
@@ -118,6 +131,13 @@ async fn main() -> anyhow::Result<()> {
     if args.manifest_source != ManifestSource::File && args.static_pod_url_addr.is_none() {
         anyhow::bail!("--manifest-source url or both needs --static-pod-url-addr");
     }
+    let required_header = match (
+        &args.static_pod_url_header_name,
+        &args.static_pod_url_header_value_file,
+    ) {
+        (Some(name), Some(file)) => Some(read_required_header(name, file)?),
+        _ => None,
+    };
     let static_pod_url = match args.static_pod_url_addr {
         None => None,
         Some(addr) => {
@@ -127,11 +147,11 @@ async fn main() -> anyhow::Result<()> {
             let (response, response_rx) = watch::channel(url_source::UrlResponse::Unavailable(
                 "the agent is starting".to_owned(),
             ));
-            info!(%addr, header = args.static_pod_url_header.is_some(), "serving the static pod URL");
+            info!(%addr, header = ?required_header, "serving the static pod URL");
             tokio::spawn(url_source::serve(
                 listener,
                 response_rx,
-                args.static_pod_url_header.clone(),
+                required_header,
                 metrics.clone(),
                 stopped(stop_rx.clone()),
             ));
@@ -268,6 +288,18 @@ mod tests {
     }
 
     #[test]
+    fn the_required_header_value_comes_from_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let h = read_required_header("X-Token", &file).expect("header");
+        assert_eq!((h.name.as_str(), h.value.as_str()), ("x-token", "s3cret"));
+        assert!(read_required_header("X-Token", &dir.path().join("missing")).is_err());
+        std::fs::write(&file, "\n").expect("write");
+        assert!(read_required_header("X-Token", &file).is_err());
+    }
+
+    #[test]
     fn static_pod_url_flags() {
         let args = Args::try_parse_from([
             "agent",
@@ -275,8 +307,10 @@ mod tests {
             "n",
             "--static-pod-url-addr",
             "127.0.0.1:10280",
-            "--static-pod-url-header",
-            "X-Token: abc",
+            "--static-pod-url-header-name",
+            "X-Token",
+            "--static-pod-url-header-value-file",
+            "/run/token",
             "--manifest-source",
             "url",
             "--manifest-source-from-node-label",
@@ -288,13 +322,10 @@ mod tests {
         );
         assert_eq!(args.manifest_source, ManifestSource::Url);
         assert!(args.manifest_source_from_node_label);
-        assert_eq!(
-            args.static_pod_url_header.map(|h| h.name),
-            Some("x-token".to_owned())
-        );
+        assert_eq!(args.static_pod_url_header_name.as_deref(), Some("X-Token"));
         for bad in [
             ["--manifest-source", "URL"],
-            ["--static-pod-url-header", "nocolon"],
+            ["--static-pod-url-header-name", "X-Token"],
         ] {
             let mut argv = vec!["agent", "--node-name", "n"];
             argv.extend(bad);

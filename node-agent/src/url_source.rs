@@ -3,9 +3,9 @@
 //!
 //! It listens on its own address (`--static-pod-url-addr`), apart from `/metrics`, so it can be
 //! bound to loopback or published only as a host port on the node. With
-//! `--static-pod-url-header NAME:VALUE` a request must carry that header with that value (the
-//! kubelet's `staticPodURLHeader`); others get `401`, which the kubelet, like any error, answers by
-//! keeping the pods it runs.
+//! `--static-pod-url-header-name` and `--static-pod-url-header-value-file` a request must carry that
+//! header with that value (the kubelet's `staticPodURLHeader`); others get `401`, which the kubelet,
+//! like any error, answers by keeping the pods it runs.
 
 use std::future::Future;
 use std::sync::Arc;
