@@ -17,6 +17,11 @@ pub const ANNOTATION_REVISION: &str = "staticpods.dev/revision";
 /// Label on every static pod StaticPodSet renders: the owning set's name. Selects mirror pods by set.
 pub const LABEL_SET_NAME: &str = "staticpods.dev/set-name";
 
+/// Label on a Node (`file`, `url` or `both`) choosing how that node's agent hands static pods to
+/// the kubelet, overriding the agent's `--manifest-source`. With `both`, the same key as an
+/// annotation on a set's template (`file` or `url`) chooses the source of that set's pod.
+pub const MANIFEST_SOURCE: &str = "staticpods.dev/manifest-source";
+
 /// Finalizer the operator puts on a set so its manifests leave every node before the set is gone.
 pub const FINALIZER: &str = "staticpods.dev/manifests";
 

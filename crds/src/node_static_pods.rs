@@ -89,6 +89,12 @@ pub struct NodeStaticPodsStatus {
     /// Counts over `pods`, for `kubectl get`.
     #[serde(default)]
     pub summary: NodeSummary,
+    /// How the agent hands this node's static pods to the kubelet: `File` (manifests in the
+    /// kubelet's staticPodPath), `URL` (served to the kubelet's staticPodURL) or `Both` (each
+    /// set through the one its template's `staticpods.dev/manifest-source` annotation names,
+    /// files by default). Absent from agents that only write files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_source: Option<ManifestSource>,
     /// One report per assigned pod, and per owned manifest still being removed.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["setNamespace", "setName"]))]
@@ -126,15 +132,32 @@ pub struct PodReport {
     /// The mirror pod the kubelet created for the static pod, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_pod: Option<MirrorPodReport>,
+    /// Where the agent hands this pod to the kubelet: `File` or `URL`. Absent while it hands it
+    /// over nowhere (pending, conflict) and from agents that only write files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ManifestSource>,
     /// Why the pod is not where it should be, in words for a human.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
-/// Where a manifest stands on the node's disk.
+/// Through which kubelet source static pods reach a node.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ManifestSource {
+    /// A manifest file in the kubelet's `staticPodPath`.
+    File,
+    /// The pod list the node agent serves to the kubelet's `staticPodURL`.
+    #[serde(rename = "URL")]
+    Url,
+    /// Both sources; each pod goes through exactly one of them.
+    Both,
+}
+
+/// Where a manifest stands on the node's disk (or, for the URL source, in what the agent serves).
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum ManifestPhase {
-    /// The manifest is in the directory with the assigned content.
+    /// The manifest is in the directory (or served to the kubelet's URL source) with the
+    /// assigned content.
     Written,
     /// Not written yet.
     #[default]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::{stream, FutureExt, Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -28,8 +28,10 @@ use crate::plan::{Assignment, Plan};
 use crate::prepull::PrePull;
 use crate::report::{self, LastPatch};
 use crate::revisions::{RevisionCache, RevisionKey};
+use crate::served_pods::{self, ServedPods};
 use crate::stop_first::StopFirst;
 use crate::sync::{execute_plan, scan_and_plan, DirSync};
+use crate::url_source::{UrlResponse, UrlSource};
 
 /// The field manager of the agent's status patches.
 pub const FIELD_MANAGER: &str = "staticpodset-node-agent";
@@ -87,6 +89,8 @@ pub struct Context {
     /// Stop a running pod before writing its new revision, waiting at most this long
     /// (`--stop-first`, `--stop-first-timeout`); `None` replaces manifests in place.
     pub stop_first: Option<Duration>,
+    /// The kubelet's URL source, when this agent serves one (`--static-pod-url-addr`).
+    pub static_pod_url: Option<UrlSource>,
 }
 
 /// What the loop remembers between syncs (owned by the loop, never shared).
@@ -98,6 +102,10 @@ struct LoopState {
     revisions: RevisionCache,
     prepull: Option<PrePulling>,
     stop_first: Option<StopFirst>,
+    /// What the URL endpoint serves.
+    served: ServedPods,
+    /// The last mode warning logged, so it is logged once.
+    mode_warning: Option<String>,
 }
 
 /// Pre-pull, when on: the pure book of waits, and the background puller feeding it.
@@ -111,6 +119,8 @@ struct PrePulling {
 struct Caches {
     node_static_pods: Store<NodeStaticPods>,
     pods: Store<Pod>,
+    /// This node's Node (labels only), when the mode comes from its label.
+    node: Option<Store<Node>>,
 }
 
 /// Runs until `shutdown` completes; a sync in progress finishes first.
@@ -159,9 +169,17 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
             .instrument(info_span!("watch", kind = "Pod", node = %node)),
     );
 
+    let (node_store, node_task) = match &ctx.static_pod_url {
+        Some(url) if url.node_label => {
+            let (store, task) = watch_own_node(&ctx.client, &node, wake.clone());
+            (Some(store), Some(task))
+        }
+        _ => (None, None),
+    };
     let caches = Caches {
         node_static_pods: nsp_store,
         pods: pod_store,
+        node: node_store,
     };
     let mut state = LoopState {
         last_patch: None,
@@ -170,6 +188,8 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         warned_missing: false,
         revisions: RevisionCache::for_node(&node),
         stop_first: ctx.stop_first.map(StopFirst::new),
+        served: ServedPods::new(),
+        mode_warning: None,
         prepull: ctx.cri.clone().map(|cri| {
             info!(socket = %cri.socket().display(), timeout_s = ctx.prepull_timeout.as_secs(),
                   "image pre-pull on: writes that change a revision wait for their images");
@@ -199,6 +219,9 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
     }
     nsp_task.abort();
     pod_task.abort();
+    if let Some(task) = node_task {
+        task.abort();
+    }
     info!("agent stopped");
 }
 
@@ -247,10 +270,13 @@ async fn sync_once(
         caches.node_static_pods.wait_until_ready().now_or_never(),
         Some(Ok(()))
     ) {
-        ctx.readiness.send_replace(Readiness::NotReady(format!(
-            "waiting for the first list of NodeStaticPods {node} from the API server; the \
-             manifest directory is left as it is"
-        )));
+        not_ready(
+            ctx,
+            format!(
+                "waiting for the first list of NodeStaticPods {node} from the API server; the \
+                 manifest directory is left as it is"
+            ),
+        );
         return None;
     }
     let Some(object) = caches.node_static_pods.get(&ObjectRef::new(node)) else {
@@ -258,12 +284,26 @@ async fn sync_once(
             warn!("NodeStaticPods {node} does not exist; the manifest directory is left as it is");
             state.warned_missing = true;
         }
-        ctx.readiness.send_replace(Readiness::NotReady(format!(
-            "NodeStaticPods {node} does not exist; the manifest directory is left as it is"
-        )));
+        not_ready(
+            ctx,
+            format!(
+                "NodeStaticPods {node} does not exist; the manifest directory is left as it is"
+            ),
+        );
         return None;
     };
     state.warned_missing = false;
+    let Some(mode) = node_mode(ctx, caches, state) else {
+        not_ready(
+            ctx,
+            format!(
+                "waiting for the first read of Node {node} (its {} label chooses the manifest \
+                 source); the manifest directory is left as it is",
+                staticpodset_api::keys::MANIFEST_SOURCE
+            ),
+        );
+        return None;
+    };
 
     // Observed when dropped, on every return path.
     let _timer = ctx.metrics.sync_duration.start_timer();
@@ -272,10 +312,11 @@ async fn sync_once(
     read_revisions(ctx, &entries, &mut state.revisions).await;
     let assigned = state.revisions.resolve(&entries);
     state.revisions.retain(&entries);
+    let (file_assigned, url_assigned) = served_pods::split(mode, &assigned);
     let now = SystemTime::now();
     let dir = ctx.dir.clone();
     let planned = blocking(node, move || {
-        scan_and_plan(&dir, &assigned).map(|plan| (plan, assigned))
+        scan_and_plan(&dir, &file_assigned).map(|plan| (plan, file_assigned))
     })
     .await;
     let executed = match planned {
@@ -304,14 +345,35 @@ async fn sync_once(
         prepull.book.annotate(&mut dir_sync.sets);
     }
     record(&ctx.metrics, &dir_sync);
+    let mut set_outcomes = dir_sync.sets.clone();
+    if let Some(url) = &ctx.static_pod_url {
+        let plan = served_pods::plan_url(
+            &url_assigned,
+            &state.served,
+            &dir_sync.foreign_pods,
+            |set| may_run_from_url(caches, node, set),
+            now,
+        );
+        let response = match (&plan.incomplete, served_pods::pod_list_body(&plan.served)) {
+            (Some(why), _) => UrlResponse::Unavailable(why.clone()),
+            (None, Err(why)) => UrlResponse::Unavailable(why),
+            (None, Ok(body)) => UrlResponse::Pods(Arc::new(body)),
+        };
+        publish(url, response);
+        ctx.metrics
+            .url_served_pods
+            .set(i64::try_from(plan.served.len()).unwrap_or(i64::MAX));
+        state.served = plan.served;
+        set_outcomes = served_pods::merge_outcomes(set_outcomes, plan.outcomes);
+    }
     ctx.readiness.send_replace(Readiness::Ready);
 
     // Without the pod list every mirror pod would look missing.
     caches.pods.wait_until_ready().now_or_never()?.ok()?;
-    let built = report::build(
+    let mut built = report::build(
         node,
         object.meta().generation,
-        &dir_sync.sets,
+        &set_outcomes,
         &dir_sync.removals,
         |key: &PodKey| {
             caches
@@ -320,6 +382,9 @@ async fn sync_once(
         },
         now,
     );
+    if ctx.static_pod_url.is_some() {
+        built.status.manifest_source = Some(mode);
+    }
     log_changes(&state.last_reports, &built.status.pods);
     state.last_reports = built.status.pods.clone();
 
@@ -465,6 +530,134 @@ fn hold_for_images(
     metrics
         .prepull_waiting
         .set(i64::try_from(prepull.book.waiting()).unwrap_or(i64::MAX));
+}
+
+/// Not ready, and no answer for the kubelet's URL source either: an error keeps its pods.
+fn not_ready(ctx: &Context, why: String) {
+    if let Some(url) = &ctx.static_pod_url {
+        publish(url, UrlResponse::Unavailable(why.clone()));
+    }
+    ctx.readiness.send_replace(Readiness::NotReady(why));
+}
+
+/// Hands the endpoint a new answer, logging when it changes.
+fn publish(url: &UrlSource, response: UrlResponse) {
+    let changed = url.response.send_if_modified(|current| {
+        let changed = *current != response;
+        if changed {
+            *current = response.clone();
+        }
+        changed
+    });
+    if changed {
+        match &response {
+            UrlResponse::Unavailable(why) => {
+                warn!(reason = %why, "the static pod URL answers an error; the kubelet keeps its pods")
+            }
+            UrlResponse::Pods(body) => debug!(bytes = body.len(), "static pod URL list changed"),
+        }
+    }
+}
+
+/// Watches this node's Node by name, keeping only its labels, and wakes the loop when the manifest
+/// source label changes.
+fn watch_own_node(
+    client: &Client,
+    node: &str,
+    wake: Arc<Notify>,
+) -> (Store<Node>, tokio::task::JoinHandle<()>) {
+    let (store, writer) = reflector::store();
+    let events = reflector::reflector(
+        writer,
+        watcher(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={node}")),
+        )
+        .modify(|n: &mut Node| {
+            n.spec = None;
+            n.status = None;
+            n.metadata.managed_fields = None;
+            n.metadata.annotations = None;
+        })
+        .default_backoff(),
+    );
+    let last = std::sync::Mutex::new(None::<Option<String>>);
+    let label_changed = move |n: &Node| {
+        let label = n
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(staticpodset_api::keys::MANIFEST_SOURCE))
+            .cloned();
+        let mut last = last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = last.as_ref() != Some(&label);
+        *last = Some(label);
+        changed
+    };
+    let task = tokio::spawn(
+        forward(events, wake, label_changed)
+            .instrument(info_span!("watch", kind = "Node", node = %node)),
+    );
+    (store, task)
+}
+
+/// The node's mode, or `None` while the Node that chooses it has not been read yet.
+fn node_mode(
+    ctx: &Context,
+    caches: &Caches,
+    state: &mut LoopState,
+) -> Option<staticpodset_api::ManifestSource> {
+    let Some(url) = &ctx.static_pod_url else {
+        return Some(staticpodset_api::ManifestSource::File);
+    };
+    let label = match &caches.node {
+        None => None,
+        Some(store) => {
+            store.wait_until_ready().now_or_never()?.ok()?;
+            store.get(&ObjectRef::new(&ctx.node_name)).and_then(|n| {
+                n.metadata
+                    .labels
+                    .as_ref()?
+                    .get(staticpodset_api::keys::MANIFEST_SOURCE)
+                    .cloned()
+            })
+        }
+    };
+    let mode = served_pods::effective_mode(url.default_mode, label.as_deref(), true);
+    if mode.warning != state.mode_warning {
+        if let Some(w) = &mode.warning {
+            warn!(warning = %w, "manifest source");
+        }
+        state.mode_warning = mode.warning.clone();
+    }
+    Some(mode.source)
+}
+
+/// Whether the kubelet may be running `set`'s pod from the URL source: its mirror pod says so, or
+/// the pod cache cannot tell yet.
+fn may_run_from_url(caches: &Caches, node: &str, set: &crate::plan::SetKey) -> bool {
+    if !matches!(caches.pods.wait_until_ready().now_or_never(), Some(Ok(()))) {
+        return true;
+    }
+    let key = mirror_pods::mirror_pod_key(
+        &PodKey {
+            namespace: set.namespace.clone(),
+            name: set.name.clone(),
+        },
+        node,
+    );
+    caches
+        .pods
+        .get(&ObjectRef::new(&key.name).within(&key.namespace))
+        .is_some_and(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(staticpodset_api::keys::kubelet::CONFIG_SOURCE))
+                .is_some_and(|s| s == "http")
+        })
 }
 
 /// Reads the StaticPodRevisions `entries` name that the cache lacks (and whose retry is due), a few

@@ -9,6 +9,7 @@
 //! | staticpods.dev   | nodestaticpods/status  | patch       | the status report (server-side apply)  |
 //! | staticpods.dev   | staticpodrevisions     | get         | the manifest an entry names, read once |
 //! | "" (core)        | pods                   | list, watch | its node's mirror pods, by spec.nodeName |
+//! | "" (core)        | nodes                  | list, watch | only with `--manifest-source-from-node-label`: its own Node's labels |
 //!
 //! The agent emits no Events and never reads Secrets, ConfigMaps or Nodes. `get` on
 //! staticpodrevisions is cluster-wide (RBAC cannot narrow it to the names an entry lists); revisions
@@ -21,11 +22,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kube::Client;
+use staticpodset_api::ManifestSource;
 use staticpodset_node_agent::agent::{self, Context};
 use staticpodset_node_agent::cri::CriImages;
 use staticpodset_node_agent::http::{self, Readiness};
 use staticpodset_node_agent::manifest_dir::ManifestDir;
 use staticpodset_node_agent::metrics::Metrics;
+use staticpodset_node_agent::served_pods::parse_source;
+use staticpodset_node_agent::url_source::{self, parse_required_header, RequiredHeader, UrlSource};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -82,6 +86,44 @@ struct Args {
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// Serve the node's static pods to the kubelet's URL source (`staticPodURL`) at
+    /// http://ADDR/static-pods. Unset: no endpoint, and the agent only writes files.
+    #[arg(long, env = "STATIC_POD_URL_ADDR")]
+    static_pod_url_addr: Option<SocketAddr>,
+
+    /// A header every request to the static pod URL must carry (the kubelet's
+    /// `staticPodURLHeader`); others get 401. Needs --static-pod-url-header-value-file.
+    #[arg(long, requires = "static_pod_url_header_value_file")]
+    static_pod_url_header_name: Option<String>,
+
+    /// File holding the value of --static-pod-url-header-name (a mounted Secret key), read at
+    /// start. A file rather than an environment variable from a Secret: a container with such a
+    /// variable cannot restart while the API server is down.
+    #[arg(long, requires = "static_pod_url_header_name")]
+    static_pod_url_header_value_file: Option<PathBuf>,
+
+    /// How this node's pods reach the kubelet: file, url or both (both: a set goes to the URL
+    /// when its template has the annotation staticpods.dev/manifest-source=url). url and both
+    /// need --static-pod-url-addr.
+    #[arg(long, env = "MANIFEST_SOURCE", default_value = "file", value_parser = parse_manifest_source)]
+    manifest_source: ManifestSource,
+
+    /// Let the Node's label staticpods.dev/manifest-source override --manifest-source (the agent
+    /// then watches its own Node: RBAC list/watch on nodes).
+    #[arg(long, env = "MANIFEST_SOURCE_FROM_NODE_LABEL")]
+    manifest_source_from_node_label: bool,
+}
+
+fn read_required_header(name: &str, file: &std::path::Path) -> anyhow::Result<RequiredHeader> {
+    let value = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the header value from {}", file.display()))?;
+    parse_required_header(&format!("{name}:{}", value.trim()))
+        .map_err(|e| anyhow::anyhow!("--static-pod-url-header-name/-value-file: {e}"))
+}
+
+fn parse_manifest_source(s: &str) -> Result<ManifestSource, String> {
+    parse_source(s).ok_or_else(|| format!("{s:?} is not file, url or both"))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -110,6 +152,41 @@ async fn main() -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
 
+    if args.manifest_source != ManifestSource::File && args.static_pod_url_addr.is_none() {
+        anyhow::bail!("--manifest-source url or both needs --static-pod-url-addr");
+    }
+    let required_header = match (
+        &args.static_pod_url_header_name,
+        &args.static_pod_url_header_value_file,
+    ) {
+        (Some(name), Some(file)) => Some(read_required_header(name, file)?),
+        _ => None,
+    };
+    let static_pod_url = match args.static_pod_url_addr {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the static pod URL"))?;
+            let (response, response_rx) = watch::channel(url_source::UrlResponse::Unavailable(
+                "the agent is starting".to_owned(),
+            ));
+            info!(%addr, header = ?required_header, "serving the static pod URL");
+            tokio::spawn(url_source::serve(
+                listener,
+                response_rx,
+                required_header,
+                metrics.clone(),
+                stopped(stop_rx.clone()),
+            ));
+            Some(UrlSource {
+                response,
+                default_mode: args.manifest_source,
+                node_label: args.manifest_source_from_node_label,
+            })
+        }
+    };
+
     // Builds the configuration only; no request is made, so a down API server does not stop the
     // agent from starting (and leaving the directory alone).
     let client = Client::try_default()
@@ -132,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
         cri: (!args.cri_socket.is_empty()).then(|| CriImages::new(Path::new(&args.cri_socket))),
         prepull_timeout: args.prepull_timeout,
         stop_first: args.stop_first.then_some(args.stop_first_timeout),
+        static_pod_url,
     };
     agent::run(ctx, stopped(stop_rx)).await;
     server.await.context("the HTTP server task failed")?;
@@ -245,5 +323,54 @@ mod tests {
         assert!(
             Args::try_parse_from(["agent", "--node-name", "n", "--log-format", "json"]).is_ok()
         );
+        assert_eq!(args.static_pod_url_addr, None);
+        assert_eq!(args.manifest_source, ManifestSource::File);
+        assert!(!args.manifest_source_from_node_label);
+    }
+
+    #[test]
+    fn the_required_header_value_comes_from_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let h = read_required_header("X-Token", &file).expect("header");
+        assert_eq!((h.name.as_str(), h.value.as_str()), ("x-token", "s3cret"));
+        assert!(read_required_header("X-Token", &dir.path().join("missing")).is_err());
+        std::fs::write(&file, "\n").expect("write");
+        assert!(read_required_header("X-Token", &file).is_err());
+    }
+
+    #[test]
+    fn static_pod_url_flags() {
+        let args = Args::try_parse_from([
+            "agent",
+            "--node-name",
+            "n",
+            "--static-pod-url-addr",
+            "127.0.0.1:10280",
+            "--static-pod-url-header-name",
+            "X-Token",
+            "--static-pod-url-header-value-file",
+            "/run/token",
+            "--manifest-source",
+            "url",
+            "--manifest-source-from-node-label",
+        ])
+        .expect("args");
+        assert_eq!(
+            args.static_pod_url_addr,
+            Some("127.0.0.1:10280".parse().expect("addr"))
+        );
+        assert_eq!(args.manifest_source, ManifestSource::Url);
+        assert!(args.manifest_source_from_node_label);
+        assert_eq!(args.static_pod_url_header_name.as_deref(), Some("X-Token"));
+        for bad in [
+            ["--manifest-source", "URL"],
+            ["--static-pod-url-header-name", "X-Token"],
+        ] {
+            let mut argv = vec!["agent", "--node-name", "n"];
+            argv.extend(bad);
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 }

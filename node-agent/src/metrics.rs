@@ -38,6 +38,10 @@ pub struct Metrics {
     /// Revision changes done stop-first, by how the wait for the old pod ended: `stopped` or
     /// `timeout`.
     pub stop_first_swaps: IntCounterVec,
+    /// Requests to the static pod URL endpoint, by HTTP status code.
+    pub url_requests: IntCounterVec,
+    /// Pods in the list the static pod URL endpoint serves.
+    pub url_served_pods: IntGauge,
 }
 
 impl Metrics {
@@ -131,6 +135,19 @@ impl Metrics {
         for outcome in ["images_ready", "deadline_passed"] {
             prepull_waits.with_label_values(&[outcome]);
         }
+        let url_requests = IntCounterVec::new(
+            Opts::new(
+                "staticpodset_agent_url_requests_total",
+                "Requests to the static pod URL endpoint (the kubelet's polls), by status code",
+            ),
+            &["code"],
+        )?;
+        let url_served_pods = IntGauge::new(
+            "staticpodset_agent_url_served_pods",
+            "Pods in the list the static pod URL endpoint serves",
+        )?;
+        registry.register(Box::new(url_requests.clone()))?;
+        registry.register(Box::new(url_served_pods.clone()))?;
         registry.register(Box::new(syncs.clone()))?;
         registry.register(Box::new(sync_errors.clone()))?;
         registry.register(Box::new(sync_duration.clone()))?;
@@ -161,6 +178,8 @@ impl Metrics {
             prepull_waits,
             prepull_waiting,
             stop_first_swaps,
+            url_requests,
+            url_served_pods,
         })
     }
 
@@ -195,6 +214,7 @@ mod tests {
             "staticpodset_agent_image_pull_duration_seconds_count 0",
             "staticpodset_agent_prepull_waits_total{outcome=\"deadline_passed\"} 0",
             "staticpodset_agent_prepull_waiting 0",
+            "staticpodset_agent_url_served_pods 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

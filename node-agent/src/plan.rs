@@ -120,6 +120,9 @@ pub struct Plan {
     pub sets: Vec<SetPlan>,
     /// Owned files being removed.
     pub removals: Vec<Removal>,
+    /// The pods defined by files the agent does not own, with their file names (filled by
+    /// [`crate::sync::scan_and_plan`], for the URL source's conflict check).
+    pub foreign_pods: Vec<(String, PodKey)>,
 }
 
 /// The set that owns `file`, if any: its name must be in our format and its content must carry the

@@ -665,6 +665,7 @@ mod tests {
             written_at: Some(SystemTime::now()),
             pod: None,
             message: None,
+            source: None,
         }];
         pp.annotate(&mut outcomes);
         assert_eq!(outcomes[0].message.as_deref(), Some(note.as_str()));

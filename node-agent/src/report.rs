@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use staticpodset_api::{ManifestPhase, NodeStaticPodsStatus, NodeSummary, PodReport};
+use staticpodset_api::{
+    ManifestPhase, ManifestSource, NodeStaticPodsStatus, NodeSummary, PodReport,
+};
 
 use crate::manifest_dir::{DirError, PodKey};
 use crate::mirror_pods::{mirror_pod_key, mirror_report};
@@ -32,6 +34,9 @@ pub struct SetOutcome {
     pub pod: Option<PodKey>,
     /// Why it is not simply written.
     pub message: Option<String>,
+    /// Where the kubelet gets the pod from: the file, or the URL the agent serves; `None` while
+    /// neither holds it.
+    pub source: Option<ManifestSource>,
 }
 
 /// Joins the plan with the results of its actions (`results[i]` belongs to `plan.actions[i]`).
@@ -84,6 +89,7 @@ pub fn outcomes(
             SetOutcome {
                 set: p.set.clone(),
                 phase,
+                source: written_revision.as_ref().map(|_| ManifestSource::File),
                 written_revision,
                 written_at,
                 pod: p.pod.clone(),
@@ -119,6 +125,7 @@ pub fn unreadable_dir(plan_sets: &[SetKey], error: &DirError) -> Vec<SetOutcome>
             written_at: None,
             pod: None,
             message: Some(error.to_string()),
+            source: None,
         })
         .collect()
 }
@@ -218,6 +225,7 @@ pub fn build(
             written_revision: outcome.written_revision.clone(),
             mirror_pod: mirror,
             message,
+            source: outcome.source,
         });
     }
     summary.problems += i32::try_from(removals.len()).unwrap_or(i32::MAX);
@@ -228,6 +236,7 @@ pub fn build(
             last_sync_time: Some(to_time(now)),
             summary,
             pods,
+            manifest_source: None,
         },
         recheck_at,
     }
@@ -328,6 +337,7 @@ mod tests {
             written_at: Some(t(at)),
             pod: Some(pod_key(name)),
             message: None,
+            source: Some(ManifestSource::File),
         }
     }
 
@@ -397,6 +407,7 @@ mod tests {
                 set: set("old"),
                 file_name: "staticpodset_kube-system_old.yaml".into(),
             }],
+            foreign_pods: vec![],
         };
         let io_error = || DirError::Io {
             op: "remove",

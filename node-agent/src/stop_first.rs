@@ -209,6 +209,7 @@ mod tests {
                 state: SetState::Write,
             }],
             removals: vec![],
+            foreign_pods: vec![],
         }
     }
 

@@ -8,8 +8,8 @@ use staticpodset_api::keys::parse_manifest_file_name;
 use staticpodset_api::{ManifestPhase, PodReport};
 use tracing::{info, info_span, warn};
 
-use crate::manifest_dir::{Action, DirError, ManifestDir};
-use crate::plan::{plan, Assignment, Plan, SetKey};
+use crate::manifest_dir::{Action, DirError, ManifestDir, PodKey};
+use crate::plan::{owner, plan, Assignment, Plan, SetKey};
 use crate::report::{outcomes, unreadable_dir, SetOutcome};
 
 /// What one pass did.
@@ -25,6 +25,9 @@ pub struct DirSync {
     pub removed: u64,
     /// Whether anything failed (reading the directory, a write, a removal).
     pub failed: bool,
+    /// The pods defined by files the agent does not own, with their file names (for the URL
+    /// source's conflict check).
+    pub foreign_pods: Vec<(String, PodKey)>,
 }
 
 impl DirSync {
@@ -60,9 +63,17 @@ pub fn scan_and_plan(dir: &ManifestDir, assigned: &[Assignment]) -> Result<Plan,
             written: 0,
             removed: 0,
             failed: true,
+            foreign_pods: Vec::new(),
         }
     })?;
-    Ok(plan(Some(assigned), &scan))
+    let mut plan = plan(Some(assigned), &scan);
+    plan.foreign_pods = scan
+        .files
+        .iter()
+        .filter(|f| owner(f).is_none())
+        .filter_map(|f| Some((f.name.clone(), f.info.pod.clone()?)))
+        .collect();
+    Ok(plan)
 }
 
 /// The second half of a sync: carry out `plan`'s actions and say what came of each set.
@@ -74,6 +85,7 @@ pub fn execute_plan(dir: &ManifestDir, plan: &Plan, now: SystemTime) -> DirSync 
         written: 0,
         removed: 0,
         failed: false,
+        foreign_pods: plan.foreign_pods.clone(),
     };
     for (action, result) in plan.actions.iter().zip(&results) {
         let set = parse_manifest_file_name(action.file_name())
@@ -91,7 +103,7 @@ pub fn execute_plan(dir: &ManifestDir, plan: &Plan, now: SystemTime) -> DirSync 
             }
             (Action::Remove { .. }, Ok(())) => {
                 sync.removed += 1;
-                info!("manifest removed: the set no longer selects this node");
+                info!("manifest removed");
             }
             // A concurrent edit: not a failure, the change's own inotify event brings the next sync.
             (_, Err(e @ DirError::Changed { .. })) => {

@@ -1,7 +1,8 @@
 //! The whole agent loop against an in-process fake API server (list, watch, status patch, revision
 //! reads) and a real temp directory: nothing is touched without API data, nothing while the object
 //! is missing, the assigned state once it exists, nothing for an entry whose revision cannot be
-//! read, and drift is restored from the cache while the API server is down.
+//! read, and drift is restored from the cache while the API server is down. In URL mode: an error
+//! until the state is loaded, then the pod list, no files, and the list kept through outages.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -21,6 +22,7 @@ use staticpodset_node_agent::agent::{self, Context};
 use staticpodset_node_agent::http::Readiness;
 use staticpodset_node_agent::manifest_dir::ManifestDir;
 use staticpodset_node_agent::metrics::Metrics;
+use staticpodset_node_agent::url_source::{UrlResponse, UrlSource};
 use tokio::sync::{mpsc, oneshot, watch};
 
 const NODE: &str = "node-1";
@@ -249,7 +251,7 @@ async fn readiness_becomes(
     what: &str,
     f: impl Fn(&Readiness) -> bool,
 ) {
-    tokio::time::timeout(DEADLINE, rx.wait_for(|r| f(r)))
+    tokio::time::timeout(DEADLINE, rx.wait_for(f))
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for readiness: {what}"))
         .expect("readiness sender alive");
@@ -300,6 +302,7 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
         prepull_timeout: Duration::from_secs(120),
         // No kubelet here deletes mirror pods; stop-first is proven on the real cluster.
         stop_first: None,
+        static_pod_url: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(agent::run(ctx, async move {
@@ -515,6 +518,207 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
         !vip.exists() && !late.exists()
     })
     .await;
+    assert_eq!(
+        listing(tmp.path()).into_keys().collect::<Vec<_>>(),
+        vec!["kube-apiserver.yaml".to_owned()]
+    );
+
+    let _ = stop.send(());
+    tokio::time::timeout(DEADLINE, agent)
+        .await
+        .expect("the agent stops on shutdown")
+        .expect("agent task");
+}
+
+/// The pods in a URL answer, by name and revision; `None` for an error answer.
+fn served(response: &UrlResponse) -> Option<Vec<(String, String)>> {
+    let UrlResponse::Pods(body) = response else {
+        return None;
+    };
+    let list: Value = serde_json::from_slice(body).expect("JSON body");
+    assert_eq!(list["kind"], "PodList");
+    Some(
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().expect("name").to_owned(),
+                    p["metadata"]["annotations"][ANNOTATION_REVISION]
+                        .as_str()
+                        .expect("revision")
+                        .to_owned(),
+                )
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_url_mode_the_agent_serves_its_pods_and_writes_no_files() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kubeadm =
+        b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\n  namespace: kube-system\n";
+    fs::write(tmp.path().join("kube-apiserver.yaml"), kubeadm).expect("write");
+    // A file of ours from when the node was in file mode: the URL takes over, the file goes.
+    let vip_file = tmp.path().join(manifest_file_name("kube-system", "vip"));
+    let rendered = staticpodset_node_agent::plan::render_manifest(
+        &serde_json::from_value(entry("vip", "r1")).expect("assigned pod"),
+        &manifest("vip", "r1"),
+    )
+    .expect("render")
+    .content;
+    fs::write(&vip_file, rendered).expect("write");
+
+    let state: Shared = Arc::new(Mutex::new(ApiState {
+        down: true,
+        revisions: BTreeMap::from([("vip-r1".to_string(), revision("vip", "r1"))]),
+        ..ApiState::default()
+    }));
+    let service = {
+        let state = state.clone();
+        tower::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, req).await) }
+        })
+    };
+    let (readiness, _ready_rx) = watch::channel(Readiness::NotReady("starting".into()));
+    let (response, url_rx) = watch::channel(UrlResponse::Unavailable("starting".into()));
+    let ctx = Context {
+        client: kube::Client::new(service, "default"),
+        node_name: NODE.into(),
+        dir: ManifestDir::new(tmp.path()),
+        metrics: Metrics::new().expect("metrics"),
+        readiness,
+        resync_interval: Duration::from_secs(3600),
+        cri: None,
+        prepull_timeout: Duration::from_secs(120),
+        stop_first: None,
+        static_pod_url: Some(UrlSource {
+            response,
+            default_mode: staticpodset_api::ManifestSource::Url,
+            node_label: false,
+        }),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(agent::run(ctx, async move {
+        let _ = stopped.await;
+    }));
+    let watcher = url_rx.clone();
+    let url_becomes = move |what: &'static str, f: fn(&UrlResponse) -> bool| {
+        let mut rx = watcher.clone();
+        async move {
+            tokio::time::timeout(DEADLINE, rx.wait_for(f))
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for the URL answer: {what}"))
+                .expect("sender alive")
+                .clone()
+        }
+    };
+
+    // 1. No API server: an error, never an empty list; the directory untouched.
+    eventually("a list attempt", || !lock(&state).requests.is_empty()).await;
+    let answer = url_becomes(
+        "not loaded",
+        |r| matches!(r, UrlResponse::Unavailable(m) if m.contains("first list")),
+    )
+    .await;
+    assert_eq!(served(&answer), None);
+    assert!(vip_file.exists());
+
+    // 2. The state arrives: vip is served, its file removed, kubeadm's file untouched.
+    let object = node_static_pods(&["vip"], 11);
+    {
+        let mut s = lock(&state);
+        s.down = false;
+        s.node_static_pods = Some(object.clone());
+        s.nsp_history.push(watch_event("ADDED", &object));
+    }
+    let answer = url_becomes("the list", |r| matches!(r, UrlResponse::Pods(_))).await;
+    assert_eq!(served(&answer), Some(vec![("vip".into(), "r1".into())]));
+    eventually("our file removed", || !vip_file.exists()).await;
+    assert_eq!(
+        fs::read(tmp.path().join("kube-apiserver.yaml")).expect("read"),
+        kubeadm
+    );
+    eventually("the URL report", || {
+        lock(&state).patches.iter().any(|(_, p)| {
+            p["status"]["manifestSource"] == "URL"
+                && p["status"]["pods"][0]["phase"] == "Written"
+                && p["status"]["pods"][0]["source"] == "URL"
+                && p["status"]["pods"][0]["writtenRevision"] == "r1"
+        })
+    })
+    .await;
+
+    // 3. vip moves to r2, which cannot be read: r1 is still served (an answer without vip would
+    //    stop its pod).
+    lock(&state).failing_revisions.insert("vip-r2".into());
+    let moved = node_static_pods_at(&[("vip", "r2")], 12);
+    {
+        let mut s = lock(&state);
+        s.node_static_pods = Some(moved.clone());
+        let event = watch_event("MODIFIED", &moved);
+        s.nsp_history.push(event.clone());
+        for w in &s.nsp_watches {
+            let _ = w.send(event.clone());
+        }
+    }
+    eventually("vip-r2 read attempted", || {
+        lock(&state)
+            .requests
+            .iter()
+            .any(|r| r.contains(&format!("{REVISIONS}vip-r2")))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        served(&url_rx.borrow()),
+        Some(vec![("vip".into(), "r1".into())])
+    );
+
+    // 4. The API server goes away: the same list keeps being served, and no file appears.
+    {
+        let mut s = lock(&state);
+        s.down = true;
+        s.nsp_watches.clear();
+        s.pod_watches.clear();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        served(&url_rx.borrow()),
+        Some(vec![("vip".into(), "r1".into())])
+    );
+    assert!(!vip_file.exists());
+
+    // 5. Back, with r2 readable and a second set: both served at their revisions.
+    {
+        let mut s = lock(&state);
+        s.down = false;
+        s.failing_revisions.clear();
+        s.revisions.insert("vip-r2".into(), revision("vip", "r2"));
+        s.revisions.insert("web-r1".into(), revision("web", "r1"));
+    }
+    let two = node_static_pods_at(&[("vip", "r2"), ("web", "r1")], 13);
+    {
+        let mut s = lock(&state);
+        s.node_static_pods = Some(two.clone());
+        let event = watch_event("MODIFIED", &two);
+        s.nsp_history.push(event.clone());
+        for w in &s.nsp_watches {
+            let _ = w.send(event.clone());
+        }
+    }
+    let answer = url_becomes("both sets", |r| {
+        served(r)
+            == Some(vec![
+                ("vip".into(), "r2".into()),
+                ("web".into(), "r1".into()),
+            ])
+    })
+    .await;
+    assert!(matches!(answer, UrlResponse::Pods(_)));
     assert_eq!(
         listing(tmp.path()).into_keys().collect::<Vec<_>>(),
         vec!["kube-apiserver.yaml".to_owned()]

@@ -667,6 +667,7 @@ mod tests {
                 ..Default::default()
             }),
             message: None,
+            source: None,
         };
         let obj = |node: &str, entries: Vec<AssignedPod>, reports: Vec<PodReport>| {
             let mut o = NodeStaticPods::new(node, NodeStaticPodsSpec { pods: entries });

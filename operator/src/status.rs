@@ -438,6 +438,7 @@ mod tests {
                 ..Default::default()
             }),
             message: None,
+            source: None,
         }
     }
 

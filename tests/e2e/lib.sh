@@ -17,11 +17,19 @@ fail() {
 }
 
 # Builds both images, imports them into every node, and installs/upgrades the chart. Idempotent.
+# The agents also serve the static pod URL (mode file unless a Node label says otherwise), with
+# the header the URL node's kubelet sends; see tests/e2e/60-static-pod-url.sh.
 install_product() {
   timed "product images" bash "$REPO_ROOT/images/build.sh" "$PRODUCT_IMAGES"
   timed "image load" bash "$HARNESS_DIR/load-image" "$PRODUCT_IMAGES/operator.tar" "$PRODUCT_IMAGES/node-agent.tar"
+  kubectl create namespace "$RELEASE_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl create secret generic -n "$RELEASE_NS" sps-static-pod-url --from-literal=token="$(static_pod_url_token)" \
+    --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   timed "helm install" helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/staticpodset" \
     --namespace "$RELEASE_NS" --create-namespace --wait --timeout 5m \
+    --set agent.staticPodURL.enabled=true --set agent.staticPodURL.port="$STATIC_POD_URL_PORT" \
+    --set agent.staticPodURL.hostIP= --set agent.staticPodURL.requiredHeader.name="$STATIC_POD_URL_HEADER" \
+    --set agent.staticPodURL.requiredHeader.secretName=sps-static-pod-url \
     --set image.tag=dev --set image.pullPolicy=Never \
     --set agent.manifestDir="$MANIFESTS_ROOT" --set agent.manifestSubPathExpr='$(NODE_NAME)' \
     --set agent.manifestDirType=DirectoryOrCreate --set agent.resyncInterval=10s \

@@ -56,6 +56,20 @@ BUSYBOX_IMAGE=docker.io/library/busybox:1.35-sps
 
 export PATH="$BIN_DIR:$TOOLS_BIN:$PATH"
 
+# Web-hosted manifests: the agents publish their static pod URL endpoint as this hostPort. Both nodes
+# share this host, so each node's host ports answer only at its own bridge address (its pod
+# subnet's gateway; see the portmap conditions in lib/node.sh), as a real node's answer at its IP.
+STATIC_POD_URL_PORT=10280
+STATIC_POD_URL_HEADER=X-StaticPodSet-Token
+node_gateway() { local net=${NODE_POD_CIDR[$1]%/*}; echo "${net%.*}.1"; }
+static_pod_url() { echo "http://$(node_gateway "$1"):$STATIC_POD_URL_PORT/static-pods"; }
+# The shared value of the header the kubelet sends and the agents require; made on first use.
+static_pod_url_token() {
+  local f=$RUN_DIR/static-pod-url-token
+  [[ -s $f ]] || (umask 077 && openssl rand -hex 16 >"$f")
+  cat "$f"
+}
+
 node_dir() { echo "$RUN_DIR/nodes/$1"; }
 containerd_sock() { echo "$(node_dir "$1")/containerd/containerd.sock"; }
 # All nodes' staticPodPaths share one parent, so one DaemonSet (hostPath = the parent, subPathExpr =

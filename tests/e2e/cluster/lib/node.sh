@@ -63,7 +63,7 @@ CFG
         "dataDir": "$d/cni/ipam"
       }
     },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
+    {"type": "portmap", "capabilities": {"portMappings": true}, "conditionsV4": ["-d", "$(node_gateway "$n")"]}
   ]
 }
 CNI
@@ -86,6 +86,19 @@ import_images() {
   done
 }
 
+# STATIC_POD_URL_NODE=<node>: that node's kubelet also polls its agent's static pod URL. Off by
+# default: until the URL answers 200 once, the kubelet deletes no pod on the node (it waits for all
+# its sources), so only tests/e2e/60-static-pod-url.sh turns it on, with the product installed.
+kubelet_url_config() {
+  local n=$1
+  [[ ${STATIC_POD_URL_NODE:-} == "$n" ]] || return 0
+  cat <<CFG
+staticPodURL: $(static_pod_url "$n")
+staticPodURLHeader: {$STATIC_POD_URL_HEADER: ["$(static_pod_url_token)"]}
+httpCheckFrequency: 5s
+CFG
+}
+
 write_kubelet_config() {
   local n=$1 d; d=$(node_dir "$n")
   mkdir -p "$d/kubelet" "$(static_pod_dir "$n")" "$d/pod-logs"
@@ -106,6 +119,7 @@ authentication:
 authorization: {mode: Webhook}
 containerRuntimeEndpoint: unix://$(containerd_sock "$n")
 staticPodPath: $(static_pod_dir "$n")
+$(kubelet_url_config "$n")
 podLogsDir: $d/pod-logs
 cgroupRoot: /$n
 cgroupsPerQOS: true
@@ -153,6 +167,18 @@ start_kubelet() {
     --hostname-override "$n" --node-ip "$API_ADDRESS" \
     --node-labels "e2e.staticpods.dev/node=${n#spsnode-}"
   wait_daemon "kubelet-$n" 120 curl -sf "http://127.0.0.1:${NODE_HEALTHZ_PORT[$n]}/healthz"
+}
+
+# Restarts a node's kubelet with a freshly written config; it adopts the running pods.
+restart_kubelet() {
+  local n=$1 pid
+  if daemon_running "kubelet-$n"; then
+    pid=$(cat "$PID_DIR/kubelet-$n.pid")
+    kill -TERM "$pid"
+    wait_for "kubelet-$n to exit" 30 bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PID_DIR/kubelet-$n.pid"
+  start_kubelet "$n"
 }
 
 start_node() {
