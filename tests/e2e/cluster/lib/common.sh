@@ -87,11 +87,19 @@ wait_for() {
   done
 }
 
-# Starts a long-running process in its own session, records its pid, logs to LOG_DIR.
+# Starts a long-running process in its own session, records its pid, logs to LOG_DIR. The daemon
+# gets no other open file of the caller: `flock LOCK cmd` hands its lock's descriptor to cmd, and a
+# daemon that inherited it would hold the lock for as long as it runs.
 start_daemon() {
   local name=$1; shift
   mkdir -p "$LOG_DIR" "$PID_DIR"
-  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      ((fd > 2)) && eval "exec $fd>&-"
+    done
+    exec setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null
+  ) &
   echo $! >"$PID_DIR/$name.pid"
 }
 
