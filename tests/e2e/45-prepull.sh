@@ -78,7 +78,15 @@ for n in "$A" "$B"; do
   [[ $seen == present ]] || fail "on $n the new manifest appeared while the image was $seen: not pre-pulled"
 done
 rm -rf "$out_dir"
-wait_for "pp Ready on the registry image" 180 all_mirrors_ready "$E2E_NS" pp || fail "pp not Ready on $image"
+rev2=$(sps_status pp updateRevision)
+on_rev2() {
+  local n
+  for n in "$A" "$B"; do
+    [[ $(kubectl get pod -n "$E2E_NS" "pp-$n" -o jsonpath='{.metadata.annotations.staticpods\.dev/revision}' 2>/dev/null) == "$rev2" ]] || return 1
+    mirror_ready "$E2E_NS" "pp-$n" || return 1
+  done
+}
+wait_for "pp Ready at $rev2 on both nodes" 180 on_rev2 || fail "pp not Ready on $image at $rev2"
 for n in "$A" "$B"; do
   [[ $(kubectl get pod -n "$E2E_NS" "pp-$n" -o jsonpath='{.spec.containers[0].image}') == "$image" ]] ||
     fail "pp-$n does not run $image"
