@@ -3,7 +3,7 @@ STATICPODSET_CACHE ?= $(HOME)/.cache/staticpodset
 export STATICPODSET_CACHE
 export CARGO_TARGET_DIR ?= $(STATICPODSET_CACHE)/target
 
-.PHONY: test demo unit lint crds images cluster-up cluster-down bench
+.PHONY: test demo unit lint crds images cluster-up cluster-down bench bench-prepull
 
 ## test: everything — lints, unit tests, real cluster up, e2e suites, cluster down
 test:
@@ -33,6 +33,10 @@ crds:
 ## bench: DaemonSet vs StaticPodSet rollout times on the local cluster (needs cluster-up)
 bench:
 	bash tests/bench/rollout-vs-daemonset.sh
+
+## bench-prepull: per-node outage of an image change, agent image pre-pull on vs off (needs cluster-up)
+bench-prepull:
+	bash tests/bench/prepull-outage.sh
 
 cluster-up:
 	bash tests/e2e/cluster/up

@@ -38,6 +38,30 @@ install_product() {
     --set operator.logFormat=text --set agent.logFormat=text
 }
 
+# registry_image TAG [PAD_MB]: builds an image that only the local registry has (no node imported
+# it), pushes it and prints its reference $REGISTRY/sps-e2e/web:TAG. The root filesystem is busybox
+# with the applets web_set_yaml and the benchmarks use (sh, httpd, wget, cat) plus PAD_MB (default
+# 8) of random data, so every image has a layer of its own that a node must really download.
+registry_image() {
+  local ref=$REGISTRY/sps-e2e/web:$1 pad=${2:-8} root archive applet
+  root=$(mktemp -d) archive=$(mktemp --suffix=.tar)
+  mkdir -p "$root/bin" "$root/tmp"
+  chmod 1777 "$root/tmp"
+  cp /bin/busybox "$root/bin/busybox"
+  for applet in sh httpd wget cat; do ln -s busybox "$root/bin/$applet"; done
+  head -c "${pad}M" /dev/urandom >"$root/pad"
+  ( source "$HARNESS_DIR/lib/oci.sh" && oci_image_archive "$root" "$ref" "$archive" '["/bin/sh"]' '["PATH=/bin"]' )
+  bash "$HARNESS_DIR/push-image" "$archive" >&2
+  rm -rf "$root" "$archive"
+  echo "$ref"
+}
+
+# crictl against NODE's containerd: crictl_on NODE ARGS...
+crictl_on() {
+  local n=$1; shift
+  crictl --runtime-endpoint "unix://$(containerd_sock "$n")" "$@"
+}
+
 # jsonpath of a set's status field, empty when absent.
 sps_status() { kubectl get sps -n "$E2E_NS" "$1" -o "jsonpath={.status.$2}" 2>/dev/null; }
 
@@ -74,6 +98,7 @@ all_mirrors_ready() {
 # web_set_yaml NAME SELECTOR MESSAGE [SPEC]: a set whose pod serves MESSAGE over HTTP on 8080 and is
 # Ready once it does; changing MESSAGE changes the template (a new revision). SPEC: more fields of
 # the set's spec, one per line, e.g. $'paused: true\nminReadySeconds: 2'.
+# WEB_IMAGE / WEB_PULL_POLICY override the image (default $BUSYBOX_IMAGE, Never).
 web_set_yaml() {
   cat <<YAML
 apiVersion: staticpods.dev/v1alpha1
@@ -89,8 +114,8 @@ $(sed 's/^/  /' <<<"${4:-}")
       terminationGracePeriodSeconds: 2
       containers:
       - name: web
-        image: $BUSYBOX_IMAGE
-        imagePullPolicy: Never
+        image: ${WEB_IMAGE:-$BUSYBOX_IMAGE}
+        imagePullPolicy: ${WEB_PULL_POLICY:-Never}
         env: [{name: MESSAGE, value: "$3"}]
         command: ["sh", "-c", "echo \$MESSAGE > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"]
         readinessProbe: {httpGet: {path: /index.html, port: 8080}, periodSeconds: 1}

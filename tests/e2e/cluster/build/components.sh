@@ -2,7 +2,7 @@
 # Builds every cluster component at its pinned version into the cache folder, skipping what is there.
 #
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, kube-proxy -> $BIN_DIR
-#   etcd, etcdctl, containerd, containerd-shim-runc-v2, ctr, runc, helm, crictl -> $TOOLS_BIN
+#   etcd, etcdctl, containerd, containerd-shim-runc-v2, ctr, runc, helm, crictl, registry -> $TOOLS_BIN
 #
 # Everything comes from the Go module proxy; the CNI plugins come from Debian (host-deps.sh).
 # Each step prints its duration so the cold-build budget (CI has 90 minutes on 2 cores) stays visible.
@@ -89,6 +89,15 @@ build_crictl() {
     "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
 }
 
+# The distribution registry (what Docker Hub and most registries run): a plain-HTTP registry on
+# loopback gives the cluster something real to pull from, for the agent's image pre-pull.
+build_registry() {
+  if have_all "$TOOLS_BIN" registry; then log "registry $REGISTRY_VERSION: cached"; return; fi
+  local m=github.com/distribution/distribution/v3
+  go_wrapper_build registry "$TOOLS_BIN" "require $m $REGISTRY_VERSION" \
+    "-X $m/version.version=$REGISTRY_VERSION" "$m/cmd/registry"
+}
+
 main() {
   command -v go >/dev/null || die "Go is required to build the cluster components"
   timed "etcd build" build_etcd
@@ -96,6 +105,7 @@ main() {
   timed "runc build" build_runc
   timed "helm build" build_helm
   timed "crictl build" build_crictl
+  timed "registry build" build_registry
   timed "kubernetes build" build_kubernetes
 }
 

@@ -16,13 +16,15 @@ CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.3.7}
 RUNC_VERSION=${RUNC_VERSION:-v1.5.2}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 CRICTL_VERSION=${CRICTL_VERSION:-v1.37.0}
+# The CNCF distribution registry: a local registry on loopback, so tests can pull real images.
+REGISTRY_VERSION=${REGISTRY_VERSION:-v3.0.0}
 
 # --- Paths ----------------------------------------------------------------------------------------
 HARNESS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPO_ROOT=$(cd "$HARNESS_DIR/../../.." && pwd)
 CACHE_DIR=${STATICPODSET_CACHE:-$HOME/.cache/staticpodset}
 BIN_DIR=$CACHE_DIR/k8s-$K8S_VERSION/bin
-TOOLS_BIN=$CACHE_DIR/tools/bin            # etcd, containerd, helm, crictl (own versions)
+TOOLS_BIN=$CACHE_DIR/tools/bin            # etcd, containerd, helm, crictl, registry (own versions)
 IMAGES_DIR=$CACHE_DIR/images             # OCI archives we assemble
 # The run folder holds the live cluster. It is a fixed path so that `down` and a second `up` find it.
 RUN_DIR=${STATICPODSET_RUN:-/var/lib/staticpodset-e2e}
@@ -50,6 +52,9 @@ declare -A NODE_KUBELET_PORT=([spsnode-a]=10250 [spsnode-b]=10260)
 declare -A NODE_HEALTHZ_PORT=([spsnode-a]=10248 [spsnode-b]=10258)
 declare -A NODE_POD_CIDR=([spsnode-a]=10.88.1.0/24 [spsnode-b]=10.88.2.0/24)
 declare -A NODE_BRIDGE=([spsnode-a]=spsbr-a [spsnode-b]=spsbr-b)
+# The local registry (lib/registry.sh): plain HTTP on loopback. Images named $REGISTRY/... are pulled
+# from it by every node.
+REGISTRY=${REGISTRY:-127.0.0.1:5055}
 # The image containerd runs as every pod's sandbox; we build and import it ourselves.
 PAUSE_IMAGE=registry.k8s.io/pause:3.10-sps
 BUSYBOX_IMAGE=docker.io/library/busybox:1.35-sps
@@ -101,13 +106,19 @@ wait_for() {
   done
 }
 
-# Starts a long-running process in its own session, records its pid, logs to LOG_DIR. Descriptors
-# other than 0-2 are closed first: a daemon must not keep, say, a caller's flock on the cluster.
+# Starts a long-running process in its own session, records its pid, logs to LOG_DIR. The daemon
+# gets no other open file of the caller: `flock LOCK cmd` hands its lock's descriptor to cmd, and a
+# daemon that inherited it would hold the lock for as long as it runs.
 start_daemon() {
   local name=$1; shift
   mkdir -p "$LOG_DIR" "$PID_DIR"
-  setsid bash -c 'for fd in /proc/$$/fd/*; do n=${fd##*/}; ((n > 2)) && eval "exec $n>&-" 2>/dev/null; done; exec "$@"' \
-    start-daemon "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      ((fd > 2)) && eval "exec $fd>&-"
+    done
+    exec setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null
+  ) &
   echo $! >"$PID_DIR/$name.pid"
 }
 

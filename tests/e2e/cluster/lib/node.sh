@@ -20,9 +20,13 @@ state = '$d/containerd/state'
 [plugins]
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = 'overlayfs'
-    # Images come from our own archives only; the sandbox image is the pause image we import.
+    # Images come from our own archives and the local registry; the sandbox image is the pause
+    # image we import.
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
       sandbox = '$PAUSE_IMAGE'
+    # Per-registry hosts.toml files: the local registry ($REGISTRY) is plain HTTP.
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = '$d/containerd/certs.d'
   [plugins.'io.containerd.cri.v1.runtime']
     netns_mounts_under_state_dir = true
     # Our machines withhold CAP_SYS_RESOURCE, so no process may lower its oom_score_adj (the kubelet
@@ -45,6 +49,7 @@ state = '$d/containerd/state'
   [plugins.'io.containerd.shim.v1.manager']
     socket_dir = '$SOCK_DIR/$n'
 CFG
+  write_registry_hosts "$d/containerd/certs.d"
   cat >"$d/cni/net.d/10-sps.conflist" <<CNI
 {
   "cniVersion": "1.0.0",
