@@ -173,6 +173,9 @@ kind: StaticPodSet
 metadata: {name: vip, namespace: apps}
 spec:
   nodeSelector: {matchLabels: {zone: x}}
+  # Every node at once: the fake agent reports only when told to, and this suite is about
+  # distribution and history; the rollout's pacing is the planner's unit tests and 50-rollout.
+  updateStrategy: {rollingUpdate: {maxUnavailable: "100%"}}
   template:
     metadata: {labels: {app: vip}}
     spec:
