@@ -38,9 +38,10 @@ agent_metric() { # node metric-line-prefix: the value, 0 when absent
   local ip; ip=$(kubectl get pod -n "$RELEASE_NS" "$(agent_pod "$1")" -o jsonpath='{.status.podIP}')
   curl -s "http://$ip:9102/metrics" | awk -v m="$2" 'index($0, m) == 1 {print $2; found=1} END {if (!found) print 0}'
 }
-revision_of() { # node set: the revision in the node's manifest file, empty if none
-  sed -n 's/^ *staticpods\.dev\/revision: *"\{0,1\}\([0-9a-f]*\)"\{0,1\}$/\1/p' \
-    "$(static_pod_dir "$1")/staticpodset_${E2E_NS}_$2.yaml" 2>/dev/null | head -n1
+revision_of() { # node set: the revision in the node's manifest file, empty if none (the agent
+  # removes the old file before it writes the new one: see node-agent/src/stop_first.rs)
+  local f; f="$(static_pod_dir "$1")/staticpodset_${E2E_NS}_$2.yaml"
+  { sed -n 's/^ *staticpods\.dev\/revision: *"\{0,1\}\([0-9a-f]*\)"\{0,1\}$/\1/p' "$f" 2>/dev/null || true; } | head -n1
 }
 
 # --- 1. the image is on the node before the manifest changes -----------------------------------
