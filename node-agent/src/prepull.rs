@@ -375,23 +375,13 @@ mod tests {
     use crate::manifest_dir::{parse_manifest, DirScan, ScannedFile};
     use crate::plan::{plan, render_manifest};
     use serde_json::json;
-    use staticpodset_api::keys::{manifest_file_name, ANNOTATION_REVISION, ANNOTATION_SET};
-    use staticpodset_api::AssignedPod;
+    use staticpodset_api::keys::{ANNOTATION_REVISION, ANNOTATION_SET};
     use std::time::{SystemTime, UNIX_EPOCH};
 
     const TIMEOUT: Duration = Duration::from_secs(120);
     const RETRY: Duration = Duration::from_secs(5);
 
-    fn entry(set: &str, rev: &str) -> AssignedPod {
-        AssignedPod {
-            set_namespace: "ns".into(),
-            set_name: set.into(),
-            revision: rev.into(),
-            revision_name: format!("{set}-{rev}"),
-            file_name: manifest_file_name("ns", set),
-            ..Default::default()
-        }
-    }
+    use crate::revisions::tests::entry;
 
     fn manifest(set: &str, rev: &str, containers: Value) -> Value {
         json!({

@@ -170,7 +170,6 @@ fn removal(node: &str) -> NodeWrite {
 pub(crate) mod tests {
     use super::*;
     use crate::render::Rendered;
-    use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
     use staticpodset_api::NodeStaticPodsSpec;
 
@@ -207,22 +206,7 @@ pub(crate) mod tests {
     }
 
     fn rendered(image: &str) -> Rendered {
-        crate::render::render(
-            "ns",
-            "set",
-            &PodTemplateSpec {
-                metadata: None,
-                spec: Some(PodSpec {
-                    containers: vec![Container {
-                        name: "c".into(),
-                        image: Some(image.into()),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            },
-        )
-        .unwrap()
+        crate::render::render("ns", "set", &crate::fixtures::template(image)).unwrap()
     }
 
     fn objects(list: Vec<Arc<NodeStaticPods>>) -> BTreeMap<String, Arc<NodeStaticPods>> {

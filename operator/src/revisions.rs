@@ -401,7 +401,7 @@ fn escape_pointer(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+    use k8s_openapi::api::core::v1::PodTemplateSpec;
     use staticpodset_api::keys::ANNOTATION_ROLLBACK_TO;
     use staticpodset_api::{
         AssignedPod, ManifestPhase, MirrorPodReport, NodeStaticPodsSpec, NodeStaticPodsStatus,
@@ -410,19 +410,7 @@ mod tests {
 
     const UID: &str = "set-uid";
 
-    fn template(image: &str) -> PodTemplateSpec {
-        PodTemplateSpec {
-            metadata: None,
-            spec: Some(PodSpec {
-                containers: vec![Container {
-                    name: "c".into(),
-                    image: Some(image.into()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-        }
-    }
+    use crate::fixtures::template;
 
     fn set(image: &str) -> StaticPodSet {
         let mut s = StaticPodSet::new(
