@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod config_files;
 mod crd_schema;
 pub mod keys;
 pub mod node_static_pods;

@@ -31,10 +31,17 @@ pub struct StaticPodSetSpec {
     /// namespace; the kubelet appends `-<node name>` for the mirror pod.
     /// Static pods cannot reference other API objects, so a template is rejected that sets
     /// serviceAccountName, automountServiceAccountToken: true, imagePullSecrets,
-    /// ephemeralContainers or resourceClaims; that uses secret, configMap, persistentVolumeClaim,
-    /// ephemeral, csi, glusterfs or azureFile volumes, a secretRef in any volume, or secret,
-    /// configMap, serviceAccountToken, clusterTrustBundle or podCertificate projections; or that
-    /// takes env or envFrom from a Secret or ConfigMap. Files from the node go in hostPath volumes.
+    /// ephemeralContainers or resourceClaims; that uses persistentVolumeClaim, ephemeral, csi,
+    /// glusterfs or azureFile volumes, a secretRef in any volume, or secret, configMap,
+    /// serviceAccountToken, clusterTrustBundle or podCertificate projections; or that takes env or
+    /// envFrom from a Secret or ConfigMap. Files from the node go in hostPath volumes.
+    /// configMap and secret volumes are the exception: they name a ConfigMap or Secret of the
+    /// set's namespace whose data the node agent writes as files under
+    /// /etc/kubernetes/static-pod-resources/<namespace>/<set>/<config hash>/<volume>/ (every key;
+    /// items is not supported; files owned by root, mode defaultMode or 0644, Secrets 0600), and
+    /// the static pod mounts that directory as a hostPath. The data is part of the revision: a
+    /// change rolls out like a template change. A missing ConfigMap or Secret that is not
+    /// optional holds the rollout (condition Valid=False, reason ConfigNotFound).
     /// Lists are bounded: 64 containers per list, 256 volumes, 512 env and 64 envFrom entries per
     /// container, 64 projected sources per volume.
     /// The fields below are those of a Pod: see `kubectl explain pod.spec` for their docs.

@@ -115,10 +115,12 @@ pub(crate) const FORBIDDEN: &[Forbidden] = &[
     forbid(Scope::PodSpec, "resourceClaims", Forbid::NonEmpty,
         "resourceClaims must be empty: static pods cannot reference ResourceClaims"),
     // Volumes.
-    forbid(Scope::Volume, "secret", Forbid::Present,
-        "secret volumes are not allowed: static pods cannot reference Secrets (use hostPath for files on the node)"),
-    forbid(Scope::Volume, "configMap", Forbid::Present,
-        "configMap volumes are not allowed: static pods cannot reference ConfigMaps (use hostPath for files on the node)"),
+    // ConfigMap and Secret volumes become files on the node (see `config_files`); every key is
+    // written, so `items` (a selection and renaming of keys) is not supported.
+    forbid(Scope::Volume, "secret", Forbid::Child("items"),
+        "secret.items is not supported: StaticPodSet writes every key of the Secret as a file of the volume"),
+    forbid(Scope::Volume, "configMap", Forbid::Child("items"),
+        "configMap.items is not supported: StaticPodSet writes every key of the ConfigMap as a file of the volume"),
     forbid(Scope::Volume, "persistentVolumeClaim", Forbid::Present,
         "persistentVolumeClaim volumes are not allowed: static pods cannot reference PersistentVolumeClaims"),
     forbid(Scope::Volume, "ephemeral", Forbid::Present,
@@ -435,12 +437,12 @@ mod tests {
                 "spec.template.spec.resourceClaims: ",
             ),
             (
-                json!({"volumes": [{"name": "v", "secret": {"secretName": "s"}}]}),
-                "spec.template.spec.volumes[0].secret: ",
+                json!({"volumes": [{"name": "v", "secret": {"secretName": "s", "items": [{"key": "k", "path": "p"}]}}]}),
+                "spec.template.spec.volumes[0].secret.items: ",
             ),
             (
-                json!({"volumes": [{"name": "v", "configMap": {"name": "c"}}]}),
-                "spec.template.spec.volumes[0].configMap: ",
+                json!({"volumes": [{"name": "v", "configMap": {"name": "c", "items": [{"key": "k", "path": "p"}]}}]}),
+                "spec.template.spec.volumes[0].configMap.items: ",
             ),
             (
                 json!({"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}]}),
@@ -618,7 +620,7 @@ mod tests {
     fn several_problems_are_all_reported() {
         let s = with(json!({
             "serviceAccountName": "sa",
-            "volumes": [{"name": "a", "secret": {}}, {"name": "b", "configMap": {}}],
+            "volumes": [{"name": "a", "secret": {"items": []}}, {"name": "b", "configMap": {"items": []}}],
         }));
         assert_eq!(template_problems(&s).len(), 3);
         assert_eq!(

@@ -35,6 +35,12 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
+    /// Namespace of the configuration bundles: the Secrets into which the operator copies the
+    /// ConfigMap and Secret data of sets, and which node agents read. Defaults like
+    /// --lease-namespace. Agents must be given the same namespace.
+    #[arg(long, env = "CONFIG_NAMESPACE")]
+    pub config_namespace: Option<String>,
+
     /// Lease duration in seconds: how long a leader that stopped renewing blocks the others.
     /// The leader renews a third of it before expiry and steps down on its own before expiry
     /// when it cannot renew.

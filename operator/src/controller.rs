@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{future, stream, StreamExt};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use staticpodset_api::config_files::ConfigKind;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -29,6 +30,7 @@ use staticpodset_api::{AssignedPod, NodeStaticPods, StaticPodRevision, StaticPod
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use crate::config;
 use crate::deletion::cleanup_decision;
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -69,6 +71,8 @@ pub struct Settings {
     pub reconcile_concurrency: u16,
     /// Every set is reconciled at least this often, as a safety net for missed events.
     pub resync: Duration,
+    /// Where the configuration bundles (Secrets) live.
+    pub config_namespace: String,
 }
 
 /// Everything a reconcile needs. One per leadership term; no global state.
@@ -332,6 +336,11 @@ pub async fn run(
     })
     .flatten();
 
+    // A changed, created or deleted ConfigMap or Secret reconciles the sets whose volumes name
+    // it. Metadata only: the operator never holds the cluster's Secrets in memory.
+    let configmap_triggers = config_triggers::<ConfigMap>(&client, ConfigKind::ConfigMap, &sets);
+    let secret_triggers = config_triggers::<Secret>(&client, ConfigKind::Secret, &sets);
+
     let ctx = Arc::new(Context::new(
         client.clone(),
         reporter,
@@ -349,6 +358,8 @@ pub async fn run(
         .reconcile_on(node_triggers)
         .reconcile_on(object_triggers)
         .reconcile_on(revision_triggers)
+        .reconcile_on(configmap_triggers)
+        .reconcile_on(secret_triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
@@ -394,6 +405,40 @@ pub async fn run(
         _ = synced => {}
         _ = node_objects => {}
     }
+}
+
+/// The sets to reconcile when objects of kind `K` (ConfigMap or Secret) change.
+fn config_triggers<K>(
+    client: &Client,
+    kind: ConfigKind,
+    sets: &Store<StaticPodSet>,
+) -> impl futures::Stream<Item = ObjectRef<StaticPodSet>>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let sets = sets.clone();
+    watcher(
+        Api::<kube::core::PartialObjectMeta<K>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .filter_map(move |event| {
+        let keys: Vec<SetKey> = match event {
+            Ok(Event::Apply(m) | Event::InitApply(m) | Event::Delete(m)) => {
+                match m.namespace() {
+                    Some(ns) => config::sets_referencing(&sets.state(), kind, &ns, &m.name_any()),
+                    None => Vec::new(),
+                }
+            }
+            Ok(_) => Vec::new(),
+            Err(error) => {
+                tracing::warn!(%error, ?kind, "watching ConfigMaps or Secrets");
+                Vec::new()
+            }
+        };
+        future::ready(Some(stream::iter(keys.into_iter().map(set_ref))))
+    })
+    .flatten()
 }
 
 /// Reconciles one set: distributes it (or, when it is being deleted, withdraws it) and writes
@@ -461,6 +506,7 @@ fn evaluate(
     set: &StaticPodSet,
     namespace: &str,
     name: &str,
+    config: &Result<Option<config::Resolved>, config::ConfigProblem>,
 ) -> (
     Option<NodeSelector>,
     Result<crate::render::Rendered, Invalid>,
@@ -494,10 +540,21 @@ fn evaluate(
             problems: problems.clone(),
         })
     } else {
-        render(namespace, name, &set.spec.template).map_err(|e| Invalid {
-            reason: REASON_INVALID_TEMPLATE,
-            problems: vec![e.to_string()],
-        })
+        match config {
+            Err(problem) => Err(Invalid {
+                reason: problem.reason,
+                problems: problem.problems.clone(),
+            }),
+            Ok(resolved) => render(
+                namespace,
+                name,
+                &config::localize(&set.spec.template, namespace, name, resolved.as_ref()),
+            )
+            .map_err(|e| Invalid {
+                reason: REASON_INVALID_TEMPLATE,
+                problems: vec![e.to_string()],
+            }),
+        }
     };
     (selector.ok(), rendered)
 }
@@ -518,9 +575,36 @@ async fn apply(
             Rollback::Refused(problem) => rollback_failed = Some(problem),
         }
     }
-    let (selector, rendered) = evaluate(set, namespace, name);
+    let config_volumes = config::config_volumes(&set.spec.template);
+    let config = if config_volumes.is_empty() {
+        Ok(None)
+    } else {
+        let fetched = config::fetch(&ctx.client, namespace, &config_volumes)
+            .await
+            .map_err(|source| Error::ConfigRead {
+                set: format!("{namespace}/{name}"),
+                source,
+            })?;
+        config::resolve(namespace, &config_volumes, &fetched)
+    };
+    let (selector, rendered) = evaluate(set, namespace, name, &config);
+    let config = config.ok().flatten();
     let previous = set.status.as_ref();
-    // The revision object comes first: agents read it as soon as an entry names it.
+    // The bundle and then the revision object come first: agents read the revision as soon as
+    // an entry names it, and the bundle as soon as they have the revision.
+    if let (Ok(_), Some(resolved)) = (&rendered, &config) {
+        let bundle = config::bundle(namespace, name, resolved, &ctx.settings.config_namespace);
+        if config::ensure_bundle(&ctx.client, &bundle)
+            .await
+            .map_err(|source| Error::BundleWrite {
+                set: format!("{namespace}/{name}"),
+                bundle: bundle.metadata.name.clone().unwrap_or_default(),
+                source,
+            })?
+        {
+            tracing::info!(hash = %resolved.hash, "configuration bundle created");
+        }
+    }
     let revision_number = match &rendered {
         Ok(r) => Some(ensure_revision(ctx, set, namespace, name, r).await?),
         Err(_) => previous.and_then(|s| s.update_revision_number),
@@ -653,7 +737,8 @@ async fn apply(
         let mut keep = revisions::in_use(&objects, namespace, name);
         keep.insert(rendered.revision.clone());
         keep.extend(next.current_revision.clone());
-        prune_history(ctx, set, namespace, name, &keep).await;
+        let deleted = prune_history(ctx, set, namespace, name, &keep).await;
+        prune_config(ctx, set, namespace, name, config.as_ref(), &deleted).await;
     }
     Ok(Action::requeue(requeue))
 }
@@ -803,7 +888,8 @@ async fn prune_history(
     namespace: &str,
     name: &str,
     keep: &std::collections::BTreeSet<String>,
-) {
+) -> BTreeSet<String> {
+    let mut deleted = BTreeSet::new();
     let history = revisions::history_of(
         &ctx.revisions.state(),
         namespace,
@@ -829,11 +915,57 @@ async fn prune_history(
                     .with_label_values(&["delete"])
                     .inc();
                 tracing::info!(revision = old.spec.revision, hash = %old.spec.hash, limit, "deleted an old revision beyond the history limit");
+                deleted.insert(object.clone());
             }
             Err(e) if node_writes::is_not_found(&e) || node_writes::is_conflict(&e) => {}
             Err(error) => {
                 tracing::warn!(%error, revision = %object, "deleting an old revision; retried on the next reconcile")
             }
+        }
+    }
+    deleted
+}
+
+/// Deletes the configuration bundles of a set that no revision of its history names any more
+/// (`deleted`: revision objects deleted just now, which the cache may still hold). Only for sets
+/// that have or had configuration, so other sets cost no API call. Failures are logged: a bundle
+/// kept a little longer harms nothing.
+async fn prune_config(
+    ctx: &Context,
+    set: &StaticPodSet,
+    namespace: &str,
+    name: &str,
+    current: Option<&config::Resolved>,
+    deleted: &BTreeSet<String>,
+) {
+    let history =
+        revisions::history_of(&ctx.revisions.state(), namespace, name, set.metadata.uid.as_deref());
+    let had_config = !revisions::config_hashes(history.iter().map(|r| &**r)).is_empty();
+    let mut keep = revisions::config_hashes(
+        history
+            .iter()
+            .filter(|r| !deleted.contains(&r.name_any()))
+            .map(|r| &**r),
+    );
+    if current.is_none() && !had_config {
+        return;
+    }
+    keep.extend(current.map(|c| c.hash.clone()));
+    match config::prune_bundles(
+        &ctx.client,
+        &ctx.settings.config_namespace,
+        namespace,
+        name,
+        &keep,
+    )
+    .await
+    {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::info!(bundles = ?gone, "deleted configuration bundles no revision names");
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(%error, "pruning configuration bundles; retried on the next reconcile");
         }
     }
 }
@@ -1010,6 +1142,20 @@ async fn cleanup(
         tracing::warn!(%note, "skipped nodes while deleting");
         ctx.publish(set, true, "SkippedNodes", &note).await;
     }
+    // The nodes let go of the set, so of its files: its bundles may go.
+    config::prune_bundles(
+        &ctx.client,
+        &ctx.settings.config_namespace,
+        namespace,
+        name,
+        &BTreeSet::new(),
+    )
+    .await
+    .map_err(|source| Error::BundleWrite {
+        set: format!("{namespace}/{name}"),
+        bundle: config::bundle_selector(namespace, name),
+        source,
+    })?;
     Ok(Action::await_change())
 }
 
@@ -1145,17 +1291,17 @@ mod tests {
 
     #[test]
     fn evaluation_of_specs() {
-        let (selector, rendered) = evaluate(&set(Some(pod_spec()), None), "ns", "vip");
+        let (selector, rendered) = evaluate(&set(Some(pod_spec()), None), "ns", "vip", &Ok(None));
         assert!(selector.is_some());
         assert_eq!(rendered.unwrap().manifest["metadata"]["name"], "vip");
 
-        let (_, rendered) = evaluate(&set(None, None), "ns", "vip");
+        let (_, rendered) = evaluate(&set(None, None), "ns", "vip", &Ok(None));
         let invalid = rendered.unwrap_err();
         assert_eq!(invalid.reason, REASON_INVALID_TEMPLATE);
         assert_eq!(invalid.problems, ["spec.template.spec: required"]);
 
         let (selector, rendered) =
-            evaluate(&set(Some(pod_spec()), Some(broken_selector())), "ns", "vip");
+            evaluate(&set(Some(pod_spec()), Some(broken_selector())), "ns", "vip", &Ok(None));
         assert!(selector.is_none());
         assert_eq!(rendered.unwrap_err().reason, REASON_INVALID_NODE_SELECTOR);
 
@@ -1163,10 +1309,13 @@ mod tests {
         let mut secret = pod_spec();
         secret.volumes = Some(vec![k8s_openapi::api::core::v1::Volume {
             name: "s".into(),
-            secret: Some(Default::default()),
+            secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+                items: Some(vec![]),
+                ..Default::default()
+            }),
             ..Default::default()
         }]);
-        let (_, rendered) = evaluate(&set(Some(secret), None), "ns", "vip");
+        let (_, rendered) = evaluate(&set(Some(secret), None), "ns", "vip", &Ok(None));
         let invalid = rendered.unwrap_err();
         assert_eq!(invalid.reason, REASON_INVALID_TEMPLATE);
         assert!(
@@ -1175,7 +1324,7 @@ mod tests {
             invalid.problems
         );
         let long = "x".repeat(41);
-        let (_, rendered) = evaluate(&set(Some(pod_spec()), None), "ns", &long);
+        let (_, rendered) = evaluate(&set(Some(pod_spec()), None), "ns", &long, &Ok(None));
         assert!(rendered.unwrap_err().problems[0].starts_with("metadata.name"));
 
         // Both broken: the template reason wins and every problem is listed.
@@ -1183,6 +1332,25 @@ mod tests {
             &set(Some(PodSpec::default()), Some(broken_selector())),
             "ns",
             "vip",
+            &Ok(None),
+        );
+        let invalid = rendered.unwrap_err();
+        assert_eq!(invalid.reason, REASON_INVALID_TEMPLATE);
+        assert_eq!(invalid.problems.len(), 2);
+
+        // A valid template with a missing ConfigMap: the config's reason, nothing rendered.
+        let missing = Err(config::ConfigProblem {
+            reason: config::REASON_CONFIG_NOT_FOUND,
+            problems: vec!["spec.template.spec.volumes[0].configMap: not found".into()],
+        });
+        let (_, rendered) = evaluate(&set(Some(pod_spec()), None), "ns", "vip", &missing);
+        assert_eq!(rendered.unwrap_err().reason, config::REASON_CONFIG_NOT_FOUND);
+        // A broken template still reports the template first.
+        let (_, rendered) = evaluate(
+            &set(Some(PodSpec::default()), Some(broken_selector())),
+            "ns",
+            "vip",
+            &missing,
         );
         let invalid = rendered.unwrap_err();
         assert_eq!(invalid.reason, REASON_INVALID_TEMPLATE);

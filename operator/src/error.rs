@@ -109,6 +109,29 @@ pub enum Error {
         revision: String,
     },
 
+    /// Reading a ConfigMap or Secret that a set's volumes name failed (not "not found": that is
+    /// a condition on the set).
+    #[error("reading the ConfigMaps and Secrets of set {set}: {source}")]
+    ConfigRead {
+        /// `<namespace>/<name>` of the set.
+        set: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// Creating, listing or deleting a configuration bundle Secret failed.
+    #[error("configuration bundle {bundle} of set {set}: {source}")]
+    BundleWrite {
+        /// `<namespace>/<name>` of the set.
+        set: String,
+        /// The bundle's name (or the label selector of a set's bundles).
+        bundle: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+
     /// Restoring a revision's template into the set failed.
     #[error("rolling back set {set}: {source}")]
     Rollback {
@@ -150,6 +173,8 @@ impl Error {
             Error::RevisionWrite { .. } => "revision_write",
             Error::History { .. } | Error::RevisionTaken { .. } => "history",
             Error::Rollback { .. } => "rollback",
+            Error::ConfigRead { .. } => "config_read",
+            Error::BundleWrite { .. } => "bundle_write",
             Error::Finalizer { source, .. } => match source.as_ref() {
                 F::AddFinalizer(_) => "add_finalizer",
                 F::RemoveFinalizer(_) => "remove_finalizer",

@@ -8,6 +8,7 @@
 //! [`controller`], [`node_writes`], [`node_objects`], [`leader`], [`http`].
 
 pub mod cli;
+pub mod config;
 pub mod controller;
 pub mod deletion;
 pub mod error;

@@ -43,6 +43,11 @@ async fn main() -> anyhow::Result<()> {
         write_concurrency: args.node_write_concurrency,
         reconcile_concurrency: args.concurrency,
         resync: args.resync,
+        config_namespace: args
+            .config_namespace
+            .clone()
+            .or_else(|| args.lease_namespace.clone())
+            .unwrap_or_else(|| client.default_namespace().to_string()),
     };
 
     let (shutdown_tx, shutdown) = watch::channel(false);

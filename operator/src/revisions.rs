@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use staticpodset_api::config_files::CONFIG_HASH;
 use staticpodset_api::keys::{revision_object_name, LABEL_SET_NAME};
 use staticpodset_api::{
     NodeStaticPods, StaticPodRevision, StaticPodRevisionSpec, StaticPodSet,
@@ -239,6 +240,28 @@ pub fn owner_reference(set: &StaticPodSet) -> Option<OwnerReference> {
     })
 }
 
+/// The labels of a revision object: its set and, when the manifest has configuration files, its
+/// config hash (so the bundles still needed are known from the revisions' labels alone).
+fn revision_labels(set_name: &str, manifest: &Value) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([(LABEL_SET_NAME.to_string(), set_name.to_string())]);
+    if let Some(hash) = manifest
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(CONFIG_HASH))
+        .and_then(Value::as_str)
+    {
+        labels.insert(CONFIG_HASH.to_string(), hash.to_string());
+    }
+    labels
+}
+
+/// The config hashes that revisions of a set name (see [`revision_labels`]).
+pub fn config_hashes<'a>(history: impl IntoIterator<Item = &'a StaticPodRevision>) -> BTreeSet<String> {
+    history
+        .into_iter()
+        .filter_map(|r| r.labels().get(CONFIG_HASH).cloned())
+        .collect()
+}
+
 /// The revision object for `rendered`, numbered `number`, owned by `set`. `None` when the set has
 /// no UID (never the case for a set read from the API server).
 pub fn revision_object(
@@ -252,10 +275,7 @@ pub fn revision_object(
         metadata: ObjectMeta {
             name: Some(revision_object_name(&set_name, &rendered.revision)),
             namespace: set.namespace(),
-            labels: Some(BTreeMap::from([(
-                LABEL_SET_NAME.to_string(),
-                set_name.clone(),
-            )])),
+            labels: Some(revision_labels(&set_name, &rendered.manifest)),
             owner_references: Some(vec![owner_reference(set)?]),
             ..Default::default()
         },
