@@ -1,12 +1,14 @@
 //! The agent's loop: watch the node's NodeStaticPods and mirror pods, sync the directory whenever
 //! something changes (or the resync interval passes), and report back in the status.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::{stream, FutureExt, Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use staticpodset_api::config_files::bundle_name;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -18,13 +20,14 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::config_files::{self, ResourcesDir};
 use crate::cri::{CriImages, PullResult, Puller};
 use crate::dir_watcher::DirWatcher;
 use crate::http::Readiness;
 use crate::manifest_dir::{ManifestDir, PodKey};
 use crate::metrics::Metrics;
 use crate::mirror_pods;
-use crate::plan::{Assignment, Plan};
+use crate::plan::{Assignment, Plan, SetKey};
 use crate::prepull::PrePull;
 use crate::report::{self, LastPatch};
 use crate::revisions::{RevisionCache, RevisionKey};
@@ -43,6 +46,8 @@ const REVISION_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REVISION_READS_IN_FLIGHT: usize = 8;
 /// How soon a failed image pre-pull is tried again (within the pre-pull timeout).
 const PULL_RETRY: Duration = Duration::from_secs(5);
+/// How soon configuration files that could not be written are tried again.
+const CONFIG_RETRY: Duration = Duration::from_secs(5);
 
 /// A failure talking to the API server.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +96,10 @@ pub struct Context {
     pub stop_first: Option<Duration>,
     /// The kubelet's URL source, when this agent serves one (`--static-pod-url-addr`).
     pub static_pod_url: Option<UrlSource>,
+    /// Where configuration files go (`--resources-dir`, `--resources-host-dir`).
+    pub resources: ResourcesDir,
+    /// The namespace of the configuration bundles, the only one whose Secrets the agent reads.
+    pub config_namespace: String,
 }
 
 /// What the loop remembers between syncs (owned by the loop, never shared).
@@ -106,6 +115,8 @@ struct LoopState {
     served: ServedPods,
     /// The last mode warning logged, so it is logged once.
     mode_warning: Option<String>,
+    /// When to try again configuration files that could not be written.
+    config_retry: Option<std::time::Instant>,
 }
 
 /// Pre-pull, when on: the pure book of waits, and the background puller feeding it.
@@ -190,6 +201,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         stop_first: ctx.stop_first.map(StopFirst::new),
         served: ServedPods::new(),
         mode_warning: None,
+        config_retry: None,
         prepull: ctx.cri.clone().map(|cri| {
             info!(socket = %cri.socket().display(), timeout_s = ctx.prepull_timeout.as_secs(),
                   "image pre-pull on: writes that change a revision wait for their images");
@@ -312,7 +324,9 @@ async fn sync_once(
     read_revisions(ctx, &entries, &mut state.revisions).await;
     let assigned = state.revisions.resolve(&entries);
     state.revisions.retain(&entries);
+    let assigned = prepare_config(ctx, state, assigned).await;
     let (file_assigned, url_assigned) = served_pods::split(mode, &assigned);
+    let assigned_all = assigned;
     let now = SystemTime::now();
     let dir = ctx.dir.clone();
     let planned = blocking(node, move || {
@@ -385,6 +399,7 @@ async fn sync_once(
     if ctx.static_pod_url.is_some() {
         built.status.manifest_source = Some(mode);
     }
+    clean_config(ctx, caches, &assigned_all, &state.served).await;
     log_changes(&state.last_reports, &built.status.pods);
     state.last_reports = built.status.pods.clone();
 
@@ -428,7 +443,145 @@ async fn sync_once(
         .as_ref()
         .and_then(StopFirst::next_wakeup)
         .map(|t| t.saturating_duration_since(std::time::Instant::now()));
-    [recheck, retry, pull, swap].into_iter().flatten().min()
+    let config = state
+        .config_retry
+        .take()
+        .map(|t| t.saturating_duration_since(std::time::Instant::now()));
+    [recheck, retry, pull, swap, config].into_iter().flatten().min()
+}
+
+/// Writes the configuration files of every assigned revision that has them (when not on disk
+/// yet) and points its manifest at them. A set whose files cannot be written keeps what it runs:
+/// its manifest becomes unavailable with the reason, and the write is retried.
+async fn prepare_config(
+    ctx: &Context,
+    state: &mut LoopState,
+    assigned: Vec<Assignment>,
+) -> Vec<Assignment> {
+    let mut out = Vec::with_capacity(assigned.len());
+    for mut assignment in assigned {
+        let set = SetKey::of(&assignment.entry);
+        if let Ok(manifest) = &assignment.manifest {
+            if let Some(hash) = config_files::config_hash(manifest).map(str::to_owned) {
+                assignment.manifest = match ensure_config(ctx, &set, &hash).await {
+                    Ok(()) => Ok(Arc::new(config_files::localize(
+                        manifest,
+                        &set,
+                        &hash,
+                        &ctx.resources.host,
+                    ))),
+                    Err(why) => {
+                        warn!(set = %set, hash = %hash, error = %why, "configuration files not written; retrying");
+                        ctx.metrics.sync_errors.inc();
+                        state.config_retry =
+                            Some(std::time::Instant::now() + CONFIG_RETRY);
+                        Err(why)
+                    }
+                };
+            }
+        }
+        out.push(assignment);
+    }
+    out
+}
+
+/// Makes sure the files of `set` at `hash` are on disk, reading its bundle if they are not.
+async fn ensure_config(ctx: &Context, set: &SetKey, hash: &str) -> Result<(), String> {
+    let dir = ctx.resources.clone();
+    let (probe_set, probe_hash) = (set.clone(), hash.to_string());
+    if blocking(&ctx.node_name, move || dir.has(&probe_set, &probe_hash))
+        .await
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    let name = bundle_name(&set.namespace, &set.name, hash);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config_namespace);
+    let bundle = tokio::time::timeout(REVISION_READ_TIMEOUT, api.get(&name))
+        .await
+        .map_err(|_| format!("reading configuration bundle {}/{name}: timed out", ctx.config_namespace))?
+        .map_err(|e| format!("reading configuration bundle {}/{name}: {}", ctx.config_namespace, error_text(&e)))?;
+    let files = config_files::files_of(&bundle, hash).map_err(|e| e.to_string())?;
+    let (dir, set, hash) = (ctx.resources.clone(), set.clone(), hash.to_string());
+    let written_set = set.clone();
+    blocking(&ctx.node_name, move || dir.write(&set, &hash, &files))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("writing configuration files: {e}"))?;
+    info!(set = %written_set, "configuration files written");
+    Ok(())
+}
+
+/// Removes configuration files nothing on the node names any more: not the assigned revision,
+/// not an owned manifest on disk, not a served pod, not a running (mirror) pod. Failures are
+/// logged and retried on the next sync.
+async fn clean_config(
+    ctx: &Context,
+    caches: &Caches,
+    assigned: &[Assignment],
+    served: &ServedPods,
+) {
+    let mut referenced: BTreeMap<SetKey, Option<BTreeSet<String>>> = BTreeMap::new();
+    fn name(referenced: &mut BTreeMap<SetKey, Option<BTreeSet<String>>>, set: SetKey, hash: Option<&str>) {
+        let entry = referenced.entry(set).or_insert_with(|| Some(BTreeSet::new()));
+        if let (Some(known), Some(hash)) = (entry.as_mut(), hash) {
+            known.insert(hash.to_string());
+        }
+    }
+    for a in assigned {
+        match &a.manifest {
+            Ok(m) => name(&mut referenced, SetKey::of(&a.entry), config_files::config_hash(m)),
+            Err(_) => {
+                referenced.insert(SetKey::of(&a.entry), None);
+            }
+        }
+    }
+    for (set, s) in served {
+        name(&mut referenced, set.clone(), config_files::config_hash(&s.manifest));
+    }
+    for pod in caches.pods.state() {
+        if !mirror_pods::is_ours(&pod) {
+            continue;
+        }
+        let annotations = pod.metadata.annotations.as_ref();
+        let set = annotations
+            .and_then(|a| a.get(staticpodset_api::keys::ANNOTATION_SET))
+            .and_then(|s| s.split_once('/'))
+            .map(|(namespace, name)| SetKey {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            });
+        if let Some(set) = set {
+            let hash = annotations.and_then(|a| a.get(staticpodset_api::config_files::CONFIG_HASH));
+            name(&mut referenced, set, hash.map(String::as_str));
+        }
+    }
+    let (dir, resources) = (ctx.dir.clone(), ctx.resources.clone());
+    let done = blocking(&ctx.node_name, move || {
+        let scan = dir.scan().map_err(|e| e.to_string())?;
+        for file in &scan.files {
+            if let Some(set) = crate::plan::owner(file) {
+                name(&mut referenced, set, file.info.config_hash.as_deref());
+            }
+        }
+        let on_disk = resources.on_disk().map_err(|e| e.to_string())?;
+        let mut done = Vec::new();
+        for step in config_files::cleanup(&on_disk, &referenced) {
+            resources.apply(&step).map_err(|e| e.to_string())?;
+            done.push(step);
+        }
+        Ok::<_, String>(done)
+    })
+    .await;
+    match done {
+        Ok(Ok(done)) => {
+            for step in done {
+                info!(?step, "configuration files removed");
+            }
+        }
+        Ok(Err(e)) => warn!(error = %e, "cleaning up configuration files; retried on the next sync"),
+        Err(e) => warn!(error = %e, "configuration file cleanup did not complete"),
+    }
 }
 
 /// Applies [`StopFirst`] to the plan, with the mirror pods as the watch shows them. Before the

@@ -6,6 +6,7 @@
 //! edges ([`manifest_dir`], [`dir_watcher`], [`cri`], [`agent`], [`http`], [`url_source`]).
 
 pub mod agent;
+pub mod config_files;
 pub mod cri;
 pub mod dir_watcher;
 pub mod http;

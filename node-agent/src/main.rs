@@ -22,8 +22,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kube::Client;
+use staticpodset_api::config_files::DEFAULT_RESOURCES_ROOT;
 use staticpodset_api::ManifestSource;
 use staticpodset_node_agent::agent::{self, Context};
+use staticpodset_node_agent::config_files::ResourcesDir;
 use staticpodset_node_agent::cri::CriImages;
 use staticpodset_node_agent::http::{self, Readiness};
 use staticpodset_node_agent::manifest_dir::ManifestDir;
@@ -113,6 +115,21 @@ struct Args {
     /// then watches its own Node: RBAC list/watch on nodes).
     #[arg(long, env = "MANIFEST_SOURCE_FROM_NODE_LABEL")]
     manifest_source_from_node_label: bool,
+
+    /// Where the agent writes the configuration files of sets (their ConfigMap and Secret
+    /// volumes): `<dir>/<namespace>/<set>/<config hash>/<volume>/`.
+    #[arg(long, env = "RESOURCES_DIR", default_value = DEFAULT_RESOURCES_ROOT)]
+    resources_dir: PathBuf,
+
+    /// The same directory as the kubelet sees it on the node, when the agent's mount of it is
+    /// elsewhere; manifests then mount it from there. Defaults to --resources-dir.
+    #[arg(long, env = "RESOURCES_HOST_DIR")]
+    resources_host_dir: Option<String>,
+
+    /// Namespace of the configuration bundles (the operator's --config-namespace); the agent
+    /// reads Secrets there and nowhere else. Defaults to the pod's namespace.
+    #[arg(long, env = "CONFIG_NAMESPACE")]
+    config_namespace: Option<String>,
 }
 
 fn read_required_header(name: &str, file: &std::path::Path) -> anyhow::Result<RequiredHeader> {
@@ -199,6 +216,11 @@ async fn main() -> anyhow::Result<()> {
         stop.send_replace(true);
     });
 
+    let config_namespace = args
+        .config_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| client.default_namespace().to_string());
     let ctx = Context {
         client,
         node_name: args.node_name,
@@ -210,6 +232,13 @@ async fn main() -> anyhow::Result<()> {
         prepull_timeout: args.prepull_timeout,
         stop_first: args.stop_first.then_some(args.stop_first_timeout),
         static_pod_url,
+        resources: ResourcesDir::new(
+            args.resources_dir.clone(),
+            args.resources_host_dir
+                .clone()
+                .unwrap_or_else(|| args.resources_dir.to_string_lossy().into_owned()),
+        ),
+        config_namespace,
     };
     agent::run(ctx, stopped(stop_rx)).await;
     server.await.context("the HTTP server task failed")?;

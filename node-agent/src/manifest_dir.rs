@@ -82,6 +82,9 @@ pub struct ManifestInfo {
     pub set: Option<String>,
     /// The value of the `staticpods.dev/revision` annotation.
     pub revision: Option<String>,
+    /// The value of the `staticpods.dev/config-hash` annotation: the configuration files the pod
+    /// mounts.
+    pub config_hash: Option<String>,
 }
 
 /// Parses a manifest the way the kubelet would find its pod: YAML or JSON (JSON is YAML), first
@@ -111,6 +114,7 @@ pub fn parse_manifest(bytes: &[u8]) -> ManifestInfo {
         pod,
         set: annotation(ANNOTATION_SET),
         revision: annotation(ANNOTATION_REVISION),
+        config_hash: annotation(staticpodset_api::config_files::CONFIG_HASH),
     }
 }
 

@@ -303,6 +303,11 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
         // No kubelet here deletes mirror pods; stop-first is proven on the real cluster.
         stop_first: None,
         static_pod_url: None,
+        resources: staticpodset_node_agent::config_files::ResourcesDir::new(
+            tmp.path().join("resources"),
+            "/etc/kubernetes/static-pod-resources",
+        ),
+        config_namespace: "staticpodset-system".into(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(agent::run(ctx, async move {
@@ -600,6 +605,11 @@ async fn in_url_mode_the_agent_serves_its_pods_and_writes_no_files() {
             default_mode: staticpodset_api::ManifestSource::Url,
             node_label: false,
         }),
+        resources: staticpodset_node_agent::config_files::ResourcesDir::new(
+            tmp.path().join("resources"),
+            "/etc/kubernetes/static-pod-resources",
+        ),
+        config_namespace: "staticpodset-system".into(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(agent::run(ctx, async move {
