@@ -129,7 +129,13 @@ mod tests {
     #[test]
     fn paths_and_names() {
         assert_eq!(
-            volume_path("/etc/kubernetes/static-pod-resources/", "ns", "web", "0123456789", "conf"),
+            volume_path(
+                "/etc/kubernetes/static-pod-resources/",
+                "ns",
+                "web",
+                "0123456789",
+                "conf"
+            ),
             "/etc/kubernetes/static-pod-resources/ns/web/0123456789/conf"
         );
         assert_eq!(

@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use futures::{stream, FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
-use staticpodset_api::config_files::bundle_name;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
+use staticpodset_api::config_files::bundle_name;
 use staticpodset_api::{
     AssignedPod, NodeStaticPods, NodeStaticPodsStatus, PodReport, StaticPodRevision,
 };
@@ -447,7 +447,10 @@ async fn sync_once(
         .config_retry
         .take()
         .map(|t| t.saturating_duration_since(std::time::Instant::now()));
-    [recheck, retry, pull, swap, config].into_iter().flatten().min()
+    [recheck, retry, pull, swap, config]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 /// Writes the configuration files of every assigned revision that has them (when not on disk
@@ -473,8 +476,7 @@ async fn prepare_config(
                     Err(why) => {
                         warn!(set = %set, hash = %hash, error = %why, "configuration files not written; retrying");
                         ctx.metrics.sync_errors.inc();
-                        state.config_retry =
-                            Some(std::time::Instant::now() + CONFIG_RETRY);
+                        state.config_retry = Some(std::time::Instant::now() + CONFIG_RETRY);
                         Err(why)
                     }
                 };
@@ -499,8 +501,19 @@ async fn ensure_config(ctx: &Context, set: &SetKey, hash: &str) -> Result<(), St
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config_namespace);
     let bundle = tokio::time::timeout(REVISION_READ_TIMEOUT, api.get(&name))
         .await
-        .map_err(|_| format!("reading configuration bundle {}/{name}: timed out", ctx.config_namespace))?
-        .map_err(|e| format!("reading configuration bundle {}/{name}: {}", ctx.config_namespace, error_text(&e)))?;
+        .map_err(|_| {
+            format!(
+                "reading configuration bundle {}/{name}: timed out",
+                ctx.config_namespace
+            )
+        })?
+        .map_err(|e| {
+            format!(
+                "reading configuration bundle {}/{name}: {}",
+                ctx.config_namespace,
+                error_text(&e)
+            )
+        })?;
     let files = config_files::files_of(&bundle, hash).map_err(|e| e.to_string())?;
     let (dir, set, hash) = (ctx.resources.clone(), set.clone(), hash.to_string());
     let written_set = set.clone();
@@ -522,22 +535,36 @@ async fn clean_config(
     served: &ServedPods,
 ) {
     let mut referenced: BTreeMap<SetKey, Option<BTreeSet<String>>> = BTreeMap::new();
-    fn name(referenced: &mut BTreeMap<SetKey, Option<BTreeSet<String>>>, set: SetKey, hash: Option<&str>) {
-        let entry = referenced.entry(set).or_insert_with(|| Some(BTreeSet::new()));
+    fn name(
+        referenced: &mut BTreeMap<SetKey, Option<BTreeSet<String>>>,
+        set: SetKey,
+        hash: Option<&str>,
+    ) {
+        let entry = referenced
+            .entry(set)
+            .or_insert_with(|| Some(BTreeSet::new()));
         if let (Some(known), Some(hash)) = (entry.as_mut(), hash) {
             known.insert(hash.to_string());
         }
     }
     for a in assigned {
         match &a.manifest {
-            Ok(m) => name(&mut referenced, SetKey::of(&a.entry), config_files::config_hash(m)),
+            Ok(m) => name(
+                &mut referenced,
+                SetKey::of(&a.entry),
+                config_files::config_hash(m),
+            ),
             Err(_) => {
                 referenced.insert(SetKey::of(&a.entry), None);
             }
         }
     }
     for (set, s) in served {
-        name(&mut referenced, set.clone(), config_files::config_hash(&s.manifest));
+        name(
+            &mut referenced,
+            set.clone(),
+            config_files::config_hash(&s.manifest),
+        );
     }
     for pod in caches.pods.state() {
         if !mirror_pods::is_ours(&pod) {
@@ -579,7 +606,9 @@ async fn clean_config(
                 info!(?step, "configuration files removed");
             }
         }
-        Ok(Err(e)) => warn!(error = %e, "cleaning up configuration files; retried on the next sync"),
+        Ok(Err(e)) => {
+            warn!(error = %e, "cleaning up configuration files; retried on the next sync")
+        }
         Err(e) => warn!(error = %e, "configuration file cleanup did not complete"),
     }
 }

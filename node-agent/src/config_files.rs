@@ -78,7 +78,13 @@ pub fn localize(manifest: &Value, set: &SetKey, hash: &str, host_root: &str) -> 
             let Some(name) = v.get("name").and_then(Value::as_str).map(str::to_owned) else {
                 continue;
             };
-            let generated = volume_path(DEFAULT_RESOURCES_ROOT, &set.namespace, &set.name, hash, &name);
+            let generated = volume_path(
+                DEFAULT_RESOURCES_ROOT,
+                &set.namespace,
+                &set.name,
+                hash,
+                &name,
+            );
             if let Some(path) = v.pointer_mut("/hostPath/path") {
                 if path.as_str() == Some(&generated) {
                     *path = Value::String(volume_path(
@@ -128,11 +134,18 @@ pub fn files_of(bundle: &Secret, hash: &str) -> Result<Files, ConfigError> {
         .and_then(|text| {
             serde_json::from_str(text).map_err(|e| fail(format!("{ANNOTATION_VOLUMES}: {e}")))
         })?;
-    if let Some(bad) = layout.keys().find(|v| !is_safe_file_name(v) || v.contains('.')) {
-        return Err(fail(format!("volume name {bad:?} cannot be a directory name")));
+    if let Some(bad) = layout
+        .keys()
+        .find(|v| !is_safe_file_name(v) || v.contains('.'))
+    {
+        return Err(fail(format!(
+            "volume name {bad:?} cannot be a directory name"
+        )));
     }
-    let mut files: BTreeMap<String, BTreeMap<String, Vec<u8>>> =
-        layout.keys().map(|v| (v.clone(), BTreeMap::new())).collect();
+    let mut files: BTreeMap<String, BTreeMap<String, Vec<u8>>> = layout
+        .keys()
+        .map(|v| (v.clone(), BTreeMap::new()))
+        .collect();
     for (key, bytes) in bundle.data.iter().flatten() {
         let (volume, file) = split_data_key(key)
             .filter(|(_, f)| is_safe_file_name(f))
@@ -234,7 +247,11 @@ impl ResourcesDir {
         for (volume, layout) in &files.layout {
             let dir = staging.join(volume);
             // Files that only root may read sit in a directory only root may enter.
-            let dir_mode = if layout.mode & 0o044 == 0 { 0o700 } else { 0o755 };
+            let dir_mode = if layout.mode & 0o044 == 0 {
+                0o700
+            } else {
+                0o755
+            };
             DirBuilder::new()
                 .mode(dir_mode)
                 .create(&dir)
@@ -369,7 +386,10 @@ mod tests {
         Secret {
             metadata: ObjectMeta {
                 name: Some(format!("staticpodset.ns.web.{hash}")),
-                labels: Some(BTreeMap::from([(CONFIG_HASH.to_string(), hash.to_string())])),
+                labels: Some(BTreeMap::from([(
+                    CONFIG_HASH.to_string(),
+                    hash.to_string(),
+                )])),
                 annotations: Some(BTreeMap::from([(
                     ANNOTATION_VOLUMES.to_string(),
                     serde_json::to_string(&layout).unwrap(),
@@ -403,24 +423,33 @@ mod tests {
         let generated = volume_path(DEFAULT_RESOURCES_ROOT, "ns", "web", "0123456789", "conf");
         let users = format!("{DEFAULT_RESOURCES_ROOT}/mine");
         let m = json!({"metadata": {"annotations": {CONFIG_HASH: "0123456789"}},
-            "spec": {"volumes": [
-                {"name": "conf", "hostPath": {"path": generated, "type": "Directory"}},
-                {"name": "own", "hostPath": {"path": users}},
-            ]}});
+        "spec": {"volumes": [
+            {"name": "conf", "hostPath": {"path": generated, "type": "Directory"}},
+            {"name": "own", "hostPath": {"path": users}},
+        ]}});
         assert_eq!(config_hash(&m), Some("0123456789"));
         let moved = localize(&m, &key("web"), "0123456789", "/var/lib/node-a/res");
         assert_eq!(
             moved["spec"]["volumes"][0]["hostPath"]["path"],
             "/var/lib/node-a/res/ns/web/0123456789/conf"
         );
-        assert_eq!(moved["spec"]["volumes"][1]["hostPath"]["path"], json!(users));
-        assert_eq!(localize(&m, &key("web"), "0123456789", DEFAULT_RESOURCES_ROOT), m);
+        assert_eq!(
+            moved["spec"]["volumes"][1]["hostPath"]["path"],
+            json!(users)
+        );
+        assert_eq!(
+            localize(&m, &key("web"), "0123456789", DEFAULT_RESOURCES_ROOT),
+            m
+        );
     }
 
     #[test]
     fn cleanup_keeps_what_is_named_and_what_is_unknown() {
         let on_disk = BTreeMap::from([
-            (key("a"), BTreeSet::from(["1111111111".to_string(), "2222222222".to_string()])),
+            (
+                key("a"),
+                BTreeSet::from(["1111111111".to_string(), "2222222222".to_string()]),
+            ),
             (key("b"), BTreeSet::from(["3333333333".to_string()])),
             (key("gone"), BTreeSet::from(["4444444444".to_string()])),
             (key("plain"), BTreeSet::new()),
@@ -457,8 +486,12 @@ mod tests {
         assert_eq!(mode(&base.join("tls")), 0o700);
         // Writing again (another writer won the race) is harmless.
         dir.write(&set, "0123456789", &files).unwrap();
-        dir.write(&set, "1111111111", &files_of(&bundle("1111111111"), "1111111111").unwrap())
-            .unwrap();
+        dir.write(
+            &set,
+            "1111111111",
+            &files_of(&bundle("1111111111"), "1111111111").unwrap(),
+        )
+        .unwrap();
         // A directory without the marker is never touched.
         fs::create_dir_all(root.path().join("ns/foreign/2222222222")).unwrap();
         let found = dir.on_disk().unwrap();

@@ -222,7 +222,10 @@ pub fn localize(
     };
     annotations.insert(CONFIG_HASH.to_string(), resolved.hash.clone());
     if let Some(volumes) = out.spec.as_mut().and_then(|s| s.volumes.as_mut()) {
-        for v in volumes.iter_mut().filter(|v| v.config_map.is_some() || v.secret.is_some()) {
+        for v in volumes
+            .iter_mut()
+            .filter(|v| v.config_map.is_some() || v.secret.is_some())
+        {
             *v = Volume {
                 name: v.name.clone(),
                 host_path: Some(HostPathVolumeSource {
@@ -244,12 +247,7 @@ pub fn localize(
 
 /// The bundle Secret of set `namespace/set` at `resolved`'s hash, in `bundle_namespace`.
 /// Immutable: a hash names one content forever.
-pub fn bundle(
-    namespace: &str,
-    set: &str,
-    resolved: &Resolved,
-    bundle_namespace: &str,
-) -> Secret {
+pub fn bundle(namespace: &str, set: &str, resolved: &Resolved, bundle_namespace: &str) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(bundle_name(namespace, set, &resolved.hash)),
@@ -351,8 +349,10 @@ pub async fn fetch(
 
 /// Creates the bundle unless it exists (a hash names one content, so an existing one is it).
 pub async fn ensure_bundle(client: &Client, bundle: &Secret) -> Result<bool, kube::Error> {
-    let api: Api<Secret> =
-        Api::namespaced(client.clone(), bundle.metadata.namespace.as_deref().unwrap_or_default());
+    let api: Api<Secret> = Api::namespaced(
+        client.clone(),
+        bundle.metadata.namespace.as_deref().unwrap_or_default(),
+    );
     match api.create(&PostParams::default(), bundle).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
@@ -374,7 +374,11 @@ pub async fn prune_bundles(
         .await?;
     let mut deleted = Vec::new();
     for bundle in list.items {
-        let hash = bundle.labels().get(CONFIG_HASH).cloned().unwrap_or_default();
+        let hash = bundle
+            .labels()
+            .get(CONFIG_HASH)
+            .cloned()
+            .unwrap_or_default();
         if keep.contains(&hash) {
             continue;
         }
@@ -429,7 +433,10 @@ mod tests {
         Fetched::from([
             (
                 (ConfigKind::ConfigMap, "web-conf".to_string()),
-                Some(BTreeMap::from([("index.html".to_string(), conf.as_bytes().to_vec())])),
+                Some(BTreeMap::from([(
+                    "index.html".to_string(),
+                    conf.as_bytes().to_vec(),
+                )])),
             ),
             (
                 (ConfigKind::Secret, "web-tls".to_string()),
@@ -442,8 +449,14 @@ mod tests {
     fn volumes_are_found_with_their_modes() {
         let v = config_volumes(&template());
         assert_eq!(v.len(), 2);
-        assert_eq!((v[0].kind, v[0].mode, v[0].index), (ConfigKind::ConfigMap, 0o644, 0));
-        assert_eq!((v[1].kind, v[1].mode, v[1].index), (ConfigKind::Secret, 0o640, 1));
+        assert_eq!(
+            (v[0].kind, v[0].mode, v[0].index),
+            (ConfigKind::ConfigMap, 0o644, 0)
+        );
+        assert_eq!(
+            (v[1].kind, v[1].mode, v[1].index),
+            (ConfigKind::Secret, 0o640, 1)
+        );
         let plain = crate::fixtures::template("busybox");
         assert!(config_volumes(&plain).is_empty());
         assert_eq!(resolve("ns", &[], &Fetched::new()), Ok(None));
@@ -462,7 +475,13 @@ mod tests {
         // A mode is part of the files, so of the hash.
         let mut other_mode = v.clone();
         other_mode[1].mode = 0o600;
-        assert_ne!(resolve("ns", &other_mode, &fetched("one")).unwrap().unwrap().hash, a.hash);
+        assert_ne!(
+            resolve("ns", &other_mode, &fetched("one"))
+                .unwrap()
+                .unwrap()
+                .hash,
+            a.hash
+        );
     }
 
     #[test]
@@ -473,7 +492,8 @@ mod tests {
         let problem = resolve("ns", &v, &f).unwrap_err();
         assert_eq!(problem.reason, REASON_CONFIG_NOT_FOUND);
         assert_eq!(problem.problems.len(), 1);
-        assert!(problem.problems[0].starts_with("spec.template.spec.volumes[1].secret: Secret ns/web-tls not found"));
+        assert!(problem.problems[0]
+            .starts_with("spec.template.spec.volumes[1].secret: Secret ns/web-tls not found"));
         v[1].optional = true;
         let r = resolve("ns", &v, &f).unwrap().unwrap();
         assert!(r.layout.contains_key("tls"));
@@ -488,7 +508,10 @@ mod tests {
             (ConfigKind::ConfigMap, "web-conf".into()),
             Some(BTreeMap::from([("../escape".to_string(), vec![])])),
         );
-        assert_eq!(resolve("ns", &v, &f).unwrap_err().reason, REASON_INVALID_CONFIG);
+        assert_eq!(
+            resolve("ns", &v, &f).unwrap_err().reason,
+            REASON_INVALID_CONFIG
+        );
         let big = "x".repeat(MAX_BUNDLE_BYTES + 1);
         let problem = resolve("ns", &v, &fetched(&big)).unwrap_err();
         assert_eq!(problem.reason, REASON_INVALID_CONFIG);
@@ -504,17 +527,32 @@ mod tests {
         let hp = vols[0].host_path.as_ref().unwrap();
         assert_eq!(
             hp.path,
-            format!("/etc/kubernetes/static-pod-resources/ns/web/{}/conf", r.hash)
+            format!(
+                "/etc/kubernetes/static-pod-resources/ns/web/{}/conf",
+                r.hash
+            )
         );
         assert_eq!(hp.type_.as_deref(), Some("Directory"));
         assert!(vols[0].config_map.is_none() && vols[1].secret.is_none());
         assert_eq!(vols[2].host_path.as_ref().unwrap().path, "/srv");
-        assert_eq!(t.metadata.unwrap().annotations.unwrap()[CONFIG_HASH], r.hash);
+        assert_eq!(
+            t.metadata.unwrap().annotations.unwrap()[CONFIG_HASH],
+            r.hash
+        );
         // Our annotation is ours: a template without configuration loses it.
         let mut plain = crate::fixtures::template("busybox");
-        plain.metadata.get_or_insert_with(Default::default).annotations =
-            Some(BTreeMap::from([(CONFIG_HASH.to_string(), "0123456789".to_string())]));
-        assert!(localize(&plain, "ns", "web", None).metadata.unwrap().annotations.is_none());
+        plain
+            .metadata
+            .get_or_insert_with(Default::default)
+            .annotations = Some(BTreeMap::from([(
+            CONFIG_HASH.to_string(),
+            "0123456789".to_string(),
+        )]));
+        assert!(localize(&plain, "ns", "web", None)
+            .metadata
+            .unwrap()
+            .annotations
+            .is_none());
     }
 
     #[test]
@@ -522,7 +560,10 @@ mod tests {
         let v = config_volumes(&template());
         let r = resolve("ns", &v, &fetched("one")).unwrap().unwrap();
         let b = bundle("ns", "web", &r, "sps-system");
-        assert_eq!(b.metadata.name.as_deref(), Some(&*format!("staticpodset.ns.web.{}", r.hash)));
+        assert_eq!(
+            b.metadata.name.as_deref(),
+            Some(&*format!("staticpodset.ns.web.{}", r.hash))
+        );
         assert_eq!(b.metadata.namespace.as_deref(), Some("sps-system"));
         assert_eq!(b.immutable, Some(true));
         let labels = b.metadata.labels.unwrap();
@@ -532,6 +573,9 @@ mod tests {
             serde_json::from_str(&b.metadata.annotations.unwrap()[ANNOTATION_VOLUMES]).unwrap();
         assert_eq!(layout, r.layout);
         let data = b.data.unwrap();
-        assert_eq!(data.keys().collect::<Vec<_>>(), ["conf.index.html", "tls.tls.key"]);
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["conf.index.html", "tls.tls.key"]
+        );
     }
 }

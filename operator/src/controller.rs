@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use futures::{future, stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
-use staticpodset_api::config_files::ConfigKind;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -24,6 +23,7 @@ use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use staticpodset_api::config_files::ConfigKind;
 use staticpodset_api::keys::{ANNOTATION_ROLLBACK_TO, FINALIZER, LABEL_SET_NAME};
 use staticpodset_api::validation;
 use staticpodset_api::{AssignedPod, NodeStaticPods, StaticPodRevision, StaticPodSet};
@@ -414,7 +414,12 @@ fn config_triggers<K>(
     sets: &Store<StaticPodSet>,
 ) -> impl futures::Stream<Item = ObjectRef<StaticPodSet>>
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
 {
     let sets = sets.clone();
     watcher(
@@ -424,12 +429,10 @@ where
     .default_backoff()
     .filter_map(move |event| {
         let keys: Vec<SetKey> = match event {
-            Ok(Event::Apply(m) | Event::InitApply(m) | Event::Delete(m)) => {
-                match m.namespace() {
-                    Some(ns) => config::sets_referencing(&sets.state(), kind, &ns, &m.name_any()),
-                    None => Vec::new(),
-                }
-            }
+            Ok(Event::Apply(m) | Event::InitApply(m) | Event::Delete(m)) => match m.namespace() {
+                Some(ns) => config::sets_referencing(&sets.state(), kind, &ns, &m.name_any()),
+                None => Vec::new(),
+            },
             Ok(_) => Vec::new(),
             Err(error) => {
                 tracing::warn!(%error, ?kind, "watching ConfigMaps or Secrets");
@@ -938,8 +941,12 @@ async fn prune_config(
     current: Option<&config::Resolved>,
     deleted: &BTreeSet<String>,
 ) {
-    let history =
-        revisions::history_of(&ctx.revisions.state(), namespace, name, set.metadata.uid.as_deref());
+    let history = revisions::history_of(
+        &ctx.revisions.state(),
+        namespace,
+        name,
+        set.metadata.uid.as_deref(),
+    );
     let had_config = !revisions::config_hashes(history.iter().map(|r| &**r)).is_empty();
     let mut keep = revisions::config_hashes(
         history
@@ -1300,8 +1307,12 @@ mod tests {
         assert_eq!(invalid.reason, REASON_INVALID_TEMPLATE);
         assert_eq!(invalid.problems, ["spec.template.spec: required"]);
 
-        let (selector, rendered) =
-            evaluate(&set(Some(pod_spec()), Some(broken_selector())), "ns", "vip", &Ok(None));
+        let (selector, rendered) = evaluate(
+            &set(Some(pod_spec()), Some(broken_selector())),
+            "ns",
+            "vip",
+            &Ok(None),
+        );
         assert!(selector.is_none());
         assert_eq!(rendered.unwrap_err().reason, REASON_INVALID_NODE_SELECTOR);
 
@@ -1344,7 +1355,10 @@ mod tests {
             problems: vec!["spec.template.spec.volumes[0].configMap: not found".into()],
         });
         let (_, rendered) = evaluate(&set(Some(pod_spec()), None), "ns", "vip", &missing);
-        assert_eq!(rendered.unwrap_err().reason, config::REASON_CONFIG_NOT_FOUND);
+        assert_eq!(
+            rendered.unwrap_err().reason,
+            config::REASON_CONFIG_NOT_FOUND
+        );
         // A broken template still reports the template first.
         let (_, rendered) = evaluate(
             &set(Some(PodSpec::default()), Some(broken_selector())),

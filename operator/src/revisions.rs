@@ -255,7 +255,9 @@ fn revision_labels(set_name: &str, manifest: &Value) -> BTreeMap<String, String>
 }
 
 /// The config hashes that revisions of a set name (see [`revision_labels`]).
-pub fn config_hashes<'a>(history: impl IntoIterator<Item = &'a StaticPodRevision>) -> BTreeSet<String> {
+pub fn config_hashes<'a>(
+    history: impl IntoIterator<Item = &'a StaticPodRevision>,
+) -> BTreeSet<String> {
     history
         .into_iter()
         .filter_map(|r| r.labels().get(CONFIG_HASH).cloned())

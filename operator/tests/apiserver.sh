@@ -326,6 +326,75 @@ k -n apps patch sps vip --type=json -p '[{"op":"remove","path":"/metadata/finali
 k -n apps delete sps vip >/dev/null
 eventually 150 "the orphaned entry of a set deleted without finalizer is removed" has_entries node-a ''
 
+# --- configuration files: configMap and secret volumes ----------------------------------------
+k -n apps create configmap web-conf --from-literal=greeting=hello >/dev/null
+k -n apps create secret generic web-tls --from-literal=tls.key=s3cret >/dev/null
+conf_set() { # name configmap
+  k apply -f - >/dev/null <<EOF
+apiVersion: staticpods.dev/v1alpha1
+kind: StaticPodSet
+metadata: {name: $1, namespace: apps}
+spec:
+  nodeSelector: {matchLabels: {zone: x}}
+  revisionHistoryLimit: 0
+  updateStrategy: {rollingUpdate: {maxUnavailable: "100%"}}
+  template:
+    spec:
+      containers: [{name: c, image: "busybox:1.36", command: [sleep, "3600"]}]
+      volumes:
+      - {name: conf, configMap: {name: $2}}
+      - {name: tls, secret: {secretName: web-tls}}
+      - {name: extra, configMap: {name: not-there, optional: true}}
+EOF
+}
+conf_set conf web-conf
+# The config hash of the revision the set asks for, from the revision object's label.
+config_hash() { k -n apps get spr "$1-$(jp "$1" '{.status.updateRevision}')" -o jsonpath='{.metadata.labels.staticpods\.dev/config-hash}' 2>/dev/null; }
+bundle_value() { k -n sps-system get secret "staticpodset.apps.$1.$2" -o jsonpath="{.data.$3}" 2>/dev/null | base64 -d; }
+has_bundle() { [[ -n $(config_hash conf) && $(bundle_value conf "$(config_hash conf)" 'conf\.greeting') == "$1" ]]; }
+eventually 15 "a set with configMap and secret volumes gets a bundle with the data" has_bundle hello
+h1=$(config_hash conf)
+manifest=$(k -n apps get spr "conf-$(jp conf '{.status.updateRevision}')" -o json)
+check_volumes='
+import json, sys
+h = sys.argv[1]
+spec = json.load(sys.stdin)["spec"]["manifest"]["spec"]
+vols = {v["name"]: v for v in spec["volumes"]}
+assert all(set(v) == {"name", "hostPath"} for v in vols.values()), vols
+for name in ("conf", "tls", "extra"):
+    want = {"path": f"/etc/kubernetes/static-pod-resources/apps/conf/{h}/{name}", "type": "Directory"}
+    assert vols[name]["hostPath"] == want, vols[name]
+'
+python3 -c "$check_volumes" "$h1" <<<"$manifest" \
+  && ok "the manifest mounts hostPath directories at the config hash and references no object" \
+  || fail "rendered config volumes: $manifest"
+bundle=$(k -n sps-system get secret "staticpodset.apps.conf.$h1" -o jsonpath='{.immutable}/{.metadata.labels.staticpods\.dev/set-namespace}/{.data.tls\.tls\.key}')
+[[ $bundle == "true/apps/$(printf s3cret | base64)" ]] \
+  && ok "the bundle is immutable, labelled with its set, and holds the Secret's key too" || fail "bundle: $bundle"
+k -n apps create configmap web-conf --from-literal=greeting=bonjour --dry-run=client -o yaml | k apply -f - >/dev/null 2>&1
+eventually 15 "a changed ConfigMap becomes a new revision with a new bundle" has_bundle bonjour
+[[ $(config_hash conf) != "$h1" ]] && is conf '{.status.updateRevisionNumber}' 2 \
+  && ok "new config hash, revision 2" \
+  || fail "after the ConfigMap change: hash $(config_hash conf), revision $(jp conf '{.status.updateRevisionNumber}')"
+agent node-a && agent node-b
+old_bundle_gone() { ! k -n sps-system get secret "staticpodset.apps.conf.$h1" >/dev/null 2>&1; }
+eventually 15 "once no revision names the old config hash, its bundle is deleted" old_bundle_gone
+conf_set late missing-conf
+reason_is() { is late '{.status.conditions[?(@.type=="Valid")].reason}' "$1"; }
+eventually 15 "a missing ConfigMap is Valid=False ConfigNotFound" reason_is ConfigNotFound
+jp late '{.status.conditions[?(@.type=="Valid")].message}' | grep -q 'ConfigMap apps/missing-conf not found' \
+  && ok "the condition names the missing ConfigMap" \
+  || fail "message: $(jp late '{.status.conditions[?(@.type=="Valid")].message}')"
+k -n apps create configmap missing-conf --from-literal=greeting=late >/dev/null
+late_ok() { is late '{.status.conditions[?(@.type=="Valid")].status}' True && [[ -n $(config_hash late) ]]; }
+eventually 15 "creating the ConfigMap lets the set through (watched, not polled)" late_ok
+agent node-a && agent node-b
+k -n apps delete sps conf late --wait=false >/dev/null
+eventually 10 "deleting the sets removes their entries" has_entries node-a ''
+agent node-a
+no_bundles() { [[ -z $(k -n sps-system get secrets -l staticpods.dev/set-namespace=apps -o name) ]]; }
+eventually 20 "deleting the sets deletes their bundles" no_bundles
+
 # --- API server down: the leader steps down before its Lease (6 s) expires, then leads again ----
 metric() { curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 [[ $(metric staticpodset_operator_leader) == 1 ]] && ok "leading before the outage" || fail "leading before the outage"

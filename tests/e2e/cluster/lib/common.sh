@@ -81,6 +81,9 @@ containerd_sock() { echo "$(node_dir "$1")/containerd/containerd.sock"; }
 # the node name) gives each agent exactly its own node's directory, as on a real cluster.
 MANIFESTS_ROOT=$RUN_DIR/manifests
 static_pod_dir() { echo "$MANIFESTS_ROOT/$1"; }
+# Each node's configuration files (the agent's --resources-host-dir): <root>/<node>.
+RESOURCES_ROOT=$RUN_DIR/static-pod-resources
+resources_dir() { echo "$RESOURCES_ROOT/$1"; }
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
