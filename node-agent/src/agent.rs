@@ -46,6 +46,9 @@ const REVISION_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REVISION_READS_IN_FLIGHT: usize = 8;
 /// How soon a failed image pre-pull is tried again (within the pre-pull timeout).
 const PULL_RETRY: Duration = Duration::from_secs(5);
+/// The longest a set moving from the URL to a file waits for the URL pod to stop, when
+/// stop-first is off (otherwise `--stop-first-timeout`).
+const URL_HANDOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How soon configuration files that could not be written are tried again.
 const CONFIG_RETRY: Duration = Duration::from_secs(5);
 
@@ -117,6 +120,8 @@ struct LoopState {
     mode_warning: Option<String>,
     /// When to try again configuration files that could not be written.
     config_retry: Option<std::time::Instant>,
+    /// Sets moving from the URL to a file, waiting for the URL pod to stop, since when.
+    url_handover: BTreeMap<SetKey, std::time::Instant>,
 }
 
 /// Pre-pull, when on: the pure book of waits, and the background puller feeding it.
@@ -202,6 +207,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         served: ServedPods::new(),
         mode_warning: None,
         config_retry: None,
+        url_handover: BTreeMap::new(),
         prepull: ctx.cri.clone().map(|cri| {
             info!(socket = %cri.socket().display(), timeout_s = ctx.prepull_timeout.as_secs(),
                   "image pre-pull on: writes that change a revision wait for their images");
@@ -327,6 +333,18 @@ async fn sync_once(
     let assigned = prepare_config(ctx, state, assigned).await;
     let (file_assigned, url_assigned) = served_pods::split(mode, &assigned);
     let assigned_all = assigned;
+    let file_assigned = if ctx.static_pod_url.is_some() {
+        let pods_listed = caches.pods.wait_until_ready().now_or_never().is_some();
+        served_pods::hold_for_url_pods(
+            file_assigned,
+            |set| state.served.contains_key(set) || (pods_listed && runs_from_url(caches, set)),
+            &mut state.url_handover,
+            std::time::Instant::now(),
+            ctx.stop_first.unwrap_or(URL_HANDOVER_TIMEOUT),
+        )
+    } else {
+        file_assigned
+    };
     let now = SystemTime::now();
     let dir = ctx.dir.clone();
     let planned = blocking(node, move || {
@@ -443,6 +461,14 @@ async fn sync_once(
         .as_ref()
         .and_then(StopFirst::next_wakeup)
         .map(|t| t.saturating_duration_since(std::time::Instant::now()));
+    let handover = state
+        .url_handover
+        .values()
+        .min()
+        .map(|since| {
+            (*since + ctx.stop_first.unwrap_or(URL_HANDOVER_TIMEOUT))
+                .saturating_duration_since(std::time::Instant::now())
+        });
     let config = state
         .config_retry
         .take()
@@ -451,6 +477,19 @@ async fn sync_once(
         .into_iter()
         .flatten()
         .min()
+}
+
+/// Whether the kubelet runs set `set`'s pod from its URL source: its mirror pod says so.
+fn runs_from_url(caches: &Caches, set: &SetKey) -> bool {
+    let owner = set.to_string();
+    caches.pods.state().iter().any(|pod| {
+        let a = pod.metadata.annotations.as_ref();
+        mirror_pods::is_ours(pod)
+            && a.and_then(|a| a.get(staticpodset_api::keys::ANNOTATION_SET)) == Some(&owner)
+            && a.and_then(|a| a.get(staticpodset_api::keys::kubelet::CONFIG_SOURCE))
+                .map(String::as_str)
+                == Some("http")
+    })
 }
 
 /// Writes the configuration files of every assigned revision that has them (when not on disk

@@ -150,6 +150,42 @@ pub fn split(mode: ManifestSource, assigned: &[Assignment]) -> (Vec<Assignment>,
     (files, url)
 }
 
+/// Holds the file write of sets that move from the URL source to a file on this node until the
+/// kubelet has stopped the pod it runs from the URL: the kubelet runs one pod of a name per node,
+/// and a file pod added while the URL pod of the same name still exists is never started (seen
+/// on our kubelet: not within 120 s). `url_pod` says whether the kubelet still runs a set's pod
+/// from the URL (the set is still served, or its mirror pod says `config.source: http`);
+/// `waiting` remembers since when each set waits, and a set waits at most `timeout`.
+pub fn hold_for_url_pods(
+    file_assigned: Vec<Assignment>,
+    url_pod: impl Fn(&SetKey) -> bool,
+    waiting: &mut BTreeMap<SetKey, std::time::Instant>,
+    now: std::time::Instant,
+    timeout: std::time::Duration,
+) -> Vec<Assignment> {
+    let mut still = BTreeMap::new();
+    let out = file_assigned
+        .into_iter()
+        .map(|mut a| {
+            let key = SetKey::of(&a.entry);
+            if a.manifest.is_ok() && url_pod(&key) {
+                let since = *waiting.get(&key).unwrap_or(&now);
+                if now.saturating_duration_since(since) < timeout {
+                    still.insert(key, since);
+                    a.manifest = Err(
+                        "moving from the URL source to a file: waiting for the kubelet to stop \
+                         the pod it runs from the URL (one pod of a name per node)"
+                            .to_string(),
+                    );
+                }
+            }
+            a
+        })
+        .collect();
+    *waiting = still;
+    out
+}
+
 /// A manifest the endpoint serves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Served {
@@ -368,6 +404,32 @@ mod tests {
                 since: t(since),
             },
         )
+    }
+
+    #[test]
+    fn a_set_leaving_the_url_waits_for_its_url_pod_then_for_no_longer_than_the_timeout() {
+        use std::time::{Duration, Instant};
+        let start = Instant::now();
+        let timeout = Duration::from_secs(60);
+        let mut waiting = BTreeMap::new();
+        let assigned = vec![available("moved", "r1"), available("other", "r1")];
+        let url_pod = |k: &SetKey| k.name == "moved";
+        let held = hold_for_url_pods(assigned.clone(), url_pod, &mut waiting, start, timeout);
+        assert!(held[0].manifest.as_ref().unwrap_err().contains("URL"));
+        assert!(held[1].manifest.is_ok());
+        // Still running from the URL later: the wait started at the first sync.
+        let later = start + Duration::from_secs(30);
+        let held = hold_for_url_pods(assigned.clone(), url_pod, &mut waiting, later, timeout);
+        assert!(held[0].manifest.is_err());
+        assert_eq!(waiting[&key("moved")], start);
+        // The kubelet stopped it: written, and forgotten.
+        let held = hold_for_url_pods(assigned.clone(), |_| false, &mut waiting, later, timeout);
+        assert!(held.iter().all(|a| a.manifest.is_ok()));
+        assert!(waiting.is_empty());
+        // Never stopped: written once the timeout has passed.
+        hold_for_url_pods(assigned.clone(), url_pod, &mut waiting, start, timeout);
+        let held = hold_for_url_pods(assigned, url_pod, &mut waiting, start + timeout, timeout);
+        assert!(held[0].manifest.is_ok());
     }
 
     fn sets(list: &[Assignment]) -> Vec<String> {
