@@ -120,6 +120,8 @@ struct LoopState {
     mode_warning: Option<String>,
     /// When to try again configuration files that could not be written.
     config_retry: Option<std::time::Instant>,
+    /// Configuration bundles read, for repairs without the API server.
+    config: ConfigBook,
     /// Sets moving from the URL to a file, waiting for the URL pod to stop, since when.
     url_handover: BTreeMap<SetKey, std::time::Instant>,
 }
@@ -207,6 +209,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         served: ServedPods::new(),
         mode_warning: None,
         config_retry: None,
+        config: ConfigBook::default(),
         url_handover: BTreeMap::new(),
         prepull: ctx.cri.clone().map(|cri| {
             info!(socket = %cri.socket().display(), timeout_s = ctx.prepull_timeout.as_secs(),
@@ -461,19 +464,15 @@ async fn sync_once(
         .as_ref()
         .and_then(StopFirst::next_wakeup)
         .map(|t| t.saturating_duration_since(std::time::Instant::now()));
-    let handover = state
-        .url_handover
-        .values()
-        .min()
-        .map(|since| {
-            (*since + ctx.stop_first.unwrap_or(URL_HANDOVER_TIMEOUT))
-                .saturating_duration_since(std::time::Instant::now())
-        });
+    let handover = state.url_handover.values().min().map(|since| {
+        (*since + ctx.stop_first.unwrap_or(URL_HANDOVER_TIMEOUT))
+            .saturating_duration_since(std::time::Instant::now())
+    });
     let config = state
         .config_retry
         .take()
         .map(|t| t.saturating_duration_since(std::time::Instant::now()));
-    [recheck, retry, pull, swap, config]
+    [recheck, retry, pull, swap, config, handover]
         .into_iter()
         .flatten()
         .min()
@@ -501,11 +500,14 @@ async fn prepare_config(
     assigned: Vec<Assignment>,
 ) -> Vec<Assignment> {
     let mut out = Vec::with_capacity(assigned.len());
+    let mut used = BTreeSet::new();
     for mut assignment in assigned {
         let set = SetKey::of(&assignment.entry);
         if let Ok(manifest) = &assignment.manifest {
             if let Some(hash) = config_files::config_hash(manifest).map(str::to_owned) {
-                assignment.manifest = match ensure_config(ctx, &set, &hash).await {
+                used.insert((set.clone(), hash.clone()));
+                assignment.manifest = match ensure_config(ctx, &mut state.config, &set, &hash).await
+                {
                     Ok(()) => Ok(Arc::new(config_files::localize(
                         manifest,
                         &set,
@@ -515,6 +517,10 @@ async fn prepare_config(
                     Err(why) => {
                         warn!(set = %set, hash = %hash, error = %why, "configuration files not written; retrying");
                         ctx.metrics.sync_errors.inc();
+                        ctx.metrics
+                            .config_files
+                            .with_label_values(&["failed"])
+                            .inc();
                         state.config_retry = Some(std::time::Instant::now() + CONFIG_RETRY);
                         Err(why)
                     }
@@ -523,45 +529,115 @@ async fn prepare_config(
         }
         out.push(assignment);
     }
+    state.config.files.retain(|k, _| used.contains(k));
+    state.config.unread.retain(|k, _| used.contains(k));
     out
 }
 
-/// Makes sure the files of `set` at `hash` are on disk, reading its bundle if they are not.
-async fn ensure_config(ctx: &Context, set: &SetKey, hash: &str) -> Result<(), String> {
+/// What the agent keeps of configuration bundles between syncs.
+#[derive(Default)]
+struct ConfigBook {
+    /// The files of every assigned config hash the agent has read, to put edits on the node
+    /// right without the API server.
+    files: BTreeMap<(SetKey, String), Arc<config_files::Files>>,
+    /// Hashes found on disk whose bundle could not be read (API server down), and when that was
+    /// last tried: the files are used as they are meanwhile.
+    unread: BTreeMap<(SetKey, String), std::time::Instant>,
+}
+
+/// How soon a bundle that could not be read is tried again when its files are on disk already.
+const BUNDLE_REREAD: Duration = Duration::from_secs(60);
+
+/// Makes sure the files of `set` at `hash` are on disk and as the bundle says: written when
+/// missing, put right when edited on the node. The bundle is read once per config hash.
+async fn ensure_config(
+    ctx: &Context,
+    book: &mut ConfigBook,
+    set: &SetKey,
+    hash: &str,
+) -> Result<(), String> {
+    let key = (set.clone(), hash.to_string());
     let dir = ctx.resources.clone();
     let (probe_set, probe_hash) = (set.clone(), hash.to_string());
-    if blocking(&ctx.node_name, move || dir.has(&probe_set, &probe_hash))
+    let on_disk = blocking(&ctx.node_name, move || dir.has(&probe_set, &probe_hash))
         .await
-        .unwrap_or(false)
-    {
-        return Ok(());
+        .unwrap_or(false);
+    let files = match book.files.get(&key) {
+        Some(files) => files.clone(),
+        None => {
+            if on_disk
+                && book
+                    .unread
+                    .get(&key)
+                    .is_some_and(|at| at.elapsed() < BUNDLE_REREAD)
+            {
+                return Ok(());
+            }
+            match read_bundle(ctx, set, hash).await {
+                Ok(files) => {
+                    book.unread.remove(&key);
+                    let files = Arc::new(files);
+                    book.files.insert(key.clone(), files.clone());
+                    files
+                }
+                // The files are there: use them as they are until the bundle can be read.
+                Err(why) if on_disk => {
+                    debug!(set = %set, error = %why, "bundle not read; using the files on disk as they are");
+                    book.unread.insert(key, std::time::Instant::now());
+                    return Ok(());
+                }
+                Err(why) => return Err(why),
+            }
+        }
+    };
+    let (dir, set, hash) = (ctx.resources.clone(), set.clone(), hash.to_string());
+    let (log_set, log_hash) = (set.clone(), hash.clone());
+    let outcome = blocking(&ctx.node_name, move || {
+        if on_disk {
+            dir.repair(&set, &hash, &files)
+        } else {
+            dir.write(&set, &hash, &files).map(|()| Vec::new())
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("writing configuration files: {e}"))?;
+    if !on_disk {
+        ctx.metrics
+            .config_files
+            .with_label_values(&["written"])
+            .inc();
+        info!(set = %log_set, hash = %log_hash, "configuration files written");
     }
+    if !outcome.is_empty() {
+        ctx.metrics
+            .config_files
+            .with_label_values(&["restored"])
+            .inc_by(outcome.len() as u64);
+        warn!(set = %log_set, hash = %log_hash, restored = ?outcome, "configuration files had changed on the node; put back");
+    }
+    Ok(())
+}
+
+/// Reads the bundle of `set` at `hash`.
+async fn read_bundle(
+    ctx: &Context,
+    set: &SetKey,
+    hash: &str,
+) -> Result<config_files::Files, String> {
     let name = bundle_name(&set.namespace, &set.name, hash);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config_namespace);
+    let ns = &ctx.config_namespace;
     let bundle = tokio::time::timeout(REVISION_READ_TIMEOUT, api.get(&name))
         .await
-        .map_err(|_| {
-            format!(
-                "reading configuration bundle {}/{name}: timed out",
-                ctx.config_namespace
-            )
-        })?
+        .map_err(|_| format!("reading configuration bundle {ns}/{name}: timed out"))?
         .map_err(|e| {
             format!(
-                "reading configuration bundle {}/{name}: {}",
-                ctx.config_namespace,
+                "reading configuration bundle {ns}/{name}: {}",
                 error_text(&e)
             )
         })?;
-    let files = config_files::files_of(&bundle, hash).map_err(|e| e.to_string())?;
-    let (dir, set, hash) = (ctx.resources.clone(), set.clone(), hash.to_string());
-    let written_set = set.clone();
-    blocking(&ctx.node_name, move || dir.write(&set, &hash, &files))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("writing configuration files: {e}"))?;
-    info!(set = %written_set, "configuration files written");
-    Ok(())
+    config_files::files_of(&bundle, hash).map_err(|e| e.to_string())
 }
 
 /// Removes configuration files nothing on the node names any more: not the assigned revision,
@@ -642,7 +718,23 @@ async fn clean_config(
     match done {
         Ok(Ok(done)) => {
             for step in done {
-                info!(?step, "configuration files removed");
+                let action = match &step {
+                    config_files::Cleanup::Prune(_, hashes) => {
+                        ctx.metrics
+                            .config_files
+                            .with_label_values(&["pruned"])
+                            .inc_by(hashes.len() as u64);
+                        "pruned"
+                    }
+                    config_files::Cleanup::RemoveSet(_) => {
+                        ctx.metrics
+                            .config_files
+                            .with_label_values(&["removed"])
+                            .inc();
+                        "removed"
+                    }
+                };
+                info!(?step, action, "configuration files no longer needed");
             }
         }
         Ok(Err(e)) => {

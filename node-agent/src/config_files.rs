@@ -9,14 +9,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
 use staticpodset_api::config_files::{
     is_config_hash, is_safe_file_name, set_dir, split_data_key, volume_path, ConfigKind, Layout,
-    ANNOTATION_VOLUMES, CONFIG_HASH, DEFAULT_RESOURCES_ROOT, OWNER_MARKER,
+    VolumeLayout, ANNOTATION_VOLUMES, CONFIG_HASH, DEFAULT_RESOURCES_ROOT, OWNER_MARKER,
 };
 
 use crate::plan::SetKey;
@@ -246,35 +246,9 @@ impl ResourcesDir {
             .map_err(io_err("creating", &staging))?;
         for (volume, layout) in &files.layout {
             let dir = staging.join(volume);
-            // Files that only root may read sit in a directory only root may enter.
-            let dir_mode = if layout.mode & 0o044 == 0 {
-                0o700
-            } else {
-                0o755
-            };
-            DirBuilder::new()
-                .mode(dir_mode)
-                .create(&dir)
-                .map_err(io_err("creating", &dir))?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(dir_mode))
-                .map_err(io_err("setting the mode of", &dir))?;
+            make_dir(&dir, dir_mode(layout.mode))?;
             for (name, bytes) in files.files.get(volume).into_iter().flatten() {
-                let path = dir.join(name);
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(layout.mode)
-                    .open(&path)
-                    .map_err(io_err("creating", &path))?;
-                file.write_all(bytes).map_err(io_err("writing", &path))?;
-                // The umask may have narrowed the mode; the layout's mode is what was asked for.
-                file.set_permissions(fs::Permissions::from_mode(layout.mode))
-                    .map_err(io_err("setting the mode of", &path))?;
-                file.sync_all().map_err(io_err("syncing", &path))?;
-                if matches!(layout.kind, ConfigKind::Secret) {
-                    std::os::unix::fs::chown(&path, Some(0), Some(0))
-                        .map_err(io_err("changing the owner of", &path))?;
-                }
+                write_file(&dir, name, bytes, layout, false)?;
             }
         }
         match fs::rename(&staging, &target) {
@@ -288,6 +262,61 @@ impl ResourcesDir {
         fs::File::open(&set_path)
             .and_then(|d| d.sync_all())
             .map_err(io_err("syncing", &set_path))
+    }
+
+    /// Makes the files of `set` at `hash`, already on disk, exactly `files` again: a file edited,
+    /// removed or with another mode is rewritten, one that is not in the bundle is removed. In
+    /// place (a dot-named file renamed over the old one inside the volume directory), since a
+    /// running pod's hostPath mount holds the directory itself. Returns what was put right.
+    pub fn repair(
+        &self,
+        set: &SetKey,
+        hash: &str,
+        files: &Files,
+    ) -> Result<Vec<String>, ConfigError> {
+        let base = self.set_path(set).join(hash);
+        let mut repaired = Vec::new();
+        for extra in entries(&base)?
+            .into_iter()
+            .filter(|name| !files.layout.contains_key(name))
+        {
+            remove_any(&base.join(&extra))?;
+            repaired.push(extra);
+        }
+        for (volume, layout) in &files.layout {
+            let dir = base.join(volume);
+            let mode = dir_mode(layout.mode);
+            let right = fs::symlink_metadata(&dir)
+                .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o777 == mode);
+            if !right {
+                if fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+                    remove_any(&dir)?;
+                }
+                make_dir(&dir, mode)?;
+                repaired.push(volume.clone());
+            }
+            let want = files.files.get(volume);
+            for extra in entries(&dir)?
+                .into_iter()
+                .filter(|name| !want.is_some_and(|w| w.contains_key(name)))
+            {
+                remove_any(&dir.join(&extra))?;
+                repaired.push(format!("{volume}/{extra}"));
+            }
+            for (name, bytes) in want.into_iter().flatten() {
+                let path = dir.join(name);
+                let intact = fs::symlink_metadata(&path).is_ok_and(|m| {
+                    m.is_file()
+                        && m.permissions().mode() & 0o777 == layout.mode
+                        && (layout.kind != ConfigKind::Secret || m.uid() == 0)
+                }) && fs::read(&path).is_ok_and(|content| &content == bytes);
+                if !intact {
+                    write_file(&dir, name, bytes, layout, true)?;
+                    repaired.push(format!("{volume}/{name}"));
+                }
+            }
+        }
+        Ok(repaired)
     }
 
     /// The set directories that carry the owner marker, with their hash directories.
@@ -349,13 +378,86 @@ impl ResourcesDir {
     }
 }
 
+/// Files that only root may read sit in a directory only root may enter.
+fn dir_mode(file_mode: u32) -> u32 {
+    if file_mode & 0o044 == 0 {
+        0o700
+    } else {
+        0o755
+    }
+}
+
+fn make_dir(dir: &Path, mode: u32) -> Result<(), ConfigError> {
+    match DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("creating", dir)(e)),
+    }
+    // The umask may have narrowed the mode.
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting the mode of", dir))
+}
+
+/// Writes one file with the layout's mode (and root as owner for a Secret); with `replace`,
+/// through a dot-named temporary file renamed over the old one.
+fn write_file(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    layout: &VolumeLayout,
+    replace: bool,
+) -> Result<(), ConfigError> {
+    let path = dir.join(name);
+    let temp = dir.join(format!(".{name}.staticpodset-tmp"));
+    let target = if replace { &temp } else { &path };
+    if replace {
+        let _ = fs::remove_file(&temp);
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(layout.mode)
+        .open(target)
+        .map_err(io_err("creating", target))?;
+    file.write_all(bytes).map_err(io_err("writing", target))?;
+    file.set_permissions(fs::Permissions::from_mode(layout.mode))
+        .map_err(io_err("setting the mode of", target))?;
+    file.sync_all().map_err(io_err("syncing", target))?;
+    if layout.kind == ConfigKind::Secret {
+        std::os::unix::fs::chown(target, Some(0), Some(0))
+            .map_err(io_err("changing the owner of", target))?;
+    }
+    if replace {
+        fs::rename(&temp, &path).map_err(io_err("renaming into place", &path))?;
+    }
+    Ok(())
+}
+
+/// The names in a directory.
+fn entries(dir: &Path) -> Result<Vec<String>, ConfigError> {
+    Ok(fs::read_dir(dir)
+        .map_err(io_err("reading", dir))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect())
+}
+
+fn remove_any(path: &Path) -> Result<(), ConfigError> {
+    let result = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    result.map_err(io_err("removing", path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use k8s_openapi::ByteString;
     use serde_json::json;
-    use staticpodset_api::config_files::VolumeLayout;
 
     fn key(set: &str) -> SetKey {
         SetKey {
@@ -466,6 +568,55 @@ mod tests {
                 Cleanup::RemoveSet(key("gone")),
                 Cleanup::RemoveSet(key("plain")),
             ]
+        );
+    }
+
+    #[test]
+    fn edits_on_the_node_are_put_right_in_place() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = ResourcesDir::new(root.path(), DEFAULT_RESOURCES_ROOT);
+        let set = key("web");
+        let files = files_of(&bundle("0123456789"), "0123456789").unwrap();
+        dir.write(&set, "0123456789", &files).unwrap();
+        assert_eq!(
+            dir.repair(&set, "0123456789", &files).unwrap(),
+            Vec::<String>::new()
+        );
+        let base = root.path().join("ns/web/0123456789");
+        // What a running pod's mount holds: the volume directory's inode.
+        let conf_inode = fs::metadata(base.join("conf")).unwrap().ino();
+        fs::write(base.join("conf/index.html"), b"edited").unwrap();
+        fs::write(base.join("conf/extra"), b"x").unwrap();
+        fs::remove_file(base.join("tls/tls.key")).unwrap();
+        fs::set_permissions(base.join("tls"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir(base.join("stray")).unwrap();
+        let mut repaired = dir.repair(&set, "0123456789", &files).unwrap();
+        repaired.sort();
+        assert_eq!(
+            repaired,
+            [
+                "conf/extra",
+                "conf/index.html",
+                "stray",
+                "tls",
+                "tls/tls.key"
+            ]
+        );
+        assert_eq!(fs::read(base.join("conf/index.html")).unwrap(), b"hello");
+        assert_eq!(fs::read(base.join("tls/tls.key")).unwrap(), b"secret");
+        assert_eq!(
+            fs::metadata(base.join("tls/tls.key"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert_eq!(fs::metadata(base.join("conf")).unwrap().ino(), conf_inode);
+        assert!(!base.join("conf/extra").exists() && !base.join("stray").exists());
+        assert_eq!(
+            dir.repair(&set, "0123456789", &files).unwrap(),
+            Vec::<String>::new()
         );
     }
 

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub url_requests: IntCounterVec,
     /// Pods in the list the static pod URL endpoint serves.
     pub url_served_pods: IntGauge,
+    /// Configuration file operations, by action: `written` (a config hash directory), `restored`
+    /// (a file edited, removed or added on the node, put back), `pruned` (a hash directory
+    /// nothing names), `removed` (a set's directory), `failed`.
+    pub config_files: IntCounterVec,
 }
 
 impl Metrics {
@@ -146,8 +150,20 @@ impl Metrics {
             "staticpodset_agent_url_served_pods",
             "Pods in the list the static pod URL endpoint serves",
         )?;
+        let config_files = IntCounterVec::new(
+            Opts::new(
+                "staticpodset_agent_config_files_total",
+                "Configuration file operations (ConfigMap and Secret volumes), by action: written, \
+                 restored, pruned, removed, failed",
+            ),
+            &["action"],
+        )?;
+        for action in ["written", "restored", "pruned", "removed", "failed"] {
+            config_files.with_label_values(&[action]);
+        }
         registry.register(Box::new(url_requests.clone()))?;
         registry.register(Box::new(url_served_pods.clone()))?;
+        registry.register(Box::new(config_files.clone()))?;
         registry.register(Box::new(syncs.clone()))?;
         registry.register(Box::new(sync_errors.clone()))?;
         registry.register(Box::new(sync_duration.clone()))?;
@@ -180,6 +196,7 @@ impl Metrics {
             stop_first_swaps,
             url_requests,
             url_served_pods,
+            config_files,
         })
     }
 
@@ -215,6 +232,7 @@ mod tests {
             "staticpodset_agent_prepull_waits_total{outcome=\"deadline_passed\"} 0",
             "staticpodset_agent_prepull_waiting 0",
             "staticpodset_agent_url_served_pods 0",
+            "staticpodset_agent_config_files_total{action=\"restored\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

@@ -9,7 +9,7 @@
 #   -> a new set reaches B through the URL only; node A still gets files; status 2/2/2
 #   -> template edit: new revision and config hash on B through the URL
 #   -> API server down, B's agent restarted: 503 until it has its state, the pods keep running
-#   -> delete a set: its pod leaves B. (URL back to file is a known gap, not asserted; see section 7.)
+#   -> delete a set: its pod leaves B -> remove the label: the set runs from a file on B again.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$HARNESS_DIR/lib/control-plane.sh"
 source "$HARNESS_DIR/lib/node.sh"
@@ -141,11 +141,17 @@ gone_from_b() {
 wait_for "urlweb gone from $B" 120 gone_from_b || fail "urlweb still on $B: $(body | jq -c '[.items[].metadata.name]')"
 ok "deleted set: no longer served, container and mirror pod gone on $B"
 
-# --- 7. back to file mode: NOT asserted -----------------------------------------------------------
-# Known gap: moving a running set from the URL back to a file writes the file and empties the list,
-# but in our runs the kubelet did not start the file's pod within 120 s (likely the URL pod of the
-# same full name still terminating when the file pod was added; see README "Limits"). Only cleaned up.
+# --- 7. back to file mode -------------------------------------------------------------------------
+# The kubelet runs one pod of a name per node: the agent drops the set from the list first and
+# writes the file only once the kubelet stopped the URL pod (its mirror pod is gone).
 kubectl label node "$B" "$LABEL-" >/dev/null
+back_on_file() {
+  has_file "$B" moved && [[ $(source_of "moved-$B") == file ]] && mirror_ready "$E2E_NS" "moved-$B" &&
+    body | jq -e '.items == []' >/dev/null
+}
+wait_for "moved back on a file on $B" 120 back_on_file ||
+  fail "moved on $B after removing the label: file $(has_file "$B" moved && echo yes || echo no), source $(source_of "moved-$B"), list $(body | jq -c '[.items[].metadata.name]')"
+ok "label removed: $B's list is empty and the kubelet runs moved from its file again (mirror pod Ready)"
 
 kubectl delete sps -n "$E2E_NS" moved --wait=true --timeout=120s >/dev/null || fail "deleting moved did not finish"
 echo "measure: url-apply-to-ready-2-nodes=${apply_to_ready}s"

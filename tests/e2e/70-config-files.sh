@@ -2,7 +2,8 @@
 # Configuration as revisioned files, on the real cluster:
 #   a set with a configMap and a secret volume -> the pods on both nodes serve the ConfigMap's value
 #   from their mounted files -> on each node the files sit under the node's resources directory at
-#   the config hash, Secret files 0600 and owned by root -> change the ConfigMap -> a new revision
+#   the config hash, Secret files 0600 and owned by root -> files edited or deleted on a node are put
+#   back, the pod sees it -> change the ConfigMap -> a new revision
 #   rolls out and the pods serve the new value, the old hash directory is pruned on both nodes
 #   -> delete the set -> its resource directories and its bundles are gone.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -81,6 +82,20 @@ bundle() { kubectl get secret -n "$RELEASE_NS" "staticpodset.$E2E_NS.conf.$1" -o
 kubectl get pod -n "$E2E_NS" "conf-$A" -o json | grep -Eq '"(configMap|secret)":' &&
   fail "the mirror pod references a ConfigMap or Secret"
 ok "the mirror pod references no ConfigMap or Secret; the data is in bundle staticpodset.$E2E_NS.conf.$h1"
+
+# Drift on the node: an edited ConfigMap file and a deleted Secret file are put back in place (the
+# running pod's mount holds the directory, so it sees the repair without a restart).
+d=$(hash_dir "$A" "$h1")
+echo tampered >"$d/conf/greeting"
+rm "$d/secret/token"
+repaired() { [[ $(cat "$d/conf/greeting") == hello && $(stat -c '%a %U' "$d/secret/token" 2>/dev/null) == "600 root" ]] && serves "$A" hello; }
+wait_for "the agent puts the files back" 60 repaired ||
+  fail "after tampering on $A: greeting '$(cat "$d/conf/greeting")', token $(stat -c '%a %U' "$d/secret/token" 2>&1)"
+agent_ip=$(kubectl get pods -n "$RELEASE_NS" -l app.kubernetes.io/component=node-agent \
+  --field-selector "spec.nodeName=$A" -o jsonpath='{.items[0].status.podIP}')
+restored=$(curl -s "http://$agent_ip:9102/metrics" | awk '$1 == "staticpodset_agent_config_files_total{action=\"restored\"}" {print $2}')
+[[ ${restored:-0} -ge 2 ]] || fail "staticpodset_agent_config_files_total{action=\"restored\"} is '${restored}'"
+ok "an edited and a deleted file on $A were put back (the pod serves 'hello' again); metric restored=$restored"
 
 rev1=$(sps_status conf updateRevisionNumber)
 t0=$(date +%s.%N)
