@@ -84,9 +84,11 @@ pub fn config_volumes(template: &PodTemplateSpec) -> Vec<ConfigVolume> {
         .collect()
 }
 
-/// The data of the objects the volumes name, by kind and name; `None` when the object does not
-/// exist.
-pub type Fetched = BTreeMap<(ConfigKind, String), Option<BTreeMap<String, Vec<u8>>>>;
+/// The files of one ConfigMap or Secret, by key; `None` when the object does not exist.
+pub type ObjectData = Option<BTreeMap<String, Vec<u8>>>;
+
+/// The data of the objects the volumes name, by kind and name.
+pub type Fetched = BTreeMap<(ConfigKind, String), ObjectData>;
 
 /// A set's configuration, ready to render and to bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,9 +302,82 @@ pub fn bundle_selector(namespace: &str, set: &str) -> String {
     format!("{LABEL_SET_NAMESPACE}={namespace},{LABEL_SET_NAME}={set}")
 }
 
-/// Reads the objects the volumes name from the set's namespace.
+/// A ConfigMap or Secret, by kind, namespace and name.
+pub type ObjectKey = (ConfigKind, String, String);
+
+/// The data of the ConfigMaps and Secrets sets name, kept while their watch shows them unchanged,
+/// so that a reconcile (many per rollout) reads them from the API only after they changed.
+///
+/// The metadata watch records the resourceVersion of every object some set names
+/// ([`ConfigCache::observe`]); a cached read is used only while its resourceVersion is the one
+/// the watch last saw. A read whose object changed meanwhile is kept under the old version and so
+/// is never used.
+#[derive(Debug, Default)]
+pub struct ConfigCache {
+    inner: std::sync::Mutex<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    /// The last resourceVersion the watch (or a read) showed, per named object.
+    seen: BTreeMap<ObjectKey, String>,
+    /// Data as read, with the resourceVersion of the read; `None`: not found.
+    read: BTreeMap<ObjectKey, (String, ObjectData)>,
+}
+
+impl ConfigCache {
+    fn state(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        // A panic while holding the lock leaves plain maps behind; they are still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A watch event: `version` is the object's resourceVersion, `None` when it was deleted or no
+    /// set names it (then nothing is kept of it).
+    pub fn observe(&self, key: ObjectKey, version: Option<String>) {
+        let mut state = self.state();
+        match version {
+            Some(v) => {
+                state.seen.insert(key, v);
+            }
+            None => {
+                state.seen.remove(&key);
+                state.read.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets every version the watch showed (it relists): reads are used again only once the
+    /// relist showed their object unchanged.
+    pub fn forget_seen(&self) {
+        self.state().seen.clear();
+    }
+
+    /// The cached data of `key`, if it is still what the watch shows.
+    pub fn lookup(&self, key: &ObjectKey) -> Option<ObjectData> {
+        let state = self.state();
+        let (version, data) = state.read.get(key)?;
+        (state.seen.get(key) == Some(version)).then(|| data.clone())
+    }
+
+    /// Records a read at `version` (empty for "not found"). If the watch has shown nothing of the
+    /// object yet, the read's version is what is current.
+    pub fn store(&self, key: ObjectKey, version: String, data: ObjectData) {
+        let mut state = self.state();
+        state
+            .seen
+            .entry(key.clone())
+            .or_insert_with(|| version.clone());
+        state.read.insert(key, (version, data));
+    }
+}
+
+/// Reads the objects the volumes name from the set's namespace, from `cache` when unchanged.
 pub async fn fetch(
     client: &Client,
+    cache: &ConfigCache,
+    metrics: &crate::metrics::Metrics,
     namespace: &str,
     volumes: &[ConfigVolume],
 ) -> Result<Fetched, kube::Error> {
@@ -312,36 +387,62 @@ pub async fn fetch(
         if v.source.is_empty() || fetched.contains_key(&key) {
             continue;
         }
-        let files = match v.kind {
-            ConfigKind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), namespace)
-                .get_opt(&v.source)
-                .await?
-                .map(|cm| {
-                    let mut files: BTreeMap<String, Vec<u8>> = cm
-                        .binary_data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    files.extend(
-                        cm.data
+        let object: ObjectKey = (v.kind, namespace.to_string(), v.source.clone());
+        if let Some(files) = cache.lookup(&object) {
+            metrics.config_reads.with_label_values(&["cache"]).inc();
+            fetched.insert(key, files);
+            continue;
+        }
+        metrics.config_reads.with_label_values(&["api"]).inc();
+        let (version, files) = match v.kind {
+            ConfigKind::ConfigMap => {
+                let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                    .get_opt(&v.source)
+                    .await?;
+                let version = cm
+                    .as_ref()
+                    .and_then(|c| c.resource_version())
+                    .unwrap_or_default();
+                (
+                    version,
+                    cm.map(|cm| {
+                        let mut files: BTreeMap<String, Vec<u8>> = cm
+                            .binary_data
                             .unwrap_or_default()
                             .into_iter()
-                            .map(|(k, v)| (k, v.into_bytes())),
-                    );
-                    files
-                }),
-            ConfigKind::Secret => Api::<Secret>::namespaced(client.clone(), namespace)
-                .get_opt(&v.source)
-                .await?
-                .map(|s| {
-                    s.data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect()
-                }),
+                            .map(|(k, v)| (k, v.0))
+                            .collect();
+                        files.extend(
+                            cm.data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.into_bytes())),
+                        );
+                        files
+                    }),
+                )
+            }
+            ConfigKind::Secret => {
+                let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+                    .get_opt(&v.source)
+                    .await?;
+                let version = secret
+                    .as_ref()
+                    .and_then(|s| s.resource_version())
+                    .unwrap_or_default();
+                (
+                    version,
+                    secret.map(|s| {
+                        s.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0))
+                            .collect()
+                    }),
+                )
+            }
         };
+        cache.store(object, version, files.clone());
         fetched.insert(key, files);
     }
     Ok(fetched)
@@ -553,6 +654,28 @@ mod tests {
             .unwrap()
             .annotations
             .is_none());
+    }
+
+    #[test]
+    fn cached_data_is_used_only_while_the_watch_shows_it_unchanged() {
+        let cache = ConfigCache::default();
+        let key: ObjectKey = (ConfigKind::ConfigMap, "ns".into(), "conf".into());
+        let data = Some(BTreeMap::from([("k".to_string(), b"v1".to_vec())]));
+        assert_eq!(cache.lookup(&key), None);
+        // Read before the watch saw it: the read's version is current.
+        cache.store(key.clone(), "10".into(), data.clone());
+        assert_eq!(cache.lookup(&key), Some(data.clone()));
+        // The watch shows a change: the read is stale.
+        cache.observe(key.clone(), Some("11".into()));
+        assert_eq!(cache.lookup(&key), None);
+        // A read that raced the change and returned the old version stays unused.
+        cache.store(key.clone(), "10".into(), data.clone());
+        assert_eq!(cache.lookup(&key), None);
+        cache.store(key.clone(), "11".into(), None);
+        assert_eq!(cache.lookup(&key), Some(None));
+        // Deleted (or named by no set): nothing kept.
+        cache.observe(key.clone(), None);
+        assert_eq!(cache.lookup(&key), None);
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub struct Context {
     pub settings: Settings,
     /// Consecutive failures per set, for the error policy's exponential backoff.
     failures: Mutex<HashMap<ObjectRef<StaticPodSet>, u32>>,
+    /// Data of the ConfigMaps and Secrets sets name, while unchanged.
+    pub config_cache: Arc<config::ConfigCache>,
 }
 
 impl Context {
@@ -121,6 +123,7 @@ impl Context {
             revisions: stores.3,
             settings,
             failures: Mutex::default(),
+            config_cache: Arc::default(),
         }
     }
 
@@ -338,10 +341,13 @@ pub async fn run(
 
     // A changed, created or deleted ConfigMap or Secret reconciles the sets whose volumes name
     // it. Metadata only: the operator never holds the cluster's Secrets in memory.
-    let configmap_triggers = config_triggers::<ConfigMap>(&client, ConfigKind::ConfigMap, &sets);
-    let secret_triggers = config_triggers::<Secret>(&client, ConfigKind::Secret, &sets);
+    let config_cache = Arc::new(config::ConfigCache::default());
+    let configmap_triggers =
+        config_triggers::<ConfigMap>(&client, ConfigKind::ConfigMap, &sets, &config_cache);
+    let secret_triggers =
+        config_triggers::<Secret>(&client, ConfigKind::Secret, &sets, &config_cache);
 
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         reporter,
         metrics.clone(),
@@ -352,7 +358,9 @@ pub async fn run(
             revisions.clone(),
         ),
         settings.clone(),
-    ));
+    );
+    ctx.config_cache = config_cache;
+    let ctx = Arc::new(ctx);
 
     let controller_done = controller
         .reconcile_on(node_triggers)
@@ -412,6 +420,7 @@ fn config_triggers<K>(
     client: &Client,
     kind: ConfigKind,
     sets: &Store<StaticPodSet>,
+    cache: &Arc<config::ConfigCache>,
 ) -> impl futures::Stream<Item = ObjectRef<StaticPodSet>>
 where
     K: Resource<DynamicType = ()>
@@ -421,7 +430,7 @@ where
         + Send
         + 'static,
 {
-    let sets = sets.clone();
+    let (sets, cache) = (sets.clone(), cache.clone());
     watcher(
         Api::<kube::core::PartialObjectMeta<K>>::all(client.clone()),
         watcher::Config::default().any_semantic(),
@@ -429,11 +438,29 @@ where
     .default_backoff()
     .filter_map(move |event| {
         let keys: Vec<SetKey> = match event {
-            Ok(Event::Apply(m) | Event::InitApply(m) | Event::Delete(m)) => match m.namespace() {
-                Some(ns) => config::sets_referencing(&sets.state(), kind, &ns, &m.name_any()),
+            Ok(Event::Apply(m) | Event::InitApply(m)) => {
+                let Some(ns) = m.namespace() else {
+                    return future::ready(Some(stream::iter(Vec::new().into_iter().map(set_ref))));
+                };
+                let keys = config::sets_referencing(&sets.state(), kind, &ns, &m.name_any());
+                // Only objects some set names are remembered.
+                let version = (!keys.is_empty()).then(|| m.resource_version()).flatten();
+                cache.observe((kind, ns, m.name_any()), version);
+                keys
+            }
+            Ok(Event::Delete(m)) => match m.namespace() {
+                Some(ns) => {
+                    cache.observe((kind, ns.clone(), m.name_any()), None);
+                    config::sets_referencing(&sets.state(), kind, &ns, &m.name_any())
+                }
                 None => Vec::new(),
             },
-            Ok(_) => Vec::new(),
+            // A relist: deletions during the gap come as no event, so forget what was seen.
+            Ok(Event::Init) => {
+                cache.forget_seen();
+                Vec::new()
+            }
+            Ok(Event::InitDone) => Vec::new(),
             Err(error) => {
                 tracing::warn!(%error, ?kind, "watching ConfigMaps or Secrets");
                 Vec::new()
@@ -582,12 +609,18 @@ async fn apply(
     let config = if config_volumes.is_empty() {
         Ok(None)
     } else {
-        let fetched = config::fetch(&ctx.client, namespace, &config_volumes)
-            .await
-            .map_err(|source| Error::ConfigRead {
-                set: format!("{namespace}/{name}"),
-                source,
-            })?;
+        let fetched = config::fetch(
+            &ctx.client,
+            &ctx.config_cache,
+            &ctx.metrics,
+            namespace,
+            &config_volumes,
+        )
+        .await
+        .map_err(|source| Error::ConfigRead {
+            set: format!("{namespace}/{name}"),
+            source,
+        })?;
         config::resolve(namespace, &config_volumes, &fetched)
     };
     let (selector, rendered) = evaluate(set, namespace, name, &config);
@@ -605,6 +638,10 @@ async fn apply(
                 source,
             })?
         {
+            ctx.metrics
+                .bundle_writes
+                .with_label_values(&["create"])
+                .inc();
             tracing::info!(hash = %resolved.hash, "configuration bundle created");
         }
     }
@@ -968,6 +1005,10 @@ async fn prune_config(
     .await
     {
         Ok(gone) if !gone.is_empty() => {
+            ctx.metrics
+                .bundle_writes
+                .with_label_values(&["delete"])
+                .inc_by(gone.len() as u64);
             tracing::info!(bundles = ?gone, "deleted configuration bundles no revision names");
         }
         Ok(_) => {}
@@ -1150,7 +1191,7 @@ async fn cleanup(
         ctx.publish(set, true, "SkippedNodes", &note).await;
     }
     // The nodes let go of the set, so of its files: its bundles may go.
-    config::prune_bundles(
+    let gone = config::prune_bundles(
         &ctx.client,
         &ctx.settings.config_namespace,
         namespace,
@@ -1163,6 +1204,10 @@ async fn cleanup(
         bundle: config::bundle_selector(namespace, name),
         source,
     })?;
+    ctx.metrics
+        .bundle_writes
+        .with_label_values(&["delete"])
+        .inc_by(gone.len() as u64);
     Ok(Action::await_change())
 }
 

@@ -28,6 +28,11 @@ pub struct Metrics {
     pub revision_writes: IntCounterVec,
     /// 1 while this instance runs the controllers (leader, or leader election off).
     pub leader: IntGauge,
+    /// ConfigMaps and Secrets that sets' volumes name, by where their data came from: `api` (a
+    /// read) or `cache` (unchanged since the last read, as their watch shows).
+    pub config_reads: IntCounterVec,
+    /// Configuration bundle Secrets created and deleted, by operation: `create`, `delete`.
+    pub bundle_writes: IntCounterVec,
 }
 
 impl Metrics {
@@ -90,7 +95,29 @@ impl Metrics {
         registry.register(Box::new(node_object_writes.clone()))?;
         registry.register(Box::new(node_objects_ensured.clone()))?;
         registry.register(Box::new(revision_writes.clone()))?;
+        let config_reads = IntCounterVec::new(
+            Opts::new(
+                "staticpodset_operator_config_reads_total",
+                "ConfigMaps and Secrets named by sets' volumes, by where the data came from: api, cache",
+            ),
+            &["source"],
+        )?;
+        let bundle_writes = IntCounterVec::new(
+            Opts::new(
+                "staticpodset_operator_bundle_writes_total",
+                "Configuration bundle Secrets created and deleted, by operation",
+            ),
+            &["op"],
+        )?;
+        for source in ["api", "cache"] {
+            config_reads.with_label_values(&[source]);
+        }
+        for op in ["create", "delete"] {
+            bundle_writes.with_label_values(&[op]);
+        }
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(config_reads.clone()))?;
+        registry.register(Box::new(bundle_writes.clone()))?;
         Ok(Self {
             registry,
             reconciles,
@@ -101,6 +128,8 @@ impl Metrics {
             node_objects_ensured,
             revision_writes,
             leader,
+            config_reads,
+            bundle_writes,
         })
     }
 
