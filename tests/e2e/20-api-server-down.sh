@@ -9,7 +9,7 @@ source "$HARNESS_DIR/lib/control-plane.sh"
 A=${NODES[0]} B=${NODES[1]}
 passed=0
 ok() { passed=$((passed + 1)); log "ok: $*"; }
-restore_api() { daemon_running kube-apiserver || start_apiserver >/dev/null 2>&1 || true; }
+restore_api() { restore_control_plane >/dev/null 2>&1 || true; }
 cleanup() {
   restore_api
   kubectl delete sps -n "$E2E_NS" survivor --wait=true --timeout=120s >/dev/null 2>&1 || true
@@ -70,7 +70,7 @@ assert_untouched "while the API server was down"
 ok "with no API server: manifests unchanged, static pods untouched on both nodes"
 
 log "starting kube-apiserver again"
-start_apiserver
+restore_control_plane
 wait_for "survivor Ready again" 180 both_ready || fail "survivor not Ready after the API server came back"
 assert_untouched "after the API server came back"
 ok "API server back: same containers, same manifests, set Ready"

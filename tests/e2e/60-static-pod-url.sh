@@ -21,7 +21,7 @@ TOKEN=$(static_pod_url_token)
 passed=0
 ok() { passed=$((passed + 1)); log "ok: $*"; }
 
-restore_api() { daemon_running kube-apiserver || start_apiserver >/dev/null 2>&1 || true; }
+restore_api() { restore_control_plane >/dev/null 2>&1 || true; }
 cleanup() {
   restore_api
   kubectl label node "$B" "$LABEL-" >/dev/null 2>&1 || true
@@ -126,7 +126,7 @@ sleep 12  # more than two polls of the kubelet
 [[ $(running_id main) == "$main_before" && $(running_id web) == "$web_before" ]] || fail "URL pods on $B stopped or restarted while the agent answered 503"
 ok "API down: same list served; restarted agent answers 503 and the kubelet keeps both URL pods running"
 log "starting kube-apiserver again"
-start_apiserver
+restore_control_plane
 wait_for "B's endpoint serves again" 120 bash -c "curl -sf -H '$STATIC_POD_URL_HEADER: $TOKEN' $URL >/dev/null" || fail "endpoint did not recover"
 [[ $(body) == "$served_before" ]] || fail "after recovery the list differs: $(body)"
 [[ $(running_id main) == "$main_before" && $(running_id web) == "$web_before" ]] || fail "URL pods restarted after recovery"

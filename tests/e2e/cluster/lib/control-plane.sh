@@ -63,6 +63,16 @@ start_scheduler() {
   wait_daemon kube-scheduler 60 curl -skf https://127.0.0.1:10259/healthz
 }
 
+# Brings the API server back after a test stopped it. kube-controller-manager and kube-scheduler
+# exit when they cannot renew their leader lease (10 s), as on a real node, where the kubelet would
+# restart them; here nothing would, and the next suite would find no DaemonSet or Deployment
+# controller. So they are started again if they exited.
+restore_control_plane() {
+  daemon_running kube-apiserver || start_apiserver
+  start_controller_manager
+  start_scheduler
+}
+
 start_kube_proxy() {
   daemon_running kube-proxy && return
   cat >"$RUN_DIR/kube-proxy.yaml" <<CFG
