@@ -394,6 +394,11 @@ eventually 10 "deleting the sets removes their entries" has_entries node-a ''
 agent node-a
 no_bundles() { [[ -z $(k -n sps-system get secrets -l staticpods.dev/set-namespace=apps -o name) ]]; }
 eventually 20 "deleting the sets deletes their bundles" no_bundles
+config_reads() { curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | awk -v s="$1" '$1 == "staticpodset_operator_config_reads_total{source=\""s"\"}" {print $2}'; }
+api_reads=$(config_reads api) cache_reads=$(config_reads cache)
+(( ${cache_reads:-0} > 0 && ${api_reads:-0} > 0 )) \
+  && ok "ConfigMap/Secret data is read again only after a change: $api_reads API reads, $cache_reads reused" \
+  || fail "config reads: api=$api_reads cache=$cache_reads"
 
 # --- API server down: the leader steps down before its Lease (6 s) expires, then leads again ----
 metric() { curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
