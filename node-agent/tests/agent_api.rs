@@ -246,6 +246,40 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// The agent's context against the fake API server `state`, writing into `dir`.
+fn context(
+    state: &Shared,
+    dir: &Path,
+    readiness: watch::Sender<Readiness>,
+    static_pod_url: Option<UrlSource>,
+) -> Context {
+    let service = {
+        let state = state.clone();
+        tower::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, req).await) }
+        })
+    };
+    Context {
+        client: kube::Client::new(service, "default"),
+        node_name: NODE.into(),
+        dir: ManifestDir::new(dir),
+        metrics: Metrics::new().expect("metrics"),
+        readiness,
+        resync_interval: Duration::from_secs(3600),
+        cri: None,
+        prepull_timeout: Duration::from_secs(120),
+        // No kubelet here deletes mirror pods; stop-first is proven on the real cluster.
+        stop_first: None,
+        static_pod_url,
+        resources: staticpodset_node_agent::config_files::ResourcesDir::new(
+            dir.join("resources"),
+            "/etc/kubernetes/static-pod-resources",
+        ),
+        config_namespace: "staticpodset-system".into(),
+    }
+}
+
 async fn readiness_becomes(
     rx: &mut watch::Receiver<Readiness>,
     what: &str,
@@ -282,33 +316,8 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
         revisions: BTreeMap::from([("vip-r1".to_string(), revision("vip", "r1"))]),
         ..ApiState::default()
     }));
-    let service = {
-        let state = state.clone();
-        tower::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req).await) }
-        })
-    };
-    let client = kube::Client::new(service, "default");
     let (readiness, mut ready_rx) = watch::channel(Readiness::NotReady("starting".into()));
-    let ctx = Context {
-        client,
-        node_name: NODE.into(),
-        dir: ManifestDir::new(tmp.path()),
-        metrics: Metrics::new().expect("metrics"),
-        readiness,
-        resync_interval: Duration::from_secs(3600),
-        cri: None,
-        prepull_timeout: Duration::from_secs(120),
-        // No kubelet here deletes mirror pods; stop-first is proven on the real cluster.
-        stop_first: None,
-        static_pod_url: None,
-        resources: staticpodset_node_agent::config_files::ResourcesDir::new(
-            tmp.path().join("resources"),
-            "/etc/kubernetes/static-pod-resources",
-        ),
-        config_namespace: "staticpodset-system".into(),
-    };
+    let ctx = context(&state, tmp.path(), readiness, None);
     let (stop, stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(agent::run(ctx, async move {
         let _ = stopped.await;
@@ -581,36 +590,14 @@ async fn in_url_mode_the_agent_serves_its_pods_and_writes_no_files() {
         revisions: BTreeMap::from([("vip-r1".to_string(), revision("vip", "r1"))]),
         ..ApiState::default()
     }));
-    let service = {
-        let state = state.clone();
-        tower::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req).await) }
-        })
-    };
     let (readiness, _ready_rx) = watch::channel(Readiness::NotReady("starting".into()));
     let (response, url_rx) = watch::channel(UrlResponse::Unavailable("starting".into()));
-    let ctx = Context {
-        client: kube::Client::new(service, "default"),
-        node_name: NODE.into(),
-        dir: ManifestDir::new(tmp.path()),
-        metrics: Metrics::new().expect("metrics"),
-        readiness,
-        resync_interval: Duration::from_secs(3600),
-        cri: None,
-        prepull_timeout: Duration::from_secs(120),
-        stop_first: None,
-        static_pod_url: Some(UrlSource {
-            response,
-            default_mode: staticpodset_api::ManifestSource::Url,
-            node_label: false,
-        }),
-        resources: staticpodset_node_agent::config_files::ResourcesDir::new(
-            tmp.path().join("resources"),
-            "/etc/kubernetes/static-pod-resources",
-        ),
-        config_namespace: "staticpodset-system".into(),
+    let url = UrlSource {
+        response,
+        default_mode: staticpodset_api::ManifestSource::Url,
+        node_label: false,
     };
+    let ctx = context(&state, tmp.path(), readiness, Some(url));
     let (stop, stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(agent::run(ctx, async move {
         let _ = stopped.await;
