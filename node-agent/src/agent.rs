@@ -700,13 +700,18 @@ async fn clean_config(
     }
     let (dir, resources) = (ctx.dir.clone(), ctx.resources.clone());
     let done = blocking(&ctx.node_name, move || {
+        let on_disk = resources.on_disk().map_err(|e| e.to_string())?;
+        // The manifests on disk are read again only when there are configuration files that
+        // they might name: nodes without any pay nothing on every sync.
+        if on_disk.is_empty() {
+            return Ok(Vec::new());
+        }
         let scan = dir.scan().map_err(|e| e.to_string())?;
         for file in &scan.files {
             if let Some(set) = crate::plan::owner(file) {
                 name(&mut referenced, set, file.info.config_hash.as_deref());
             }
         }
-        let on_disk = resources.on_disk().map_err(|e| e.to_string())?;
         let mut done = Vec::new();
         for step in config_files::cleanup(&on_disk, &referenced) {
             resources.apply(&step).map_err(|e| e.to_string())?;

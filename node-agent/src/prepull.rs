@@ -375,26 +375,12 @@ mod tests {
     use crate::manifest_dir::{parse_manifest, DirScan, ScannedFile};
     use crate::plan::{plan, render_manifest};
     use serde_json::json;
-    use staticpodset_api::keys::{ANNOTATION_REVISION, ANNOTATION_SET};
     use std::time::{SystemTime, UNIX_EPOCH};
 
     const TIMEOUT: Duration = Duration::from_secs(120);
     const RETRY: Duration = Duration::from_secs(5);
 
-    use crate::revisions::tests::entry;
-
-    fn manifest(set: &str, rev: &str, containers: Value) -> Value {
-        json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": set,
-                "namespace": "ns",
-                "annotations": {ANNOTATION_SET: format!("ns/{set}"), ANNOTATION_REVISION: rev},
-            },
-            "spec": {"containers": containers},
-        })
-    }
+    use crate::revisions::tests::{entry, manifest_with as manifest};
 
     fn web(set: &str, rev: &str, image: &str) -> Assignment {
         Assignment::available(

@@ -263,6 +263,15 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn manifest(set: &str, rev: &str) -> Value {
+        manifest_with(
+            set,
+            rev,
+            json!([{"name": "c", "image": "registry.k8s.io/pause:3.10"}]),
+        )
+    }
+
+    /// A revision's manifest with the given containers.
+    pub(crate) fn manifest_with(set: &str, rev: &str, containers: Value) -> Value {
         json!({
             "apiVersion": "v1",
             "kind": "Pod",
@@ -271,7 +280,7 @@ pub(crate) mod tests {
                 "namespace": "ns",
                 "annotations": {ANNOTATION_SET: format!("ns/{set}"), ANNOTATION_REVISION: rev},
             },
-            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
+            "spec": {"containers": containers},
         })
     }
 

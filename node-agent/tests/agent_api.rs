@@ -246,6 +246,15 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Stops the agent and waits until it has.
+async fn shut_down(stop: oneshot::Sender<()>, agent: tokio::task::JoinHandle<()>) {
+    let _ = stop.send(());
+    tokio::time::timeout(DEADLINE, agent)
+        .await
+        .expect("the agent stops on shutdown")
+        .expect("agent task");
+}
+
 /// The agent's context against the fake API server `state`, writing into `dir`.
 fn context(
     state: &Shared,
@@ -537,11 +546,7 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
         vec!["kube-apiserver.yaml".to_owned()]
     );
 
-    let _ = stop.send(());
-    tokio::time::timeout(DEADLINE, agent)
-        .await
-        .expect("the agent stops on shutdown")
-        .expect("agent task");
+    shut_down(stop, agent).await;
 }
 
 /// The pods in a URL answer, by name and revision; `None` for an error answer.
@@ -721,9 +726,5 @@ async fn in_url_mode_the_agent_serves_its_pods_and_writes_no_files() {
         vec!["kube-apiserver.yaml".to_owned()]
     );
 
-    let _ = stop.send(());
-    tokio::time::timeout(DEADLINE, agent)
-        .await
-        .expect("the agent stops on shutdown")
-        .expect("agent task");
+    shut_down(stop, agent).await;
 }
