@@ -17,13 +17,16 @@
 
 pub mod config_files;
 mod crd_schema;
+pub mod duration;
 pub mod keys;
 pub mod node_static_pods;
+mod set_key;
 pub mod static_pod_revision;
 pub mod static_pod_set;
 pub mod validation;
 
 pub use node_static_pods::*;
+pub use set_key::SetKey;
 pub use static_pod_revision::*;
 pub use static_pod_set::*;
 
