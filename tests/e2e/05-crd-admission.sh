@@ -8,18 +8,14 @@
 #     message mentions the field's last segment, or the text of the `# message:` comment if any.
 # It cleans up what it created: its namespace, and the CRDs if they did not exist before.
 # The sets select no node (a label no node has), so a running operator renders nothing for them.
-set -euo pipefail
-
-: "${KUBECONFIG:?KUBECONFIG must point at the test cluster}"
+# lib.sh: the cache's kubectl first on PATH, REPO_ROOT, log/ok/fail/wait_for; it checks KUBECONFIG.
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd "$HERE/../.." && pwd)
-CACHE_BIN=${STATICPODSET_CACHE:-$HOME/.cache/staticpodset}/k8s-${K8S_VERSION:-v1.36.3}/bin
-[[ -x $CACHE_BIN/kubectl ]] && export PATH="$CACHE_BIN:$PATH"
 KUBECTL=${KUBECTL:-kubectl}
 CRDS=(staticpodsets.staticpods.dev staticpodrevisions.staticpods.dev nodestaticpods.staticpods.dev)
 ns=sps-crd-admission-$$
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 k() { "$KUBECTL" "$@"; }
 
 created_crds=()
@@ -53,9 +49,9 @@ established() {
 }
 for crd in "${CRDS[@]}"; do
   # Polled: `kubectl wait` fails outright while a new CRD has no conditions yet.
-  for _ in $(seq 60); do established "$crd" && break; sleep 1; done
-  established "$crd" || { log "FAIL: CRD $crd not Established after 60s"; exit 1; }
+  wait_for "CRD $crd Established" 60 established "$crd" || fail "CRD $crd not Established after 60s"
 done
+ok "CRDs applied client-side and Established"
 k create namespace "$ns" >/dev/null
 
 log "a valid set must be accepted"
@@ -109,6 +105,7 @@ spec:
       - name: nfs
         nfs: {server: 10.0.0.1, path: /export}
 YAML
+ok "a valid set using everything a static pod may use is accepted"
 
 failures=0
 checked=0
@@ -133,13 +130,11 @@ for f in "$HERE"/invalid/*.yaml; do
     log "FAIL $name: expected an error on '$field' mentioning '$want', got: $out"
     failures=$((failures + 1))
   else
-    log "ok   $name: $field: $rest"
+    ok "$name: $field: $rest"
   fi
 done
 
-((checked > 0)) || { log "FAIL: no manifests under $HERE/invalid"; exit 1; }
-if ((failures > 0)); then
-  log "FAIL: $failures of $checked invalid manifests were not rejected as expected"
-  exit 1
-fi
+((checked > 0)) || fail "no manifests under $HERE/invalid"
+((failures == 0)) || fail "$failures of $checked invalid manifests were not rejected as expected"
 log "PASS: CRDs applied, valid set accepted, $checked invalid sets rejected with the field named"
+echo "05-crd-admission: $passed passed, 0 failed"

@@ -8,13 +8,12 @@
 #   -> a foreign manifest with the same pod name is a reported conflict and stays untouched
 #   -> delete the set -> manifests and mirror pods gone, the kubeadm-style foreign manifest still there.
 # Prints the time from `kubectl apply` to all mirror pods Ready on two nodes, and the agent's idle RSS.
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 A=${NODES[0]} B=${NODES[1]}
 LABEL=e2e.staticpods.dev/web
 FOREIGN=$(static_pod_dir "$A")/kube-apiserver.yaml
-passed=0
-ok() { passed=$((passed + 1)); log "ok: $*"; }
 
 cleanup() {
   kubectl delete sps --all -n "$E2E_NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
@@ -148,7 +147,8 @@ ok "conflict with a foreign manifest on $B reported (Degraded), foreign file unt
 # --- 7. delete the sets: manifests and mirror pods gone, foreign manifest intact ---------------
 kubectl delete sps -n "$E2E_NS" web clash --wait=true --timeout=120s >/dev/null || fail "set deletion did not finish"
 gone() {
-  ! ls "$(static_pod_dir "$A")" "$(static_pod_dir "$B")" | grep -q '^staticpodset_' &&
+  ! compgen -G "$(static_pod_dir "$A")/staticpodset_*" >/dev/null &&
+    ! compgen -G "$(static_pod_dir "$B")/staticpodset_*" >/dev/null &&
     [[ -z $(kubectl get pods -n "$E2E_NS" -l staticpods.dev/set-name -o name) ]]
 }
 wait_for "manifests and mirror pods gone" 120 gone || fail "manifests or mirror pods left after deletion"

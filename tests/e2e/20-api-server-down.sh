@@ -3,12 +3,12 @@
 #   a set runs on both nodes -> stop kube-apiserver -> kill both agents' containers (the kubelet
 #   restarts them with no API server to talk to) -> the restarted agents leave the directory alone and
 #   the static pods keep running -> start kube-apiserver -> the set is Ready again, manifests unchanged.
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=cluster/lib/control-plane.sh
 source "$HARNESS_DIR/lib/control-plane.sh"
 
 A=${NODES[0]} B=${NODES[1]}
-passed=0
-ok() { passed=$((passed + 1)); log "ok: $*"; }
 restore_api() { restore_control_plane >/dev/null 2>&1 || true; }
 cleanup() {
   restore_api
@@ -24,7 +24,6 @@ wait_for "survivor Ready on both nodes" 180 both_ready || fail "survivor not Rea
 ok "survivor Ready on both nodes"
 
 sums=$(sha256sum "$(static_pod_dir "$A")"/staticpodset_* "$(static_pod_dir "$B")"/staticpodset_*)
-crictl_on() { local n=$1; shift; crictl --runtime-endpoint "unix://$(containerd_sock "$n")" "$@"; }
 running_id() { crictl_on "$1" ps -q --name "$2" --state running | head -n1; }
 declare -A agent_before workload_before
 for n in "$A" "$B"; do
@@ -52,7 +51,8 @@ ok "both agents restarted while the API server is down"
 
 # The restarted agents must have started, found no API server, and left everything as it was. Their
 # own log says when they gave up waiting for the first list; until then, poll what must stay true.
-agent_logged_api_error() { crictl_on "$1" logs "$(running_id "$1" agent)" 2>&1 | grep -qiE "error|unreachable|refused|retry"; }
+# grep reads all the log (no -q): quitting early would fail the pipe (pipefail) with a SIGPIPE.
+agent_logged_api_error() { crictl_on "$1" logs "$(running_id "$1" agent)" 2>&1 | grep -iE "error|unreachable|refused|retry" >/dev/null; }
 for n in "$A" "$B"; do
   wait_for "agent on $n to report the unreachable API" 60 agent_logged_api_error "$n" ||
     fail "agent on $n never reported the unreachable API server"

@@ -8,13 +8,13 @@
 #      -> revisionHistoryLimit=2 prunes the old revisions but keeps the one B still runs
 #      -> kubelet back -> B catches up and that revision goes too
 #   -> delete the set -> the garbage collector removes its revisions.
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=cluster/lib/node.sh
 source "$HARNESS_DIR/lib/node.sh"
 
 A=${NODES[0]} B=${NODES[1]}
 SET=hist
-passed=0
-ok() { passed=$((passed + 1)); log "ok: $*"; }
 
 cleanup() {
   daemon_running "kubelet-$B" || start_kubelet "$B" >/dev/null 2>&1 || log "could not restart the kubelet of $B"

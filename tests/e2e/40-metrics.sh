@@ -2,6 +2,7 @@
 # A real Prometheus scrapes the operator and both agents (found by their chart labels and the port
 # named "http"), and the series we document are there with sensible values: every agent has synced,
 # the operator leads and has reconciled a set.
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PROM_PORT=19090
@@ -56,16 +57,17 @@ scalar() { query "$1" | awk '{print $NF}'; }
 targets_up() { [[ $(scalar 'sum(up{job="staticpodset"})') == 3 ]]; }
 wait_for "3 targets up (operator + 2 agents)" 60 targets_up ||
   { tail -20 "$WORK/prometheus.log" >&2; curl -s "$api/targets" >&2; fail "Prometheus did not find 3 healthy targets"; }
-log "ok: Prometheus discovered and scraped the operator and both agents"
+ok "Prometheus discovered and scraped the operator and both agents"
 
 agents_synced() { [[ $(scalar 'count(staticpodset_agent_syncs_total > 0)') == 2 ]]; }
 wait_for "both agents report syncs" 60 agents_synced || fail "staticpodset_agent_syncs_total: $(query staticpodset_agent_syncs_total)"
 written=$(scalar 'sum(staticpodset_agent_manifests_written_total)')
-[[ -n $written ]] && (( ${written%.*} >= 2 )) || fail "manifests written total is $written, expected >= 2"
+[[ -n $written ]] || fail "no manifests written total"
+(( ${written%.*} >= 2 )) || fail "manifests written total is $written, expected >= 2"
 [[ $(scalar 'sum(staticpodset_operator_leader)') == 1 ]] || fail "exactly one leader expected: $(query staticpodset_operator_leader)"
 reconciled() { (( $(scalar 'sum(staticpodset_operator_reconciles_total)' | awk '{printf "%d", $1}') > 0 )); }
 wait_for "operator reconciles" 30 reconciled || fail "no operator reconciles recorded"
 [[ -n $(query 'staticpodset_operator_reconcile_duration_seconds_count') ]] || fail "no reconcile duration histogram"
 [[ -n $(query 'staticpodset_agent_sync_duration_seconds_count') ]] || fail "no agent sync duration histogram"
-log "ok: agent syncs $(query 'staticpodset_agent_syncs_total' | tr '\n' ' '); manifests written $written; operator leader=1"
-echo "40-metrics: 2 passed, 0 failed"
+ok "agent syncs $(query 'staticpodset_agent_syncs_total' | tr '\n' ' '); manifests written $written; operator leader=1"
+echo "40-metrics: $passed passed, 0 failed"

@@ -8,16 +8,16 @@
 #      pod still serving), while another set's update goes through at once; after the pre-pull
 #      timeout the manifest is written anyway, with the failure in the report and the metrics.
 # Without pre-pull (agent.criSocket="") part 1 fails: the kubelet pulls only after the write.
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 A=${NODES[0]} B=${NODES[1]}
 PREPULL_TIMEOUT=${PREPULL_TIMEOUT:-20s}
-passed=0
-ok() { passed=$((passed + 1)); log "ok: $*"; }
 
+watchers=()
 cleanup() {
   kubectl delete sps --all -n "$E2E_NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
-  [[ -n ${watchers:-} ]] && kill $watchers 2>/dev/null || true
+  if ((${#watchers[@]})); then kill "${watchers[@]}" 2>/dev/null || true; fi
   # Back to the suite-wide chart values.
   install_product >/dev/null 2>&1 || true
 }
@@ -34,9 +34,8 @@ kubectl rollout status ds -n "$RELEASE_NS" "$RELEASE-staticpodset-agent" --timeo
 ensure_e2e_namespace
 
 agent_pod() { kubectl get pods -n "$RELEASE_NS" -l app.kubernetes.io/component=node-agent --field-selector "spec.nodeName=$1" -o jsonpath='{.items[0].metadata.name}'; }
-agent_metric() { # node metric-line-prefix: the value, 0 when absent
-  local ip; ip=$(kubectl get pod -n "$RELEASE_NS" "$(agent_pod "$1")" -o jsonpath='{.status.podIP}')
-  curl -s "http://$ip:9102/metrics" | awk -v m="$2" 'index($0, m) == 1 {print $2; found=1} END {if (!found) print 0}'
+node_metric() { # node series: the value of the series at the node's agent, 0 when absent
+  agent_metric "$(agent_ip "$1")" "$2"
 }
 revision_of() { # node set: the revision in the node's manifest file, empty if none (the agent
   # removes the old file before it writes the new one: see node-agent/src/stop_first.rs)
@@ -52,7 +51,7 @@ image=$(registry_image "pp-$(date +%s)-$RANDOM")
 for n in "$A" "$B"; do
   ! crictl_on "$n" inspecti "$image" >/dev/null 2>&1 || fail "$image is on $n before the test"
 done
-pulled_before=$(agent_metric "$A" 'staticpodset_agent_image_pulls_total{result="pulled"}')
+pulled_before=$(node_metric "$A" 'staticpodset_agent_image_pulls_total{result="pulled"}')
 
 # watch NODE: once the node's manifest leaves revision rev1, ask the runtime whether it has the image.
 watch_node() {
@@ -68,12 +67,10 @@ watch_node() {
   echo "no new manifest" >"$out"
 }
 out_dir=$(mktemp -d)
-watchers=""
-for n in "$A" "$B"; do watch_node "$n" "$out_dir/$n" & watchers+=" $!"; done
+for n in "$A" "$B"; do watch_node "$n" "$out_dir/$n" & watchers+=("$!"); done
 WEB_IMAGE=$image WEB_PULL_POLICY=IfNotPresent web_set_yaml pp '{}' v2 | kubectl apply -f - >/dev/null
-# shellcheck disable=SC2086
-wait $watchers
-watchers=""
+wait "${watchers[@]}"
+watchers=()
 for n in "$A" "$B"; do
   seen=$(cat "$out_dir/$n")
   [[ $seen == present ]] || fail "on $n the new manifest appeared while the image was $seen: not pre-pulled"
@@ -92,7 +89,7 @@ for n in "$A" "$B"; do
   [[ $(kubectl get pod -n "$E2E_NS" "pp-$n" -o jsonpath='{.spec.containers[0].image}') == "$image" ]] ||
     fail "pp-$n does not run $image"
 done
-pulled_after=$(agent_metric "$A" 'staticpodset_agent_image_pulls_total{result="pulled"}')
+pulled_after=$(node_metric "$A" 'staticpodset_agent_image_pulls_total{result="pulled"}')
 ((pulled_after > pulled_before)) || fail "the agent on $A counted no pull ($pulled_before -> $pulled_after)"
 grep -q "images on the node; writing the manifest" <<<"$(kubectl logs -n "$RELEASE_NS" "$(agent_pod "$A")")" ||
   fail "the agent on $A did not log the released write"
@@ -121,8 +118,8 @@ assigned_node() {
 }
 wait_for "revision $rev3 handed to a node" 60 assigned_node || fail "no node was handed pp's revision $rev3"
 assigned_node
-errors_before=$(agent_metric "$X" 'staticpodset_agent_image_pulls_total{result="error"}')
-deadline_before=$(agent_metric "$X" 'staticpodset_agent_prepull_waits_total{outcome="deadline_passed"}')
+errors_before=$(node_metric "$X" 'staticpodset_agent_image_pulls_total{result="error"}')
+deadline_before=$(node_metric "$X" 'staticpodset_agent_prepull_waits_total{outcome="deadline_passed"}')
 held() {
   grep -qF "pre-pulling $missing" <<<"$(kubectl get nodestaticpods "$X" -o jsonpath='{.status.pods[?(@.setName=="pp")].message}')"
 }
@@ -149,8 +146,8 @@ noted() {
 }
 wait_for "the report notes the failed pre-pull" 30 noted ||
   fail "no note of the failed pre-pull: $(kubectl get nodestaticpods "$X" -o jsonpath='{.status.pods}')"
-(($(agent_metric "$X" 'staticpodset_agent_image_pulls_total{result="error"}') > errors_before)) || fail "pull errors not counted"
-(($(agent_metric "$X" 'staticpodset_agent_prepull_waits_total{outcome="deadline_passed"}') > deadline_before)) ||
+(($(node_metric "$X" 'staticpodset_agent_image_pulls_total{result="error"}') > errors_before)) || fail "pull errors not counted"
+(($(node_metric "$X" 'staticpodset_agent_prepull_waits_total{outcome="deadline_passed"}') > deadline_before)) ||
   fail "the released wait not counted"
 grep -q "writing the manifest without its images" <<<"$(kubectl logs -n "$RELEASE_NS" "$(agent_pod "$X")")" ||
   fail "the agent did not log the write without images"

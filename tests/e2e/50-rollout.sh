@@ -10,12 +10,11 @@
 #   5. paused: a new template is not handed to any node; unpaused, it rolls out
 #   6. partition 1: only the second node (by name) is updated; partition 0 finishes the rollout
 #   7. restart (template annotation staticpods.dev/restartedAt): a new revision, new pods
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 A=${NODES[0]} B=${NODES[1]}
 SET=roll
-passed=0
-ok() { passed=$((passed + 1)); log "ok: $*"; }
 WATCH_OUT=$RUN_DIR/rollout-watch.json
 watcher=""
 
@@ -77,10 +76,12 @@ ok "kubectl wait --for=condition=Available returned; counts $counts at revision 
 # --- 2. maxUnavailable 1: never both nodes down ---------------------------------------------------
 hash_a=$(mirror "$A" '{.metadata.annotations.kubernetes\.io/config\.hash}')
 hash_b=$(mirror "$B" '{.metadata.annotations.kubernetes\.io/config\.hash}')
-KUBECTL=$(command -v kubectl) python3 "$REPO_ROOT/tests/e2e/rollout-watch.py" "$E2E_NS" "$SET" 1 "$A" "$B" >"$WATCH_OUT" &
+primed=$RUN_DIR/rollout-watch.primed
+rm -f "$primed"
+PRIMED_FILE=$primed KUBECTL=$(command -v kubectl) python3 "$REPO_ROOT/tests/e2e/rollout-watch.py" "$E2E_NS" "$SET" 1 "$A" "$B" >"$WATCH_OUT" &
 watcher=$!
 # The watcher must have seen both pods Ready before the update starts.
-wait_for "watcher started" 30 bash -c "pgrep -f 'kubectl get pods -n $E2E_NS --watch' >/dev/null" || fail "watcher did not start"
+wait_for "watcher to see both pods Ready" 30 test -e "$primed" || fail "watcher did not start or did not see both pods Ready"
 t0=$SECONDS
 set_yaml v2 | kubectl apply -f - >/dev/null
 wait_for "new revision" 30 new_revision "$rev1" || fail "no new revision after a template change"
@@ -115,7 +116,7 @@ halted_after=$((SECONDS - t0))
 [[ $(entry "$A" lastFailure.revision) == "$bad" && $(entry "$A" lastFailure.reason) == ProgressDeadlineExceeded ]] ||
   fail "failure not recorded on $A's entry: $(kubectl get nodestaticpods "$A" -o jsonpath='{.spec.pods}')"
 [[ $(entry "$B" revision) == "$rev2" && $(entry "$B" assignedTime) == "$assigned_b" ]] || fail "$B was handed $(entry "$B" revision)"
-[[ $(mirror "$B" '{.metadata.uid}') == "$uid_b" ]] && runs "$B" "$rev2" || fail "$B's pod was touched"
+{ [[ $(mirror "$B" '{.metadata.uid}') == "$uid_b" ]] && runs "$B" "$rev2"; } || fail "$B's pod was touched"
 [[ $(cond Degraded status) == True && $(cond Degraded reason) == RevisionFailed ]] || fail "Degraded: $(cond Degraded reason)"
 cond Progressing message | grep -q "$A" || fail "Progressing message does not name $A: $(cond Progressing message)"
 kubectl get events.events.k8s.io -n "$E2E_NS" -o jsonpath='{.items[?(@.reason=="ProgressDeadlineExceeded")].type}' | grep -q Warning ||
@@ -149,7 +150,7 @@ wait_for "new revision" 30 new_revision "$rev3" || fail "no new revision for v4"
 rev4=$(revision)
 canary() { runs "$B" "$rev4" && [[ $(cond Progressing reason) == PartitionRolledOut ]]; }
 wait_for "$B (position 1) at $rev4" 120 canary || fail "canary: $B at $(mirror_rev "$B"), Progressing $(cond Progressing reason)"
-runs "$A" "$rev3" && [[ $(entry "$A" revision) == "$rev3" ]] || fail "$A (below the partition) left $rev3"
+{ runs "$A" "$rev3" && [[ $(entry "$A" revision) == "$rev3" ]]; } || fail "$A (below the partition) left $rev3"
 kubectl patch sps -n "$E2E_NS" "$SET" --type=merge -p '{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}' >/dev/null
 wait_for "both nodes at $rev4" 120 complete_at "$rev4" || fail "revision $rev4 not rolled out with partition 0"
 ok "partition 1: only $B took $rev4 (PartitionRolledOut); partition 0 finished the rollout"

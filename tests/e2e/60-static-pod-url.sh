@@ -10,16 +10,17 @@
 #   -> template edit: new revision and config hash on B through the URL
 #   -> API server down, B's agent restarted: 503 until it has its state, the pods keep running
 #   -> delete a set: its pod leaves B -> remove the label: the set runs from a file on B again.
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=cluster/lib/control-plane.sh
 source "$HARNESS_DIR/lib/control-plane.sh"
+# shellcheck source=cluster/lib/node.sh
 source "$HARNESS_DIR/lib/node.sh"
 
 A=${NODES[0]} B=${NODES[1]}
 LABEL=staticpods.dev/manifest-source
 URL=$(static_pod_url "$B")
 TOKEN=$(static_pod_url_token)
-passed=0
-ok() { passed=$((passed + 1)); log "ok: $*"; }
 
 restore_api() { restore_control_plane >/dev/null 2>&1 || true; }
 cleanup() {
@@ -56,7 +57,7 @@ source_of() { kubectl get pod -n "$E2E_NS" "$1" -o jsonpath='{.metadata.annotati
 has_file() { [[ -e $(static_pod_dir "$1")/staticpodset_${E2E_NS}_$2.yaml ]]; }
 apply_sleeper_set moved
 wait_for "moved Ready on both nodes" 180 all_mirrors_ready "$E2E_NS" moved || fail "moved not Ready"
-[[ $(source_of "moved-$B") == file ]] && has_file "$B" moved || fail "moved on $B should run from a file"
+{ [[ $(source_of "moved-$B") == file ]] && has_file "$B" moved; } || fail "moved on $B should run from a file"
 
 kubectl label node "$B" "$LABEL=url" --overwrite >/dev/null
 from_url() { # set
@@ -73,14 +74,14 @@ web_set_yaml urlweb '{}' v1 | kubectl apply -f - >/dev/null
 wait_for "urlweb Ready on both" 180 all_mirrors_ready "$E2E_NS" urlweb || fail "urlweb not Ready on both nodes"
 t1=$(date +%s.%N)
 from_url urlweb || fail "urlweb on $B does not run from the URL"
-[[ $(source_of "urlweb-$A") == file ]] && has_file "$A" urlweb || fail "urlweb on $A should run from a file"
+{ [[ $(source_of "urlweb-$A") == file ]] && has_file "$A" urlweb; } || fail "urlweb on $A should run from a file"
 counts_are() { # desired ready updated
   [[ $(sps_status urlweb desiredNumberScheduled) == "$1" && $(sps_status urlweb numberReady) == "$2" &&
      $(sps_status urlweb updatedNumberScheduled) == "$3" ]]
 }
 wait_for "status 2/2/2" 60 counts_are 2 2 2 || fail "status: $(kubectl get sps -n "$E2E_NS" urlweb -o jsonpath='{.status}')"
 [[ $(kubectl get nodestaticpods "$B" -o jsonpath='{.status.pods[?(@.setName=="urlweb")].source}') == URL ]] || fail "report source on $B not URL"
-[[ -z $(ls "$(static_pod_dir "$B")" | grep '^staticpodset_' || true) ]] || fail "files of ours in $B's staticPodPath: $(ls "$(static_pod_dir "$B")")"
+! compgen -G "$(static_pod_dir "$B")/staticpodset_*" >/dev/null || fail "files of ours in $B's staticPodPath: $(ls "$(static_pod_dir "$B")")"
 apply_to_ready=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')
 ok "new set: $B through the URL, $A through a file, status 2/2/2, no file of ours on $B (apply to Ready ${apply_to_ready}s)"
 
@@ -98,11 +99,21 @@ wait_for "urlweb on $B at $rev2" 180 b_on_rev2 || fail "urlweb on $B did not rea
 hash2=$(kubectl get pod -n "$E2E_NS" "urlweb-$B" -o jsonpath='{.metadata.annotations.kubernetes\.io/config\.hash}')
 [[ $hash1 != "$hash2" ]] || fail "config hash on $B unchanged after the edit"
 wait_for "status 2/2/2 at $rev2" 180 counts_are 2 2 2 || fail "status after the edit: $(kubectl get sps -n "$E2E_NS" urlweb -o jsonpath='{.status}')"
-# A re-poll restarts nothing: the same container keeps running over several polls (5 s apart).
+# A re-poll restarts nothing: the same container keeps running over several polls (5 s apart) of
+# B's kubelet, counted by B's agent (its metric counts every request; the suite sends none meanwhile).
 crictl_b=(crictl --runtime-endpoint "unix://$(containerd_sock "$B")")
 running_id() { "${crictl_b[@]}" ps -q --name "$1" --label "io.kubernetes.pod.namespace=$E2E_NS" --state running | head -n1; }
+# The agent pod's IP stays while its containers restart, so it is read once, with the API up.
+agent_ip_b=$(agent_ip "$B")
+[[ -n $agent_ip_b ]] || fail "no agent pod IP on $B"
+url_requests() { agent_metric "$agent_ip_b" "staticpodset_agent_url_requests_total{code=\"$1\"}"; }
+polled() { # code count-before n: the agent answered code to n more requests since count-before
+  (($(url_requests "$1") >= $2 + $3))
+}
 web_before=$(running_id web)
-sleep 12
+before=$(url_requests 200)
+wait_for "3 more polls of $B's kubelet" 60 polled 200 "$before" 3 ||
+  fail "$B's kubelet did not poll the URL 3 times within 60s (200 answers: $before -> $(url_requests 200))"
 [[ $(running_id web) == "$web_before" ]] || fail "urlweb's container on $B changed between polls"
 ok "template edit over the URL: $rev1 -> $rev2, config hash $hash1 -> $hash2; re-polls restart nothing"
 
@@ -111,18 +122,29 @@ main_before=$(running_id main)
 agent_before=$("${crictl_b[@]}" ps -q --name agent --state running | head -n1)
 [[ -n $main_before && -n $web_before && -n $agent_before ]] || fail "containers missing on $B"
 served_before=$(body)
+agent_logs() { "${crictl_b[@]}" logs "$agent_before" 2>&1; }
+log_lines_before=$(agent_logs | wc -l)
 log "killing kube-apiserver"
 kill -KILL "$(cat "$PID_DIR/kube-apiserver.pid")"
 wait_for "kube-apiserver to exit" 30 bash -c "! kill -0 $(cat "$PID_DIR/kube-apiserver.pid")" || fail "kube-apiserver did not stop"
 rm -f "$PID_DIR/kube-apiserver.pid"
-sleep 6
+# The list is compared once B's agent has seen the API server go (its watch fails and retries: a new
+# log line) and B's kubelet has polled it since, and got the list.
+lost_api() { agent_logs | tail -n +"$((log_lines_before + 1))" | grep -iE "error|unreachable|refused|retry" >/dev/null; }
+wait_for "$B's agent to log the lost API server" 60 lost_api || fail "$B's agent logged nothing about the lost API server"
+before=$(url_requests 200)
+wait_for "a poll of $B's kubelet answered 200 without the API server" 30 polled 200 "$before" 1 ||
+  fail "$B's kubelet got no list from the agent without the API server (200: $before -> $(url_requests 200), 503: $(url_requests 503))"
 [[ $(body) == "$served_before" ]] || fail "the served list changed while the API server is down"
 "${crictl_b[@]}" stop --timeout 5 "$agent_before" >/dev/null
 agent_back() { local id; id=$("${crictl_b[@]}" ps -q --name agent --state running | head -n1); [[ -n $id && $id != "$agent_before" ]]; }
 wait_for "agent restarted on $B" 120 agent_back || fail "the kubelet did not restart the agent on $B"
 wait_for "503 from the restarted agent" 30 bash -c "[[ \$(curl -s -o /dev/null -w '%{http_code}' -H '$STATIC_POD_URL_HEADER: $TOKEN' $URL) == 503 ]]" ||
   fail "restarted agent without API: want 503, got $(code -H "$STATIC_POD_URL_HEADER: $TOKEN")"
-sleep 12  # more than two polls of the kubelet
+# More than two polls of the kubelet answered 503 (the suite's own requests are all before this).
+before=$(url_requests 503)
+wait_for "3 polls of $B's kubelet answered 503" 60 polled 503 "$before" 3 ||
+  fail "$B's kubelet did not poll the restarted agent 3 times within 60s (503 answers: $before -> $(url_requests 503))"
 [[ $(running_id main) == "$main_before" && $(running_id web) == "$web_before" ]] || fail "URL pods on $B stopped or restarted while the agent answered 503"
 ok "API down: same list served; restarted agent answers 503 and the kubelet keeps both URL pods running"
 log "starting kube-apiserver again"

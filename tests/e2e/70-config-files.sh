@@ -6,11 +6,10 @@
 #   back, the pod sees it -> change the ConfigMap -> a new revision
 #   rolls out and the pods serve the new value, the old hash directory is pruned on both nodes
 #   -> delete the set -> its resource directories and its bundles are gone.
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 A=${NODES[0]} B=${NODES[1]}
-passed=0
-ok() { passed=$((passed + 1)); log "ok: $*"; }
 
 cleanup() {
   kubectl delete sps conf -n "$E2E_NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
@@ -91,10 +90,8 @@ rm "$d/secret/token"
 repaired() { [[ $(cat "$d/conf/greeting") == hello && $(stat -c '%a %U' "$d/secret/token" 2>/dev/null) == "600 root" ]] && serves "$A" hello; }
 wait_for "the agent puts the files back" 60 repaired ||
   fail "after tampering on $A: greeting '$(cat "$d/conf/greeting")', token $(stat -c '%a %U' "$d/secret/token" 2>&1)"
-agent_ip=$(kubectl get pods -n "$RELEASE_NS" -l app.kubernetes.io/component=node-agent \
-  --field-selector "spec.nodeName=$A" -o jsonpath='{.items[0].status.podIP}')
-restored=$(curl -s "http://$agent_ip:9102/metrics" | awk '$1 == "staticpodset_agent_config_files_total{action=\"restored\"}" {print $2}')
-[[ ${restored:-0} -ge 2 ]] || fail "staticpodset_agent_config_files_total{action=\"restored\"} is '${restored}'"
+restored=$(agent_metric "$(agent_ip "$A")" 'staticpodset_agent_config_files_total{action="restored"}')
+((restored >= 2)) || fail "staticpodset_agent_config_files_total{action=\"restored\"} is '${restored}'"
 ok "an edited and a deleted file on $A were put back (the pod serves 'hello' again); metric restored=$restored"
 
 rev1=$(sps_status conf updateRevisionNumber)
@@ -120,4 +117,4 @@ no_bundles() { [[ -z $(kubectl get secrets -n "$RELEASE_NS" -l "staticpods.dev/s
 wait_for "the set's bundles are deleted" 30 no_bundles || fail "bundles left: $(kubectl get secrets -n "$RELEASE_NS" -o name)"
 ok "deleting the set removed its resource directories on both nodes and its bundles"
 
-log "70-config-files: $passed checks passed"
+echo "70-config-files: $passed passed, 0 failed"

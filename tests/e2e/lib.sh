@@ -1,6 +1,9 @@
 # shellcheck shell=bash
 # Helpers for the product's end-to-end suites: the cluster harness's settings plus installing
 # StaticPodSet into the running cluster with helm, from images we build and import ourselves.
+# Every suite's checks are the ok/fail below and wait_for (cluster/lib/common.sh). Sourcing this file
+# touches no cluster (operator/tests/apiserver.sh sources it too, with its own API server).
+# shellcheck source=cluster/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cluster/lib/common.sh"
 : "${KUBECONFIG:?KUBECONFIG must point at the test cluster (tests/e2e/cluster/up prints it)}"
 
@@ -8,12 +11,39 @@ RELEASE=${RELEASE:-sps}
 RELEASE_NS=${RELEASE_NS:-staticpodset-system}
 PRODUCT_IMAGES=$CACHE_DIR/product-images
 E2E_NS=${E2E_NS:-sps-e2e}
+# The chart's agent.httpPort: the agents' /metrics.
+AGENT_HTTP_PORT=9102
 
+# --- checks ---------------------------------------------------------------------------------------
+# ok MESSAGE: one check passed. fail MESSAGE: one failed; shows what the cluster looks like
+# (fail_diagnostics, which a suite may redefine) and ends the suite, running its EXIT trap.
+# A suite ends with `echo "<suite>: $passed passed, 0 failed"`.
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); log "ok: $*"; }
 fail() {
+  failed=$((failed + 1))
   log "FAIL: $*"
-  kubectl get sps,pods -A -o wide >&2 || true
-  kubectl get nodestaticpods -o yaml >&2 || true
+  fail_diagnostics >&2 || true
   exit 1
+}
+# Bounded: a failure while the API server is stopped must not hang the suite.
+fail_diagnostics() {
+  kubectl --request-timeout=10s get pods -A -o wide || true
+  kubectl --request-timeout=10s get sps -A -o wide 2>/dev/null || true
+  kubectl --request-timeout=10s get nodestaticpods -o yaml 2>/dev/null || true
+}
+
+# agent_ip NODE: the pod IP of NODE's agent (asks the API server; the IP stays while the pod does).
+agent_ip() {
+  kubectl get pods -n "$RELEASE_NS" -l app.kubernetes.io/component=node-agent \
+    --field-selector "spec.nodeName=$1" -o jsonpath='{.items[0].status.podIP}'
+}
+# agent_metric IP SERIES: the value of one series of the agent at IP, written as the agent prints
+# it (e.g. 'staticpodset_agent_url_requests_total{code="200"}'); 0 when absent or unreachable.
+agent_metric() {
+  { curl -s --max-time 5 "http://$1:$AGENT_HTTP_PORT/metrics" || true; } |
+    awk -v m="$2" '$1 == m {print $2; found=1} END {if (!found) print 0}'
 }
 
 # Builds both images, imports them into every node, and installs/upgrades the chart. Idempotent.
@@ -25,6 +55,7 @@ install_product() {
   kubectl create namespace "$RELEASE_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   kubectl create secret generic -n "$RELEASE_NS" sps-static-pod-url --from-literal=token="$(static_pod_url_token)" \
     --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  # shellcheck disable=SC2016  # '$(NODE_NAME)' is for Kubernetes (subPathExpr), not for the shell
   timed "helm install" helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/staticpodset" \
     --namespace "$RELEASE_NS" --create-namespace --wait --timeout 5m \
     --set agent.staticPodURL.enabled=true --set agent.staticPodURL.port="$STATIC_POD_URL_PORT" \
@@ -44,17 +75,18 @@ install_product() {
 # with the applets web_set_yaml and the benchmarks use (sh, httpd, wget, cat) plus PAD_MB (default
 # 8) of random data, so every image has a layer of its own that a node must really download.
 registry_image() {
-  local ref=$REGISTRY/sps-e2e/web:$1 pad=${2:-8} root archive applet
+  local reference=$REGISTRY/sps-e2e/web:$1 pad=${2:-8} root archive applet
   root=$(mktemp -d) archive=$(mktemp --suffix=.tar)
   mkdir -p "$root/bin" "$root/tmp"
   chmod 1777 "$root/tmp"
   cp /bin/busybox "$root/bin/busybox"
   for applet in sh httpd wget cat; do ln -s busybox "$root/bin/$applet"; done
   head -c "${pad}M" /dev/urandom >"$root/pad"
-  ( source "$HARNESS_DIR/lib/oci.sh" && oci_image_archive "$root" "$ref" "$archive" '["/bin/sh"]' '["PATH=/bin"]' )
+  # shellcheck source=cluster/lib/oci.sh
+  ( source "$HARNESS_DIR/lib/oci.sh" && oci_image_archive "$root" "$reference" "$archive" '["/bin/sh"]' '["PATH=/bin"]' )
   bash "$HARNESS_DIR/push-image" "$archive" >&2
   rm -rf "$root" "$archive"
-  echo "$ref"
+  echo "$reference"
 }
 
 # crictl against NODE's containerd: crictl_on NODE ARGS...
@@ -101,13 +133,15 @@ all_mirrors_ready() {
 # the set's spec, one per line, e.g. $'paused: true\nminReadySeconds: 2'.
 # WEB_IMAGE / WEB_PULL_POLICY override the image (default $BUSYBOX_IMAGE, Never).
 web_set_yaml() {
+  local spec=${4:-}
+  spec="  ${spec//$'\n'/$'\n'  }"   # indented under spec:, every line
   cat <<YAML
 apiVersion: staticpods.dev/v1alpha1
 kind: StaticPodSet
 metadata: {name: $1, namespace: $E2E_NS}
 spec:
   nodeSelector: $2
-$(sed 's/^/  /' <<<"${4:-}")
+$spec
   template:
     metadata:
       labels: {app: $1}

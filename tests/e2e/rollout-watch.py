@@ -9,6 +9,8 @@ A node is available while its mirror pod `<set>-<node>` exists and is Ready. The
 {"events": N, "max_unavailable_seen": K, "violations": [...], "outages": {node: count}}.
 An outage is a transition of a node from available to unavailable; the caller checks that each
 updated node had one, which proves the watcher sees what it must catch.
+With PRIMED_FILE set, creates that file once every node has been seen available: from then on the
+watcher judges, so the caller starts its update only after the file exists.
 """
 
 import json
@@ -72,6 +74,8 @@ for line in proc.stdout:
         # has been seen available, as before an update.
         if not primed:
             primed = all(state.values())
+            if primed and os.environ.get("PRIMED_FILE"):
+                open(os.environ["PRIMED_FILE"], "w").close()
             continue
         down = [n for n, up in state.items() if not up]
         max_seen = max(max_seen, len(down))

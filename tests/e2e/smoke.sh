@@ -4,15 +4,15 @@
 #     `<name>-<node A>`, which becomes Ready and carries kubernetes.io/config.mirror, and which
 #     disappears when the file is removed;
 #  2. a Deployment's pod is scheduled onto a node and becomes Ready (controller-manager + scheduler).
-source "$(dirname "${BASH_SOURCE[0]}")/cluster/lib/common.sh"
-: "${KUBECONFIG:?KUBECONFIG must point at the test cluster}"
+# Runs before the product is installed; lib.sh only defines things (and checks KUBECONFIG).
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 node=${NODES[0]}
 name=smoke-static
 mirror=$name-$node
 manifest=$(static_pod_dir "$node")/$name.yaml
 ns=default
-fail() { log "FAIL: $*"; kubectl get pods -A -o wide >&2 || true; exit 1; }
 
 cleanup() { rm -f "$manifest"; kubectl delete deployment smoke-deploy -n "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true; }
 trap cleanup EXIT
@@ -22,7 +22,7 @@ server_version=$(kubectl version -o json | python3 -c 'import json,sys; print(js
 for n in "${NODES[@]}"; do
   [[ $(kubectl get node "$n" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]] || fail "node $n not Ready"
 done
-log "ok: server $server_version, nodes ${NODES[*]} Ready"
+ok "server $server_version, nodes ${NODES[*]} Ready"
 
 log "static pod: writing $manifest"
 tmp=$(dirname "$manifest")/.$name.yaml.tmp
@@ -48,11 +48,11 @@ kubectl wait -n "$ns" --for=condition=Ready "pod/$mirror" --timeout=120s >/dev/n
 mirror_ann=$(kubectl get pod -n "$ns" "$mirror" -o jsonpath='{.metadata.annotations.kubernetes\.io/config\.mirror}')
 [[ -n $mirror_ann ]] || fail "$mirror lacks kubernetes.io/config.mirror"
 [[ $(kubectl get pod -n "$ns" "$mirror" -o jsonpath='{.spec.nodeName}') == "$node" ]] || fail "$mirror not on $node"
-log "ok: $mirror Ready with config.mirror=$mirror_ann"
+ok "$mirror Ready with config.mirror=$mirror_ann"
 
 rm -f "$manifest"
 kubectl wait -n "$ns" --for=delete "pod/$mirror" --timeout=120s >/dev/null || fail "$mirror still present after the manifest was removed"
-log "ok: $mirror gone after the manifest was removed"
+ok "$mirror gone after the manifest was removed"
 
 log "deployment through the scheduler"
 kubectl create deployment smoke-deploy -n "$ns" --image="$BUSYBOX_IMAGE" -- sh -c 'exec sleep 100000' >/dev/null
@@ -61,6 +61,6 @@ kubectl patch deployment smoke-deploy -n "$ns" --type=json \
 kubectl rollout status deployment/smoke-deploy -n "$ns" --timeout=180s >/dev/null || fail "deployment did not become available"
 pod_node=$(kubectl get pods -n "$ns" -l app=smoke-deploy -o jsonpath='{.items[0].spec.nodeName}')
 [[ " ${NODES[*]} " == *" $pod_node "* ]] || fail "deployment pod on unexpected node '$pod_node'"
-log "ok: deployment pod Ready on $pod_node"
+ok "deployment pod Ready on $pod_node"
 kubectl delete deployment smoke-deploy -n "$ns" --wait=true --timeout=120s >/dev/null
-echo "smoke: 4 passed, 0 failed"
+echo "smoke: $passed passed, 0 failed"

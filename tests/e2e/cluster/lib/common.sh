@@ -1,23 +1,16 @@
 # shellcheck shell=bash
-# Shared settings for the local cluster harness: pinned versions, where things live, and small helpers.
-# Sourced by every script under tests/e2e/cluster/. Everything that must survive between runs (built
+# Shared settings for the local cluster harness: pinned versions (versions.sh), where things live, and
+# small helpers (log, die, timed, wait_for, daemons). Sourced by every script under tests/e2e/cluster/
+# and, through tests/e2e/lib.sh, by every suite. Everything that must survive between runs (built
 # binaries, images) lives in the cache folder outside the clone; everything a running cluster needs
 # (certs, data dirs, sockets, logs) lives in the run folder and is removed by `down`.
+# shellcheck disable=SC2034  # the settings below are read by the scripts that source this file
 
 set -euo pipefail
 
-# --- Pinned versions ----------------------------------------------------------------------------
-# Kubernetes 1.36 is the newest minor whose go.mod (`go 1.26.0`) builds with the Go on our machines.
-K8S_VERSION=${K8S_VERSION:-v1.36.3}
-# etcd 3.6: kube-apiserver >=1.31 needs RequestWatchProgress, which Debian's 3.4.23 lacks.
-ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
-# containerd 2.3: the recommended line for Kubernetes 1.36 (RuntimeConfig CRI call, cgroup driver via CRI).
-CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.3.7}
-RUNC_VERSION=${RUNC_VERSION:-v1.5.2}
-HELM_VERSION=${HELM_VERSION:-v3.22.0}
-CRICTL_VERSION=${CRICTL_VERSION:-v1.37.0}
-# The CNCF distribution registry: a local registry on loopback, so tests can pull real images.
-REGISTRY_VERSION=${REGISTRY_VERSION:-v3.0.0}
+# --- Pinned versions: tests/e2e/cluster/versions.sh ------------------------------------------------
+# shellcheck source=../versions.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../versions.sh"
 
 # --- Paths ----------------------------------------------------------------------------------------
 HARNESS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -116,7 +109,7 @@ start_daemon() {
   local name=$1; shift
   mkdir -p "$LOG_DIR" "$PID_DIR"
   (
-    for fd in /proc/$BASHPID/fd/*; do
+    for fd in "/proc/$BASHPID/fd/"*; do
       fd=${fd##*/}
       ((fd > 2)) && eval "exec $fd>&-"
     done
