@@ -21,8 +21,10 @@ images:
 unit:
 	cargo test --workspace
 
+## lint: cargo fmt --check, shellcheck on every script (tests/shellcheck.sh), cargo clippy -D warnings
 lint:
 	cargo fmt --all -- --check
+	bash tests/shellcheck.sh
 	cargo clippy --workspace --all-targets -- -D warnings
 
 ## crds: regenerate the CRD YAML from the Rust types (crds/ and the chart's copy)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README: `make test`). Runs, in order, and stops at the first failure:
 #   0. host packages                    tests/e2e/cluster/build/host-deps.sh (protoc for the build, …)
-#   1. formatting and lints             cargo fmt --check, cargo clippy -D warnings
+#   1. formatting and lints             cargo fmt --check, shellcheck (tests/shellcheck.sh),
+#                                       cargo clippy -D warnings
 #   2. unit and temp-directory tests    cargo test --workspace
 #   3. the real cluster                 tests/e2e/cluster/up (builds what is missing, into the cache)
 #   4. end-to-end suites                tests/e2e/*.sh against that cluster
@@ -10,6 +11,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# K8S_VERSION: where the cluster's Kubernetes binaries are cached.
+# shellcheck source=e2e/cluster/versions.sh
+source tests/e2e/cluster/versions.sh
 export STATICPODSET_CACHE=${STATICPODSET_CACHE:-$HOME/.cache/staticpodset}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$STATICPODSET_CACHE/target}
 
@@ -37,9 +41,10 @@ finish() {
 }
 trap finish EXIT
 
-# The agent's CRI bindings are generated at build time by protoc, a Debian package.
+# The agent's CRI bindings are generated at build time by protoc, a Debian package; shellcheck is one too.
 bash tests/e2e/cluster/build/host-deps.sh
 suite "cargo fmt" cargo fmt --all -- --check
+suite "shellcheck" bash tests/shellcheck.sh
 suite "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 suite "cargo test" cargo test --workspace --locked
 
@@ -47,7 +52,7 @@ suite "cargo test" cargo test --workspace --locked
 tests/e2e/cluster/down
 up_out=$(tests/e2e/cluster/up)
 eval "$(tail -n 1 <<<"$up_out")"
-export PATH="$STATICPODSET_CACHE/k8s-v1.36.3/bin:$STATICPODSET_CACHE/tools/bin:$PATH"
+export PATH="$STATICPODSET_CACHE/k8s-$K8S_VERSION/bin:$STATICPODSET_CACHE/tools/bin:$PATH"
 
 suite "operator vs a throw-away API server" bash operator/tests/apiserver.sh
 suite "e2e: cluster smoke" tests/e2e/smoke.sh

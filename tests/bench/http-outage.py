@@ -11,6 +11,8 @@ timeout passes. For each node prints one line:
 where the outage runs from the last poll that got OLD_BODY (the old pod still served) to the first
 poll that got NEW_BODY (the new pod serves), both as seconds since the start. The resolution is the
 poll interval. Exits 1 if a node never served NEW_BODY.
+
+Prints `polling` first, once every node has answered OLD_BODY: the caller makes its change after that.
 """
 
 import sys
@@ -21,7 +23,7 @@ import urllib.request
 INTERVAL = 0.05
 
 
-def poll(node, url, old, new, deadline, start, results):
+def poll(node, url, old, new, deadline, start, results, saw_old):
     last_old = None
     failed = 0
     while time.monotonic() < deadline:
@@ -33,6 +35,7 @@ def poll(node, url, old, new, deadline, start, results):
             body = None
         if body == old:
             last_old = t
+            saw_old(node)
         elif body == new:
             results[node] = (last_old, t, failed)
             return
@@ -48,13 +51,22 @@ def main():
     start = time.monotonic()
     deadline = start + timeout
     results = {}
+    lock = threading.Lock()
+    seen = set()
+
+    def saw_old(node):
+        with lock:
+            if node not in seen:
+                seen.add(node)
+                if len(seen) == len(targets):
+                    print("polling", flush=True)
+
     threads = [
-        threading.Thread(target=poll, args=(n, u, old, new, deadline, start, results))
+        threading.Thread(target=poll, args=(n, u, old, new, deadline, start, results, saw_old))
         for n, u in targets
     ]
     for t in threads:
         t.start()
-    print("polling", flush=True)
     for t in threads:
         t.join()
     ok = True

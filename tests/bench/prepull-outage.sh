@@ -94,10 +94,13 @@ for mode in $MODES; do
     done
     new="b-$mode-$run-$RANDOM"
     out=$(mktemp)
-    python3 "$REPO_ROOT/tests/bench/http-outage.py" "$old" "$new" 300 \
-      $(for n in "${NODES[@]}"; do echo "$n=http://127.0.0.1:${PORT[$n]}/index.html"; done) >"$out" &
+    targets=()
+    for n in "${NODES[@]}"; do targets+=("$n=http://127.0.0.1:${PORT[$n]}/index.html"); done
+    python3 "$REPO_ROOT/tests/bench/http-outage.py" "$old" "$new" 300 "${targets[@]}" >"$out" &
     poller=$!
-    sleep 0.5
+    # It prints `polling` once every node answered with the old pod: the change starts after that.
+    wait_for "the poller to see every node serve image A" 30 grep -qx polling "$out" ||
+      die "http-outage.py did not see every node serve the old pod"
     t0=$(date +%s.%N)
     set_yaml "$new" "$image" | kubectl apply -f - >/dev/null
     wait "$poller" || { cat "$out" >&2; die "a node did not serve the new pod (pre-pull $mode, run $run)"; }

@@ -7,11 +7,12 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 up_out=$("$ROOT/tests/e2e/cluster/up")
 export_line=$(tail -n 1 <<<"$up_out")
 eval "$export_line"
+# shellcheck source=lib.sh
 source "$ROOT/tests/e2e/lib.sh"
 install_product
 kubectl apply -f "$ROOT/examples/static-web.yaml"
 ready() { for n in "${NODES[@]}"; do mirror_ready default "static-web-$n" || return 1; done; }
-wait_for "static-web mirror pods Ready" 180 ready || { kubectl get sps,pods -A; exit 1; }
+wait_for "static-web mirror pods Ready" 180 ready || fail "static-web mirror pods not Ready"
 kubectl wait sps/static-web --for=jsonpath='{.status.numberReady}'="${#NODES[@]}" --timeout=60s >/dev/null
 kubectl get sps static-web
 kubectl get pods -l app=static-web -o wide

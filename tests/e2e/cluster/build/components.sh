@@ -7,6 +7,7 @@
 # Everything comes from the Go module proxy; the CNI plugins come from Debian (host-deps.sh).
 # Each step prints its duration so the cold-build budget (CI has 90 minutes on 2 cores) stays visible.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
+# shellcheck source=go-wrapper.sh
 source "$HARNESS_DIR/build/go-wrapper.sh"
 
 have_all() {

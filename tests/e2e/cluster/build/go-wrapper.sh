@@ -18,7 +18,7 @@ go_wrapper_build() {
   printf 'module staticpodset.local/build/%s\n\ngo 1.26.0\n\n%s\n' "$name" "$body" >"$work/go.mod"
   mkdir -p "$out"
   (
-    cd "$work"
+    cd "$work" || exit 1
     # -mod=mod lets `go build` record go.sum entries for the pinned graph; nothing is upgraded.
     export CGO_ENABLED=${CGO_ENABLED:-0} GOFLAGS=-mod=mod GOTOOLCHAIN=local
     local spec pkg outname

@@ -4,6 +4,7 @@
 #   busybox  a test workload: Debian's busybox-static with its applet links
 # Rebuilt only when missing or older than their inputs.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
+# shellcheck source=../lib/oci.sh
 source "$HARNESS_DIR/lib/oci.sh"
 
 build_pause() {
