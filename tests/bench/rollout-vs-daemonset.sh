@@ -62,10 +62,8 @@ YAML
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}'; }
-poll() { # timeout cmd...: a tight poll, so the measurement is not coarser than 0.1 s
-  local end=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do ((SECONDS < end)) || return 1; sleep 0.1; done
-}
+# A tight poll, so the measurement is not coarser than 0.1 s.
+export WAIT_FOR_INTERVAL=0.1
 
 ds_done() { # generation: the DaemonSet controller saw it and every node runs it, Ready
   local s
@@ -83,21 +81,21 @@ declare -a ds_create ds_update sps_create sps_update
 for run in $(seq 1 "$RUNS"); do
   kubectl delete ds -n "$NS" bench-ds --wait=true --ignore-not-found >/dev/null
   kubectl delete sps -n "$NS" bench-sps --wait=true --ignore-not-found >/dev/null
-  poll 120 bash -c "[[ -z \$(kubectl get pods -n $NS -o name) ]]" || die "pods of the previous run still there"
+  wait_for "pods of the previous run gone" 120 bash -c "[[ -z \$(kubectl get pods -n $NS -o name) ]]" || die "pods of the previous run still there"
 
   t=$(now); ds_yaml v1 | kubectl apply -f - >/dev/null
-  poll 300 ds_done 1 || die "DaemonSet create did not finish"
+  wait_for "DaemonSet create" 300 ds_done 1 || die "DaemonSet create did not finish"
   ds_create+=("$(elapsed "$t")")
   t=$(now); ds_yaml v2 | kubectl apply -f - >/dev/null
-  poll 300 ds_done 2 || die "DaemonSet update did not finish"
+  wait_for "DaemonSet update" 300 ds_done 2 || die "DaemonSet update did not finish"
   ds_update+=("$(elapsed "$t")")
 
   t=$(now); sps_yaml v1 | kubectl apply -f - >/dev/null
-  poll 300 sps_done || die "StaticPodSet create did not finish"
+  wait_for "StaticPodSet create" 300 sps_done || die "StaticPodSet create did not finish"
   sps_create+=("$(elapsed "$t")")
   t=$(now); sps_yaml v2 | kubectl apply -f - >/dev/null
   # The status may still show the old revision complete: wait for the new generation first.
-  poll 300 sps_done || die "StaticPodSet update did not finish"
+  wait_for "StaticPodSet update" 300 sps_done || die "StaticPodSet update did not finish"
   sps_update+=("$(elapsed "$t")")
   echo "run $run: DaemonSet create ${ds_create[-1]}s update ${ds_update[-1]}s | StaticPodSet create ${sps_create[-1]}s update ${sps_update[-1]}s"
 done

@@ -89,7 +89,9 @@ timed() {
   log "$what took $((SECONDS - start))s"
 }
 
-# Polls a command until it succeeds or the deadline (seconds) passes. Never a blind sleep.
+# wait_for WHAT DEADLINE COMMAND...: polls COMMAND (its output discarded, run in this shell) every
+# WAIT_FOR_INTERVAL seconds (default 0.5) until it succeeds: 0; or until DEADLINE seconds passed:
+# logs that it timed out, 1. The one wait of the harness and of every suite. Never a blind sleep.
 wait_for() {
   local what=$1 deadline=$2; shift 2
   local end=$((SECONDS + deadline))
@@ -98,7 +100,7 @@ wait_for() {
       log "timed out after ${deadline}s waiting for $what"
       return 1
     fi
-    sleep 0.5
+    sleep "${WAIT_FOR_INTERVAL:-0.5}"
   done
 }
 
