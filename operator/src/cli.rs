@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use staticpodset_api::duration::parse_flag;
 
 use crate::node_writes::WriteMode;
 use crate::telemetry::LogFormat;
@@ -49,7 +50,7 @@ pub struct Args {
 
     /// A set being deleted stops waiting for a node whose agent has not reported for this long
     /// (also skipped: deleted and not-Ready nodes). E.g. 300s, 5m, 1h.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = parse_flag)]
     pub node_gone_timeout: Duration,
 
     /// How entries are written into NodeStaticPods: `apply` (server-side apply, one field manager
@@ -66,28 +67,8 @@ pub struct Args {
     pub concurrency: u16,
 
     /// Every set is reconciled at least this often, as a safety net for missed events.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = parse_flag)]
     pub resync: Duration,
-}
-
-/// Parses `90`, `90s`, `5m` or `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 5m or 1h"))?;
-    let secs = match unit {
-        "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        _ => None,
-    }
-    .ok_or_else(|| format!("{text:?} is not a duration like 90s, 5m or 1h"))?;
-    Ok(Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -123,13 +104,13 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("5d").is_err());
-        assert!(parse_duration("m").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration(&format!("{}h", u64::MAX)).is_err());
+        assert_eq!(parse_flag("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_flag("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_flag("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_flag("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_flag("5x").is_err());
+        assert!(parse_flag("m").is_err());
+        assert!(parse_flag("").is_err());
+        assert!(parse_flag(&format!("{}h", u64::MAX)).is_err());
     }
 }

@@ -20,10 +20,10 @@ use staticpodset_api::config_files::{
     VolumeLayout, ANNOTATION_VOLUMES, CONFIG_HASH, DEFAULT_RESOURCES_ROOT, LABEL_SET_NAMESPACE,
 };
 use staticpodset_api::keys::LABEL_SET_NAME;
-use staticpodset_api::StaticPodSet;
+use staticpodset_api::{SetKey, StaticPodSet};
 
+use crate::conditions::{REASON_CONFIG_NOT_FOUND, REASON_INVALID_CONFIG};
 use crate::render::revision_of;
-use crate::triggers::SetKey;
 
 /// A Secret holds at most 1 MiB; leave room for its metadata.
 pub const MAX_BUNDLE_BYTES: usize = 1024 * 1024 - 16 * 1024;
@@ -109,11 +109,6 @@ pub struct ConfigProblem {
     /// One `path: message` line each.
     pub problems: Vec<String>,
 }
-
-/// A ConfigMap or Secret a set needs does not exist.
-pub const REASON_CONFIG_NOT_FOUND: &str = "ConfigNotFound";
-/// A ConfigMap or Secret cannot become files (a key or the total size).
-pub const REASON_INVALID_CONFIG: &str = "InvalidConfig";
 
 fn kind_name(kind: ConfigKind) -> (&'static str, &'static str) {
     match kind {
@@ -293,7 +288,7 @@ pub fn sets_referencing(
                 .iter()
                 .any(|v| v.kind == kind && v.source == name)
         })
-        .map(|s| (namespace.to_string(), s.name_any()))
+        .map(|s| SetKey::new(namespace, s.name_any()))
         .collect()
 }
 

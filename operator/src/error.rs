@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use staticpodset_api::SetKey;
+
 /// Why one reconcile of a StaticPodSet did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -11,7 +13,7 @@ pub enum Error {
         /// "applying" or "removing".
         op: &'static str,
         /// `<namespace>/<name>` of the set.
-        set: String,
+        set: SetKey,
         /// The node object (= node) name.
         node: String,
         /// The API error.
@@ -23,7 +25,7 @@ pub enum Error {
     #[error("{failed} of {total} node writes for set {set} failed, the first: {first}")]
     NodeWrites {
         /// `<namespace>/<name>` of the set.
-        set: String,
+        set: SetKey,
         /// How many failed.
         failed: usize,
         /// How many were attempted.
@@ -37,7 +39,7 @@ pub enum Error {
     #[error("patching the status of StaticPodSet {set}: {source}")]
     StatusPatch {
         /// `<namespace>/<name>` of the set.
-        set: String,
+        set: SetKey,
         /// The API error.
         #[source]
         source: kube::Error,
@@ -52,7 +54,7 @@ pub enum Error {
     #[error("set {set} is being deleted; waiting for the agents of {nodes} to remove its pod")]
     WaitingForNodes {
         /// `<namespace>/<name>` of the set.
-        set: String,
+        set: SetKey,
         /// The nodes waited for, listed for a human.
         nodes: String,
     },
@@ -61,7 +63,7 @@ pub enum Error {
     #[error("StaticPodSet {set}: {source}")]
     Finalizer {
         /// `<namespace>/<name>` of the set.
-        set: String,
+        set: SetKey,
         /// What the finalizer helper reported.
         #[source]
         source: Box<kube::runtime::finalizer::Error<Error>>,
@@ -77,7 +79,7 @@ pub enum Error {
         /// "listing", "creating", "renumbering", "deleting".
         op: &'static str,
         /// `<namespace>/<name>` of the set.
-        set: String,
+        set: SetKey,
         /// The revision's namespace.
         namespace: String,
         /// The revision object's name (or the set's label selector when listing).
@@ -91,7 +93,7 @@ pub enum Error {
     #[error("set {set}: {problem}")]
     History {
         /// `<namespace>/<name>` of the set.
-        set: String,
+        set: SetKey,
         /// What is wrong.
         problem: crate::revisions::HistoryProblem,
     },
@@ -104,7 +106,7 @@ pub enum Error {
     )]
     RevisionTaken {
         /// `<namespace>/<name>` of the set.
-        set: String,
+        set: SetKey,
         /// The revision object's name.
         revision: String,
     },
@@ -114,7 +116,7 @@ pub enum Error {
     #[error("reading the ConfigMaps and Secrets of set {set}: {source}")]
     ConfigRead {
         /// `<namespace>/<name>` of the set.
-        set: String,
+        set: SetKey,
         /// The API error.
         #[source]
         source: kube::Error,
@@ -124,7 +126,7 @@ pub enum Error {
     #[error("configuration bundle {bundle} of set {set}: {source}")]
     BundleWrite {
         /// `<namespace>/<name>` of the set.
-        set: String,
+        set: SetKey,
         /// The bundle's name (or the label selector of a set's bundles).
         bundle: String,
         /// The API error.
@@ -136,7 +138,7 @@ pub enum Error {
     #[error("rolling back set {set}: {source}")]
     Rollback {
         /// `<namespace>/<name>` of the set.
-        set: String,
+        set: SetKey,
         /// The API error.
         #[source]
         source: kube::Error,
@@ -184,6 +186,42 @@ impl Error {
     }
 }
 
+/// The API server's Status, when the error is one.
+pub(crate) fn api_error(e: &kube::Error) -> Option<&kube::core::Status> {
+    match e {
+        kube::Error::Api(status) => Some(status),
+        _ => None,
+    }
+}
+
+/// 409 Conflict: a precondition or resourceVersion did not hold (someone wrote in between).
+pub(crate) fn is_conflict(e: &kube::Error) -> bool {
+    api_error(e).is_some_and(|s| s.is_conflict())
+}
+
+/// 404 Not Found.
+pub(crate) fn is_not_found(e: &kube::Error) -> bool {
+    api_error(e).is_some_and(|s| s.is_not_found())
+}
+
+/// 422 Invalid: validation refused the object, or a JSON patch's `test` failed.
+pub(crate) fn is_invalid(e: &kube::Error) -> bool {
+    api_error(e).is_some_and(|s| s.is_invalid() || s.code == 422)
+}
+
+/// 409 AlreadyExists.
+pub(crate) fn is_already_exists(e: &kube::Error) -> bool {
+    api_error(e).is_some_and(|s| s.is_already_exists())
+}
+
+/// The API server's own message for an error (what users should read), or the error itself.
+pub(crate) fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,16 +230,16 @@ mod tests {
     #[test]
     fn waiting_is_seen_through_the_finalizer_wrapper() {
         let waiting = Error::Finalizer {
-            set: "ns/a".into(),
+            set: SetKey::new("ns", "a"),
             source: Box::new(F::CleanupFailed(Error::WaitingForNodes {
-                set: "ns/a".into(),
+                set: SetKey::new("ns", "a"),
                 nodes: "n1".into(),
             })),
         };
         assert!(waiting.is_waiting());
         assert_eq!(waiting.kind(), "waiting_for_nodes");
         let other = Error::Finalizer {
-            set: "ns/a".into(),
+            set: SetKey::new("ns", "a"),
             source: Box::new(F::UnnamedObject),
         };
         assert!(!other.is_waiting());

@@ -8,8 +8,11 @@
 //! [`controller`], [`node_writes`], [`node_objects`], [`leader`], [`http`].
 
 pub mod cli;
+pub mod conditions;
 pub mod config;
+pub mod context;
 pub mod controller;
+pub mod decide;
 pub mod deletion;
 pub mod error;
 #[cfg(test)]
@@ -22,7 +25,9 @@ pub mod node_objects;
 pub mod node_writes;
 pub mod planner;
 pub mod render;
+pub mod revision_writes;
 pub mod revisions;
+pub mod rollback;
 pub mod rollout;
 pub mod rollout_state;
 pub mod status;

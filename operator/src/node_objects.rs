@@ -21,13 +21,12 @@ use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use staticpodset_api::{NodeStaticPods, StaticPodSet};
+use staticpodset_api::{NodeStaticPods, SetKey, StaticPodSet};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::node_writes::{self, node_owner_reference, WriteMode, OPERATOR_MANAGER};
 use crate::planner::NodeWrite;
-use crate::triggers::SetKey;
 
 /// How long an entry of an unknown set must stay orphaned before it is removed.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(60);
@@ -84,7 +83,7 @@ pub fn plan_objects(
             }
         }
         for entry in &obj.spec.pods {
-            let key = (entry.set_namespace.clone(), entry.set_name.clone());
+            let key = SetKey::of(entry);
             if !sets.contains(&key) {
                 plan.orphans.push((name.clone(), key));
             }
@@ -144,7 +143,7 @@ pub async fn run(
         let set_keys: BTreeSet<SetKey> = sets
             .state()
             .iter()
-            .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
+            .map(|s| SetKey::new(s.namespace().unwrap_or_default(), s.name_any()))
             .collect();
         let plan = plan_objects(&nodes.state(), &objects.state(), &set_keys);
         for (node, uid) in &plan.ensure {
@@ -167,19 +166,19 @@ pub async fn run(
                 }
             }
         }
-        for (node, (namespace, name)) in clock.ripe(plan.orphans, Instant::now(), ORPHAN_GRACE) {
+        for (node, set) in clock.ripe(plan.orphans, Instant::now(), ORPHAN_GRACE) {
             let write = NodeWrite {
                 node: node.clone(),
                 entry: None,
                 repair: false,
             };
-            match node_writes::write(&client, mode, &namespace, &name, &write).await {
+            match node_writes::write(&client, mode, &set, &write).await {
                 Ok(()) => {
                     metrics
                         .node_object_writes
                         .with_label_values(&["remove"])
                         .inc();
-                    tracing::info!(%node, set = %format!("{namespace}/{name}"), "removed the entry of a set that no longer exists");
+                    tracing::info!(%node, %set, "removed the entry of a set that no longer exists");
                 }
                 Err(error) => tracing::warn!(%error, "removing an orphaned entry"),
             }
@@ -229,7 +228,7 @@ mod tests {
     use staticpodset_api::AssignedPod;
 
     fn key(name: &str) -> SetKey {
-        ("ns".into(), name.into())
+        SetKey::new("ns", name)
     }
 
     fn entry(set: &str) -> AssignedPod {

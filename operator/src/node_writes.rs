@@ -23,8 +23,9 @@ use kube::api::{Patch, PatchParams};
 use kube::core::Status;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
-use staticpodset_api::{AssignedPod, NodeStaticPods};
+use staticpodset_api::{AssignedPod, NodeStaticPods, SetKey};
 
+use crate::error::{is_conflict, is_invalid, is_not_found};
 use crate::planner::NodeWrite;
 use crate::render::field_manager;
 use crate::Error;
@@ -105,37 +106,14 @@ pub fn replace_entry(
     Some(out)
 }
 
-pub(crate) fn api_error(e: &kube::Error) -> Option<&Status> {
-    match e {
-        kube::Error::Api(status) => Some(status),
-        _ => None,
-    }
-}
-
-pub(crate) fn is_conflict(e: &kube::Error) -> bool {
-    api_error(e).is_some_and(|s| s.is_conflict())
-}
-
-pub(crate) fn is_not_found(e: &kube::Error) -> bool {
-    api_error(e).is_some_and(|s| s.is_not_found())
-}
-
-pub(crate) fn is_invalid(e: &kube::Error) -> bool {
-    api_error(e).is_some_and(|s| s.is_invalid() || s.code == 422)
-}
-
-pub(crate) fn is_already_exists(e: &kube::Error) -> bool {
-    api_error(e).is_some_and(|s| s.is_already_exists())
-}
-
-/// Performs one write for set `namespace/name`.
+/// Performs one write for `set`.
 pub async fn write(
     client: &Client,
     mode: WriteMode,
-    namespace: &str,
-    name: &str,
+    set: &SetKey,
     write: &NodeWrite,
 ) -> Result<(), Error> {
+    let (namespace, name) = (set.namespace.as_str(), set.name.as_str());
     let api: Api<NodeStaticPods> = Api::all(client.clone());
     let (op, result) = match (&write.entry, mode) {
         (None, _) => ("removing", remove(&api, namespace, name, &write.node).await),
@@ -154,7 +132,7 @@ pub async fn write(
     };
     result.map_err(|source| Error::NodeWrite {
         op,
-        set: format!("{namespace}/{name}"),
+        set: set.clone(),
         node: write.node.clone(),
         source,
     })

@@ -35,15 +35,6 @@ pub struct MatchedNode {
     pub name_problem: Option<String>,
 }
 
-/// What one reconcile of one set does to the node objects.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Plan {
-    /// Every node the selector matches, sorted by name.
-    pub matched: Vec<MatchedNode>,
-    /// The writes needed, sorted by node name.
-    pub writes: Vec<NodeWrite>,
-}
-
 /// The set's entry in a node object's spec, if any.
 pub fn entry_of<'a>(
     obj: &'a NodeStaticPods,
@@ -87,52 +78,48 @@ pub fn matched(name: &str, selector: &NodeSelector, nodes: &[Arc<Node>]) -> Vec<
     matched
 }
 
-/// Plans the writes for set `namespace/name` from the node objects as cached.
+/// The writes set `namespace/name` needs in the node objects as cached, sorted by node name.
 ///
-/// `wanted` holds the entry each node must carry, as the rollout planner decided, by node name;
-/// it is `None` while the spec is invalid: then nothing is written anywhere (the nodes keep
-/// running what they have) and only the matched nodes are computed, for the status. Every node
-/// object that carries an entry of the set but should not (the node no longer matches, or the
-/// name rule excludes it) gets a removal. A matched node that `wanted` does not name keeps what
-/// it has.
-pub fn plan(
+/// `matched` is [`matched`]'s result; `wanted` holds the entry each node must carry, as the
+/// rollout planner decided, by node name (while the spec is invalid the caller writes nothing
+/// anywhere: the nodes keep running what they have). Every node object that carries an entry of
+/// the set but should not (the node no longer matches, or the name rule excludes it) gets a
+/// removal. A matched node that `wanted` does not name keeps what it has.
+pub fn writes(
     namespace: &str,
     name: &str,
-    selector: &NodeSelector,
-    wanted: Option<&BTreeMap<String, AssignedPod>>,
+    matched: &[MatchedNode],
+    wanted: &BTreeMap<String, AssignedPod>,
     nodes: &[Arc<Node>],
     objects: &BTreeMap<String, Arc<NodeStaticPods>>,
-) -> Plan {
-    let matched = matched(name, selector, nodes);
+) -> Vec<NodeWrite> {
     let eligible: std::collections::BTreeSet<&str> = matched
         .iter()
         .filter(|m| m.name_problem.is_none())
         .map(|m| m.name.as_str())
         .collect();
     let mut writes = Vec::new();
-    if let Some(wanted) = wanted {
-        for node in nodes {
-            let node_name = node.name_any();
-            let current = objects
-                .get(&node_name)
-                .and_then(|o| entry_of(o, namespace, name));
-            let keep = eligible.contains(node_name.as_str());
-            match (keep.then(|| wanted.get(&node_name)).flatten(), current) {
-                (Some(want), Some(current)) if want == current => {}
-                (Some(want), current) => writes.push(NodeWrite {
-                    node: node_name.clone(),
-                    entry: Some(want.clone()),
-                    repair: current.is_some_and(|c| edited(c, want)),
-                }),
-                (None, Some(_)) if !keep => writes.push(removal(&node_name)),
-                (None, _) => {}
-            }
+    for node in nodes {
+        let node_name = node.name_any();
+        let current = objects
+            .get(&node_name)
+            .and_then(|o| entry_of(o, namespace, name));
+        let keep = eligible.contains(node_name.as_str());
+        match (keep.then(|| wanted.get(&node_name)).flatten(), current) {
+            (Some(want), Some(current)) if want == current => {}
+            (Some(want), current) => writes.push(NodeWrite {
+                node: node_name.clone(),
+                entry: Some(want.clone()),
+                repair: current.is_some_and(|c| edited(c, want)),
+            }),
+            (None, Some(_)) if !keep => writes.push(removal(&node_name)),
+            (None, _) => {}
         }
     }
     // Node objects of nodes that are gone are left to the garbage collector (they are owned by
     // their Node), so writing to them would only race with it.
     writes.sort_by(|a, b| a.node.cmp(&b.node));
-    Plan { matched, writes }
+    writes
 }
 
 /// The entry is there at the wanted revision but differs in what the set always writes whole,
@@ -195,6 +182,27 @@ pub(crate) mod tests {
         let mut obj = NodeStaticPods::new(node, NodeStaticPodsSpec { pods: entries });
         obj.metadata.resource_version = Some(format!("rv-{node}"));
         Arc::new(obj)
+    }
+
+    /// The matched nodes and the writes, as the reconcile computes them.
+    struct Planned {
+        matched: Vec<MatchedNode>,
+        writes: Vec<NodeWrite>,
+    }
+
+    fn plan(
+        namespace: &str,
+        name: &str,
+        selector: &NodeSelector,
+        wanted: Option<&BTreeMap<String, AssignedPod>>,
+        nodes: &[Arc<Node>],
+        objects: &BTreeMap<String, Arc<NodeStaticPods>>,
+    ) -> Planned {
+        let matched = matched(name, selector, nodes);
+        let writes = wanted.map_or_else(Vec::new, |wanted| {
+            writes(namespace, name, &matched, wanted, nodes, objects)
+        });
+        Planned { matched, writes }
     }
 
     /// Every node wants `r`'s entry, as when no rollout holds anything back.

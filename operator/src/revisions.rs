@@ -21,6 +21,9 @@ use staticpodset_api::{
     DEFAULT_REVISION_HISTORY_LIMIT,
 };
 
+use crate::conditions::{
+    RollbackProblem, REASON_INVALID_ROLLBACK_REVISION, REASON_ROLLBACK_REVISION_NOT_FOUND,
+};
 use crate::render::{canonical_json, Rendered};
 
 /// Replaces a cached revision's manifest with its digest ([`manifest_digest`]) and drops its
@@ -343,15 +346,6 @@ pub fn prune<'a>(
     old.into_iter().skip(limit).collect()
 }
 
-/// Why a rollback cannot be done.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RollbackProblem {
-    /// CamelCase reason, for the Event and the condition.
-    pub reason: &'static str,
-    /// What the user reads.
-    pub message: String,
-}
-
 /// The revision `staticpods.dev/rollback-to: "<value>"` names in `history`.
 pub fn rollback_target<'a>(
     value: &str,
@@ -372,7 +366,7 @@ pub fn rollback_target<'a>(
         Ok(n) if n > 0 => n,
         _ => {
             return Err(RollbackProblem {
-                reason: "InvalidRollbackRevision",
+                reason: REASON_INVALID_ROLLBACK_REVISION,
                 message: format!(
                     "rollback-to {value:?} is not a revision number (1, 2, 3...); {}",
                     known()
@@ -385,7 +379,7 @@ pub fn rollback_target<'a>(
         .find(|r| r.spec.revision == number)
         .map(|r| &**r)
         .ok_or_else(|| RollbackProblem {
-            reason: "RollbackRevisionNotFound",
+            reason: REASON_ROLLBACK_REVISION_NOT_FOUND,
             message: format!(
                 "cannot roll back to revision {number}: no such revision (pruned, or never \
                  existed); {}",

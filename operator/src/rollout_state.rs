@@ -17,6 +17,7 @@ use staticpodset_api::{
     DEFAULT_PROGRESS_DEADLINE_SECONDS,
 };
 
+use crate::conditions::REASON_PROGRESS_DEADLINE_EXCEEDED;
 use crate::node_match::ready_condition;
 use crate::planner::{entry_of, report_of};
 use crate::rollout::{
@@ -132,7 +133,7 @@ pub fn desired_entries(
             let last_failure = match failures.get(node.name.as_str()) {
                 Some(failure) => Some(RevisionFailure {
                     revision: failure.revision.clone(),
-                    reason: failure.reason.to_string(),
+                    reason: REASON_PROGRESS_DEADLINE_EXCEEDED.to_string(),
                     message: failure.message.clone(),
                     time: Time(now),
                 }),

@@ -1,53 +1,19 @@
 //! Summing node reports into a StaticPodSet's status, and the Events worth telling a user.
 //!
 //! Pure: the controller gathers the reports from its NodeStaticPods store and passes them in.
+//! The conditions' words come from [`crate::conditions`].
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use staticpodset_api::{ManifestPhase, PodReport, StaticPodSetStatus};
 
-use crate::revisions::RollbackProblem;
-use crate::rollout::{
-    Counts, RolloutPlan, REASON_AS_EXPECTED, REASON_NODES_UNAVAILABLE, REASON_NO_NODES_SELECTED,
-    REASON_ROLLOUT_COMPLETE,
+use crate::conditions::{
+    find_condition, plural, set_conditions, Invalid, RollbackProblem, SetFacts, AVAILABLE,
+    DEGRADED, EVENT_AVAILABLE, EVENT_RECOVERED, EVENT_ROLLOUT_STARTED, VALID,
 };
+use crate::rollout::{Counts, RolloutPlan};
 
-/// Condition type: at most maxUnavailable targeted nodes are unavailable, and some node is
-/// available (see [`crate::rollout`]).
-pub const AVAILABLE: &str = "Available";
-/// Condition type: a new revision is being rolled out (True), is rolled out or halted (False),
-/// or the rollout is paused (Unknown).
-pub const PROGRESSING: &str = "Progressing";
-/// Condition type: some node failed a revision, is NotReady, or reports a problem the rollout
-/// will not fix by waiting.
-pub const DEGRADED: &str = "Degraded";
-/// Condition type: the spec can be rendered and distributed.
-pub const VALID: &str = "Valid";
-/// Condition type, present only after a refused `staticpods.dev/rollback-to`: why it was refused.
-/// It stays until the spec changes.
-pub const ROLLBACK_FAILED: &str = "RollbackFailed";
-
-/// Reason of `Valid=False` when the pod template is unusable.
-pub const REASON_INVALID_TEMPLATE: &str = "InvalidTemplate";
-/// Reason of `Valid=False` when the rollout settings are unusable (a maxUnavailable the CRD's
-/// rule would have refused, with an older CRD installed).
-pub const REASON_INVALID_UPDATE_STRATEGY: &str = "InvalidUpdateStrategy";
-/// Reason of `Valid=False` when only the node selector is unusable.
-pub const REASON_INVALID_NODE_SELECTOR: &str = "InvalidNodeSelector";
-
-/// How many node names a condition message lists before it says "and N more": messages must
-/// stay readable in `kubectl describe` at 5,000 nodes.
-pub const MAX_NODES_IN_MESSAGE: usize = 5;
 /// Agent messages are quoted up to this many characters.
 const MAX_AGENT_MESSAGE: usize = 200;
-
-/// Why a spec is not distributed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Invalid {
-    /// [`REASON_INVALID_TEMPLATE`] or [`REASON_INVALID_NODE_SELECTOR`].
-    pub reason: &'static str,
-    /// One line per problem.
-    pub problems: Vec<String>,
-}
 
 /// What the operator knows about one selected node for one set.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -118,23 +84,13 @@ fn shorten(message: &str) -> String {
     short
 }
 
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
-}
-
 /// Computes the status of a set from what its nodes report and what the rollout planner found.
 ///
-/// The DaemonSet-like counts and the `Available` and `Progressing` conditions are the planner's
-/// (see [`crate::rollout`]); `numberWritten` and `numberMisscheduled` count, per selected node, the
-/// agent having written the update revision and [`node_problem`] finding a problem. `Degraded`
-/// joins the planner's (failed revisions, NotReady Nodes) and the nodes' problems. Without a plan
-/// (the spec was never valid) nothing runs and nothing is available. Conditions keep their
-/// `lastTransitionTime` while their status does not change, so an unchanged world yields an
-/// identical status and no write.
+/// The DaemonSet-like counts are the planner's (see [`crate::rollout`]); `numberWritten` and
+/// `numberMisscheduled` count, per selected node, the agent having written the update revision
+/// and [`node_problem`] finding a problem. The conditions are [`set_conditions`]'. Without a plan
+/// (the spec was never valid) nothing runs and nothing is available. An unchanged world yields
+/// an identical status and no write.
 pub fn aggregate(
     previous: Option<&StaticPodSetStatus>,
     observed: &Observed<'_>,
@@ -175,111 +131,18 @@ pub fn aggregate(
             })
         })
     };
-
-    let cond = |type_: &str, status: &str, reason: &str, message: String| {
-        condition(
-            previous,
-            observed.generation,
-            now,
-            type_,
-            status,
-            reason,
-            message,
-        )
-    };
-    let planned = |type_: &str| {
-        plan.and_then(|p| p.condition(type_))
-            .map(|c| cond(type_, c.status.as_str(), c.reason, c.message.clone()))
-    };
-
-    let available = planned(AVAILABLE).unwrap_or_else(|| {
-        if desired == 0 {
-            cond(
-                AVAILABLE,
-                "True",
-                REASON_NO_NODES_SELECTED,
-                "the set targets no node".into(),
-            )
-        } else {
-            cond(
-                AVAILABLE,
-                "False",
-                REASON_NODES_UNAVAILABLE,
-                "the spec was never valid: no node runs the pod".into(),
-            )
-        }
-    });
-
-    let progressing = match (&observed.invalid, planned(PROGRESSING)) {
-        (Some(invalid), _) => cond(
-            PROGRESSING,
-            "False",
-            invalid.reason,
-            "nothing is rolled out while the spec is invalid; nodes keep what they run".into(),
-        ),
-        (None, Some(progressing)) => progressing,
-        (None, None) => cond(
-            PROGRESSING,
-            "False",
-            REASON_ROLLOUT_COMPLETE,
-            "the set targets no node".into(),
-        ),
-    };
-
-    let planned_degraded = planned(DEGRADED).filter(|c| c.status == "True");
-    let degraded = if problems.is_empty() {
-        planned_degraded.unwrap_or_else(|| {
-            cond(
-                DEGRADED,
-                "False",
-                REASON_AS_EXPECTED,
-                "no node reports a problem".into(),
-            )
-        })
-    } else {
-        let shown: Vec<String> = problems
-            .iter()
-            .take(MAX_NODES_IN_MESSAGE)
-            .map(|(node, problem)| format!("{node}: {problem}"))
-            .collect();
-        let mut message = format!(
-            "{} with problems: {}",
-            plural(problems.len(), "node"),
-            shown.join("; ")
-        );
-        if problems.len() > shown.len() {
-            message.push_str(&format!("; and {} more", problems.len() - shown.len()));
-        }
-        match planned_degraded {
-            Some(rollout) => cond(
-                DEGRADED,
-                "True",
-                &rollout.reason,
-                format!("{}; {message}", rollout.message),
-            ),
-            None => cond(DEGRADED, "True", "NodeProblems", message),
-        }
-    };
-
-    let valid = match &observed.invalid {
-        Some(invalid) => cond(VALID, "False", invalid.reason, invalid.problems.join("; ")),
-        None => cond(VALID, "True", "Valid", "the spec is valid".into()),
-    };
-
-    let rollback_failed = match &observed.rollback_failed {
-        Some(problem) => Some(cond(
-            ROLLBACK_FAILED,
-            "True",
-            problem.reason,
-            problem.message.clone(),
-        )),
-        // Kept until the spec changes: the annotation that caused it is gone.
-        None => find_condition(previous, ROLLBACK_FAILED)
-            .filter(|c| c.observed_generation == observed.generation)
-            .cloned(),
-    };
-    let mut conditions = vec![available, progressing, degraded, valid];
-    conditions.extend(rollback_failed);
+    let conditions = set_conditions(
+        previous,
+        &SetFacts {
+            generation: observed.generation,
+            rollout: plan,
+            desired,
+            invalid: observed.invalid.as_ref(),
+            problems: &problems,
+            rollback_failed: observed.rollback_failed.as_ref(),
+        },
+        now,
+    );
 
     StaticPodSetStatus {
         observed_generation: observed.generation,
@@ -300,39 +163,6 @@ pub fn aggregate(
 
 fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-/// Builds a condition, keeping the previous `lastTransitionTime` when the status is unchanged.
-fn condition(
-    previous: Option<&StaticPodSetStatus>,
-    generation: Option<i64>,
-    now: &Time,
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: String,
-) -> Condition {
-    let status = status.to_string();
-    let last_transition_time = find_condition(previous, type_)
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    Condition {
-        type_: type_.to_string(),
-        status,
-        reason: reason.to_string(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    }
-}
-
-/// The condition of this type in a status, if any.
-pub fn find_condition<'a>(
-    status: Option<&'a StaticPodSetStatus>,
-    type_: &str,
-) -> Option<&'a Condition> {
-    status?.conditions.iter().find(|c| c.type_ == type_)
 }
 
 /// An Event to publish on the set.
@@ -373,7 +203,7 @@ pub fn notices(previous: Option<&StaticPodSetStatus>, next: &StaticPodSetStatus)
             };
             out.push(Notice {
                 warning: false,
-                reason: "RolloutStarted".into(),
+                reason: EVENT_ROLLOUT_STARTED.into(),
                 note: format!(
                     "rolling out {named} to {}",
                     plural(next.desired_number_scheduled.max(0) as usize, "node")
@@ -391,7 +221,7 @@ pub fn notices(previous: Option<&StaticPodSetStatus>, next: &StaticPodSetStatus)
         } else if old.is_some_and(|o| o.status == "True") {
             out.push(Notice {
                 warning: false,
-                reason: "Recovered".into(),
+                reason: EVENT_RECOVERED.into(),
                 note: "no node reports a problem any more".into(),
             });
         }
@@ -401,7 +231,7 @@ pub fn notices(previous: Option<&StaticPodSetStatus>, next: &StaticPodSetStatus)
         if available.status == "True" && !was_available && next.desired_number_scheduled > 0 {
             out.push(Notice {
                 warning: false,
-                reason: "Available".into(),
+                reason: EVENT_AVAILABLE.into(),
                 note: available.message.clone(),
             });
         }
@@ -412,6 +242,7 @@ pub fn notices(previous: Option<&StaticPodSetStatus>, next: &StaticPodSetStatus)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions::*;
     use k8s_openapi::jiff::Timestamp;
     use staticpodset_api::MirrorPodReport;
 

@@ -14,12 +14,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
-use staticpodset_api::{NodeStaticPods, StaticPodSet};
+use staticpodset_api::{NodeStaticPods, SetKey, StaticPodSet};
 
 use crate::node_match::{node_trigger_key, NodeSelector};
-
-/// `(namespace, name)` of a set.
-pub type SetKey = (String, String);
 
 /// One object whose fingerprint changed between two events.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,9 +138,7 @@ pub fn node_fingerprint(node: &Node) -> u64 {
 pub fn node_object_fingerprint(obj: &NodeStaticPods) -> BTreeMap<SetKey, u64> {
     let mut per_set: BTreeMap<SetKey, DefaultHasher> = BTreeMap::new();
     for entry in &obj.spec.pods {
-        let h = per_set
-            .entry((entry.set_namespace.clone(), entry.set_name.clone()))
-            .or_default();
+        let h = per_set.entry(SetKey::of(entry)).or_default();
         "entry".hash(h);
         entry.revision.hash(h);
         entry.revision_name.hash(h);
@@ -151,7 +146,10 @@ pub fn node_object_fingerprint(obj: &NodeStaticPods) -> BTreeMap<SetKey, u64> {
     }
     for report in obj.status.iter().flat_map(|s| &s.pods) {
         let h = per_set
-            .entry((report.set_namespace.clone(), report.set_name.clone()))
+            .entry(SetKey::new(
+                report.set_namespace.clone(),
+                report.set_name.clone(),
+            ))
             .or_default();
         "report".hash(h);
         // The report has no Hash; its JSON is a faithful stand-in and reports are small.
@@ -188,7 +186,10 @@ pub fn sets_for_node(
             let selected = NodeSelector::compile(set.spec.node_selector.as_ref())
                 .is_ok_and(|s| s.matches_node(node));
             if selected {
-                out.insert((set.namespace().unwrap_or_default(), set.name_any()));
+                out.insert(SetKey::new(
+                    set.namespace().unwrap_or_default(),
+                    set.name_any(),
+                ));
             }
         }
     }
@@ -196,8 +197,8 @@ pub fn sets_for_node(
 }
 
 /// The controller's reference to a set.
-pub fn set_ref((namespace, name): SetKey) -> ObjectRef<StaticPodSet> {
-    ObjectRef::new(&name).within(&namespace)
+pub fn set_ref(key: SetKey) -> ObjectRef<StaticPodSet> {
+    ObjectRef::new(&key.name).within(&key.namespace)
 }
 
 #[cfg(test)]
@@ -300,9 +301,7 @@ mod tests {
     }
 
     fn keys(sets: &[&str]) -> BTreeSet<SetKey> {
-        sets.iter()
-            .map(|s| ("ns".to_string(), s.to_string()))
-            .collect()
+        sets.iter().map(|s| SetKey::new("ns", *s)).collect()
     }
 
     #[test]
@@ -380,7 +379,7 @@ mod tests {
 
     #[test]
     fn set_refs() {
-        let r = set_ref(("ns".into(), "a".into()));
+        let r = set_ref(SetKey::new("ns", "a"));
         assert_eq!(r.name, "a");
         assert_eq!(r.namespace.as_deref(), Some("ns"));
     }

@@ -1,0 +1,659 @@
+//! What one reconcile of one set decides, as pure functions of what it read: [`evaluate`] the
+//! spec (before anything is written: the revision object must exist before an entry names it),
+//! then [`decide`] the rest from the caches — node writes, the status and its Events, newly
+//! failed nodes, when to look again, and which revisions to keep. The controller only reads
+//! the [`Snapshot`] and carries out the [`Decision`].
+//!
+//! Matched nodes, the rollout settings and the set's history are computed once here and handed
+//! to every rule that needs them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use staticpodset_api::validation;
+use staticpodset_api::{
+    AssignedPod, NodeStaticPods, SetKey, StaticPodRevision, StaticPodSet, StaticPodSetStatus,
+};
+
+use crate::conditions::{
+    Invalid, RollbackProblem, REASON_INVALID_NODE_SELECTOR, REASON_INVALID_TEMPLATE,
+    REASON_INVALID_UPDATE_STRATEGY,
+};
+use crate::config;
+use crate::node_match::NodeSelector;
+use crate::planner::{self, entry_of, report_of, MatchedNode, NodeWrite};
+use crate::render::{render, RenderError, Rendered};
+use crate::revisions;
+use crate::rollout::{plan_rollout, NodeFacts, NodeFailure, RolloutInput, Strategy};
+use crate::rollout_state::{self, strategy_of};
+use crate::status::{self, NodeState, Notice, Observed};
+
+/// The shortest wait before a rollout's clock is looked at again.
+const MIN_REQUEUE: Duration = Duration::from_secs(1);
+
+/// What [`evaluate`] makes of a set's spec.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    /// The compiled node selector; `None` when it is unusable.
+    pub selector: Option<NodeSelector>,
+    /// The rollout settings, defaults filled in (the defaults when they are unusable: the spec
+    /// is then invalid and nothing is rolled out).
+    pub strategy: Strategy,
+    /// The rendered static pod, or why the spec is not distributed.
+    pub rendered: Result<Rendered, Invalid>,
+}
+
+/// Validates and renders the set: the compiled selector (if usable), the rollout settings and
+/// the rendered pod or why the spec is invalid.
+///
+/// The rules for what a static pod may contain live in the API crate
+/// (`staticpodset_api::validation`), shared with the CRD's CEL rules: a set that reached the
+/// cluster without them (an older CRD, one applied by hand) is reported here instead of being
+/// written to nodes whose kubelet would refuse it. A name breaking the naming rule is reported
+/// with the template's problems, under the same reason.
+pub fn evaluate(
+    set: &StaticPodSet,
+    namespace: &str,
+    name: &str,
+    config: &Result<Option<config::Resolved>, config::ConfigProblem>,
+) -> Evaluation {
+    let selector = NodeSelector::compile(set.spec.node_selector.as_ref());
+    let mut template_problems = validation::set_name_problems(name);
+    match &set.spec.template.spec {
+        Some(spec) => template_problems.extend(validation::template_problems(spec)),
+        None => template_problems.push(RenderError::MissingSpec.to_string()),
+    }
+    let strategy = strategy_of(&set.spec);
+    let strategy_problem = strategy
+        .as_ref()
+        .err()
+        .map(|e| format!("spec.updateStrategy.rollingUpdate.{e}"));
+    let rendered = if let (true, Some(problem)) = (template_problems.is_empty(), strategy_problem) {
+        Err(Invalid {
+            reason: REASON_INVALID_UPDATE_STRATEGY,
+            problems: vec![problem],
+        })
+    } else if !template_problems.is_empty() {
+        let mut problems = template_problems;
+        if let Err(selector_problems) = &selector {
+            problems.extend(selector_problems.iter().cloned());
+        }
+        Err(Invalid {
+            reason: REASON_INVALID_TEMPLATE,
+            problems,
+        })
+    } else if let Err(problems) = &selector {
+        Err(Invalid {
+            reason: REASON_INVALID_NODE_SELECTOR,
+            problems: problems.clone(),
+        })
+    } else {
+        match config {
+            Err(problem) => Err(Invalid {
+                reason: problem.reason,
+                problems: problem.problems.clone(),
+            }),
+            Ok(resolved) => render(
+                namespace,
+                name,
+                &config::localize(&set.spec.template, namespace, name, resolved.as_ref()),
+            )
+            .map_err(|e| Invalid {
+                reason: REASON_INVALID_TEMPLATE,
+                problems: vec![e.to_string()],
+            }),
+        }
+    };
+    Evaluation {
+        selector: selector.ok(),
+        strategy: strategy.unwrap_or_default(),
+        rendered,
+    }
+}
+
+/// Everything [`decide`] looks at: the set, its evaluation, and the caches as one reconcile
+/// read them.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot<'a> {
+    /// The set as the controller's cache has it.
+    pub set: &'a StaticPodSet,
+    /// Its namespace and name.
+    pub key: &'a SetKey,
+    /// [`evaluate`]'s result for it.
+    pub evaluation: &'a Evaluation,
+    /// The number of the StaticPodRevision of the rendered revision, once it exists; `None`
+    /// while the spec is invalid.
+    pub revision_number: Option<i64>,
+    /// A `staticpods.dev/rollback-to` this reconcile refused.
+    pub rollback_failed: Option<&'a RollbackProblem>,
+    /// Every Node (trimmed).
+    pub nodes: &'a [Arc<Node>],
+    /// Every node object, by name.
+    pub objects: &'a BTreeMap<String, Arc<NodeStaticPods>>,
+    /// The set's StaticPodRevisions (its history, see [`revisions::history_of`]).
+    pub history: &'a [Arc<StaticPodRevision>],
+    /// The time of this reconcile.
+    pub now: Timestamp,
+    /// The longest a set waits between reconciles.
+    pub resync: Duration,
+}
+
+/// What one reconcile does.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// Node-object writes, sorted by node; none while the spec is invalid.
+    pub writes: Vec<NodeWrite>,
+    /// Nodes that failed the update revision just now (each gets a Warning Event).
+    pub newly_failed: Vec<NodeFailure>,
+    /// The status the set should show.
+    pub status: StaticPodSetStatus,
+    /// `status` differs from what the set shows: it must be written.
+    pub status_changed: bool,
+    /// The Events the change of status deserves; published only once the status is written.
+    pub notices: Vec<Notice>,
+    /// When to reconcile again without any event: the next rollout clock, or the resync.
+    pub requeue: Duration,
+    /// Revisions (hashes) the history must keep, and the revisions beyond the history limit to
+    /// delete; `None` while the spec is invalid (nothing is pruned).
+    pub history: Option<HistoryDecision>,
+}
+
+/// Which revisions of the history stay and which go.
+#[derive(Clone, Debug)]
+pub struct HistoryDecision {
+    /// What the set asks for, what it last fully ran, and what any node is assigned or runs.
+    pub keep: BTreeSet<String>,
+    /// Old revisions beyond `spec.revisionHistoryLimit`, none of them in `keep`.
+    pub prune: Vec<StaticPodRevision>,
+}
+
+/// Decides one reconcile of a set (not being deleted) from `snapshot`. See the module docs.
+pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
+    let Snapshot {
+        set,
+        key,
+        evaluation,
+        nodes,
+        objects,
+        now,
+        ..
+    } = *snapshot;
+    let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
+    let previous = set.status.as_ref();
+    let strategy = &evaluation.strategy;
+
+    // While the spec is invalid the nodes keep what they run: the last valid revision.
+    let (revision, revision_number) = match &evaluation.rendered {
+        Ok(r) => (Some(r.revision.clone()), snapshot.revision_number),
+        Err(_) => (
+            previous.and_then(|s| s.update_revision.clone()),
+            previous.and_then(|s| s.update_revision_number),
+        ),
+    };
+    let matched = match &evaluation.selector {
+        Some(selector) => planner::matched(name, selector, nodes),
+        // Without a usable selector, the nodes that carry the set are the ones it is on.
+        None => objects
+            .iter()
+            .filter(|(_, o)| entry_of(o, namespace, name).is_some())
+            .map(|(node, _)| MatchedNode {
+                name: node.clone(),
+                name_problem: None,
+            })
+            .collect(),
+    };
+    let nodes_by_name: BTreeMap<String, &Node> =
+        nodes.iter().map(|n| (n.name_any(), &**n)).collect();
+    let facts: Vec<NodeFacts> = matched
+        .iter()
+        .filter(|m| m.name_problem.is_none())
+        .map(|m| {
+            rollout_state::node_facts(
+                &m.name,
+                nodes_by_name.get(&m.name).copied(),
+                objects.get(&m.name).map(|o| &**o),
+                namespace,
+                name,
+                now,
+            )
+        })
+        .collect();
+    let rollout = revision.as_ref().map(|update| {
+        plan_rollout(&RolloutInput {
+            update_revision: update.clone(),
+            last_healthy_revision: previous.and_then(|s| s.current_revision.clone()),
+            revision_numbers: snapshot
+                .history
+                .iter()
+                .map(|r| (r.spec.hash.clone(), r.spec.revision))
+                .collect(),
+            strategy: strategy.clone(),
+            nodes: facts.clone(),
+            now,
+        })
+    });
+    let writes = match (&evaluation.selector, &evaluation.rendered, &rollout) {
+        (Some(_), Ok(_), Some(rollout)) => {
+            let current: BTreeMap<String, AssignedPod> = objects
+                .iter()
+                .filter_map(|(node, o)| Some((node.clone(), entry_of(o, namespace, name)?.clone())))
+                .collect();
+            let wanted = rollout_state::desired_entries(rollout, namespace, name, &current, now);
+            planner::writes(namespace, name, &matched, &wanted, nodes, objects)
+        }
+        _ => Vec::new(),
+    };
+    // A rollout's clocks (progress deadline, minReadySeconds) run out without any event.
+    let requeue = rollout
+        .as_ref()
+        .and_then(|r| rollout_state::next_check(r, &facts, strategy))
+        .and_then(|at| Duration::try_from(at.duration_since(now)).ok())
+        .map_or(snapshot.resync, |wait| {
+            wait.clamp(MIN_REQUEUE, snapshot.resync.max(MIN_REQUEUE))
+        });
+    let newly_failed = rollout
+        .as_ref()
+        .map(|r| r.newly_failed.clone())
+        .unwrap_or_default();
+
+    let observed = Observed {
+        generation: set.metadata.generation,
+        revision: revision.as_deref(),
+        revision_number,
+        invalid: evaluation.rendered.as_ref().err().cloned(),
+        rollback_failed: snapshot.rollback_failed.cloned(),
+        nodes: matched
+            .iter()
+            .map(|m| NodeState {
+                node: &m.name,
+                report: objects
+                    .get(&m.name)
+                    .and_then(|o| report_of(o, namespace, name)),
+                name_problem: m.name_problem.as_deref(),
+            })
+            .collect(),
+        rollout,
+    };
+    let status = status::aggregate(previous, &observed, &Time(now));
+    let status_changed = previous != Some(&status);
+    let notices = if status_changed {
+        status::notices(previous, &status)
+    } else {
+        Vec::new()
+    };
+    let history = evaluation.rendered.as_ref().ok().map(|rendered| {
+        let mut keep = revisions::in_use(objects, namespace, name);
+        keep.insert(rendered.revision.clone());
+        keep.extend(status.current_revision.clone());
+        let prune = revisions::prune(snapshot.history, &keep, revisions::history_limit(set))
+            .into_iter()
+            .cloned()
+            .collect();
+        HistoryDecision { keep, prune }
+    });
+    Decision {
+        writes,
+        newly_failed,
+        status,
+        status_changed,
+        notices,
+        requeue,
+        history,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions::*;
+    use crate::planner::tests::object;
+    use k8s_openapi::api::core::v1::{
+        Container, NodeCondition, NodeStatus, PodSpec, PodTemplateSpec,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        LabelSelector, LabelSelectorRequirement, ObjectMeta,
+    };
+    use staticpodset_api::{
+        ManifestPhase, MirrorPodReport, NodeStaticPodsStatus, PodReport, StaticPodSetSpec,
+    };
+
+    fn set(spec: Option<PodSpec>, selector: Option<LabelSelector>) -> StaticPodSet {
+        let mut s = StaticPodSet::new(
+            "vip",
+            StaticPodSetSpec {
+                template: PodTemplateSpec {
+                    metadata: None,
+                    spec,
+                },
+                node_selector: selector,
+                ..Default::default()
+            },
+        );
+        s.metadata.namespace = Some("ns".into());
+        s
+    }
+
+    fn pod_spec() -> PodSpec {
+        PodSpec {
+            containers: vec![Container {
+                name: "c".into(),
+                image: Some("img".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn broken_selector() -> LabelSelector {
+        LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "k".into(),
+                operator: "In".into(),
+                values: None,
+            }]),
+        }
+    }
+
+    #[test]
+    fn evaluation_of_specs() {
+        let Evaluation {
+            selector, rendered, ..
+        } = evaluate(&set(Some(pod_spec()), None), "ns", "vip", &Ok(None));
+        assert!(selector.is_some());
+        assert_eq!(rendered.unwrap().manifest["metadata"]["name"], "vip");
+
+        let Evaluation { rendered, .. } = evaluate(&set(None, None), "ns", "vip", &Ok(None));
+        let invalid = rendered.unwrap_err();
+        assert_eq!(invalid.reason, REASON_INVALID_TEMPLATE);
+        assert_eq!(invalid.problems, ["spec.template.spec: required"]);
+
+        let Evaluation {
+            selector, rendered, ..
+        } = evaluate(
+            &set(Some(pod_spec()), Some(broken_selector())),
+            "ns",
+            "vip",
+            &Ok(None),
+        );
+        assert!(selector.is_none());
+        assert_eq!(rendered.unwrap_err().reason, REASON_INVALID_NODE_SELECTOR);
+
+        // The API crate's rules apply: a Secret volume, and the set name rule.
+        let mut secret = pod_spec();
+        secret.volumes = Some(vec![k8s_openapi::api::core::v1::Volume {
+            name: "s".into(),
+            secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+                items: Some(vec![]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+        let Evaluation { rendered, .. } =
+            evaluate(&set(Some(secret), None), "ns", "vip", &Ok(None));
+        let invalid = rendered.unwrap_err();
+        assert_eq!(invalid.reason, REASON_INVALID_TEMPLATE);
+        assert!(
+            invalid.problems[0].contains("volumes[0]"),
+            "{:?}",
+            invalid.problems
+        );
+        let long = "x".repeat(41);
+        let Evaluation { rendered, .. } =
+            evaluate(&set(Some(pod_spec()), None), "ns", &long, &Ok(None));
+        assert!(rendered.unwrap_err().problems[0].starts_with("metadata.name"));
+
+        // Both broken: the template reason wins and every problem is listed.
+        let Evaluation { rendered, .. } = evaluate(
+            &set(Some(PodSpec::default()), Some(broken_selector())),
+            "ns",
+            "vip",
+            &Ok(None),
+        );
+        let invalid = rendered.unwrap_err();
+        assert_eq!(invalid.reason, REASON_INVALID_TEMPLATE);
+        assert_eq!(invalid.problems.len(), 2);
+
+        // A valid template with a missing ConfigMap: the config's reason, nothing rendered.
+        let missing = Err(config::ConfigProblem {
+            reason: REASON_CONFIG_NOT_FOUND,
+            problems: vec!["spec.template.spec.volumes[0].configMap: not found".into()],
+        });
+        let Evaluation { rendered, .. } =
+            evaluate(&set(Some(pod_spec()), None), "ns", "vip", &missing);
+        assert_eq!(rendered.unwrap_err().reason, REASON_CONFIG_NOT_FOUND);
+        // A broken template still reports the template first.
+        let Evaluation { rendered, .. } = evaluate(
+            &set(Some(PodSpec::default()), Some(broken_selector())),
+            "ns",
+            "vip",
+            &missing,
+        );
+        let invalid = rendered.unwrap_err();
+        assert_eq!(invalid.reason, REASON_INVALID_TEMPLATE);
+        assert_eq!(invalid.problems.len(), 2);
+    }
+
+    const RESYNC: Duration = Duration::from_secs(300);
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_000_000).unwrap()
+    }
+
+    /// A Ready Node, Ready for long.
+    fn ready_node(name: &str) -> Arc<Node> {
+        Arc::new(Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    last_transition_time: Some(Time(Timestamp::from_second(1).unwrap())),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// A node object whose agent runs `entry` Ready (and wrote it), as after a finished rollout.
+    fn running(node: &str, mut entry: AssignedPod) -> Arc<NodeStaticPods> {
+        entry.assigned_time = Some(Time(Timestamp::from_second(1).unwrap()));
+        let mut o = (*object(node, vec![entry.clone()])).clone();
+        o.status = Some(NodeStaticPodsStatus {
+            pods: vec![PodReport {
+                set_namespace: entry.set_namespace.clone(),
+                set_name: entry.set_name.clone(),
+                phase: ManifestPhase::Written,
+                written_revision: Some(entry.revision.clone()),
+                mirror_pod: Some(MirrorPodReport {
+                    name: format!("{}-{node}", entry.set_name),
+                    uid: format!("uid-{node}"),
+                    revision: Some(entry.revision.clone()),
+                    up_to_date: true,
+                    ready: true,
+                    ready_since: Some(Time(Timestamp::from_second(2).unwrap())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        Arc::new(o)
+    }
+
+    fn named_set(image: &str) -> StaticPodSet {
+        let mut s = StaticPodSet::new(
+            "vip",
+            StaticPodSetSpec {
+                template: crate::fixtures::template(image),
+                ..Default::default()
+            },
+        );
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.uid = Some("set-uid".into());
+        s.metadata.generation = Some(1);
+        s
+    }
+
+    fn decide_for(
+        set: &StaticPodSet,
+        nodes: &[Arc<Node>],
+        objects: &BTreeMap<String, Arc<NodeStaticPods>>,
+    ) -> (Evaluation, Decision) {
+        let key = SetKey::new("ns", "vip");
+        let evaluation = evaluate(set, "ns", "vip", &Ok(None));
+        let decision = decide(&Snapshot {
+            set,
+            key: &key,
+            evaluation: &evaluation,
+            revision_number: evaluation.rendered.is_ok().then_some(2),
+            rollback_failed: None,
+            nodes,
+            objects,
+            history: &[],
+            now: now(),
+            resync: RESYNC,
+        });
+        (evaluation, decision)
+    }
+
+    fn condition<'a>(status: &'a StaticPodSetStatus, type_: &str) -> &'a str {
+        &find_condition(Some(status), type_).unwrap().reason
+    }
+
+    #[test]
+    fn a_new_set_is_handed_to_every_new_node_at_once() {
+        let nodes = vec![ready_node("a"), ready_node("b")];
+        let set = named_set("img:1");
+        let (evaluation, d) = decide_for(&set, &nodes, &BTreeMap::new());
+        let revision = evaluation.rendered.unwrap().revision;
+        let written: Vec<(&str, &str)> = d
+            .writes
+            .iter()
+            .map(|w| (w.node.as_str(), w.entry.as_ref().unwrap().revision.as_str()))
+            .collect();
+        assert_eq!(
+            written,
+            [("a", revision.as_str()), ("b", revision.as_str())]
+        );
+        assert!(d.status_changed);
+        assert_eq!(d.status.desired_number_scheduled, 2);
+        assert_eq!(d.status.update_revision.as_deref(), Some(revision.as_str()));
+        assert_eq!(d.status.update_revision_number, Some(2));
+        assert_eq!(condition(&d.status, PROGRESSING), REASON_ROLLING_UPDATE);
+        assert_eq!(condition(&d.status, VALID), REASON_VALID);
+        let reasons: Vec<&str> = d.notices.iter().map(|n| n.reason.as_str()).collect();
+        assert!(reasons.contains(&EVENT_ROLLOUT_STARTED), "{reasons:?}");
+        let history = d.history.unwrap();
+        assert!(history.keep.contains(&revision) && history.prune.is_empty());
+        // No rollout clock runs for nodes that have no pod yet: the resync is the safety net.
+        assert!(d.requeue <= RESYNC);
+        assert!(d.newly_failed.is_empty());
+    }
+
+    #[test]
+    fn a_template_change_rolls_one_node_at_a_time() {
+        let nodes = vec![ready_node("a"), ready_node("b")];
+        let old = named_set("img:1");
+        let old_revision = evaluate(&old, "ns", "vip", &Ok(None)).rendered.unwrap();
+        let objects: BTreeMap<String, Arc<NodeStaticPods>> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    running(n, old_revision.assigned_pod("ns", "vip")),
+                )
+            })
+            .collect();
+        let mut set = named_set("img:2");
+        set.status = Some(StaticPodSetStatus {
+            current_revision: Some(old_revision.revision.clone()),
+            ..Default::default()
+        });
+        let (evaluation, d) = decide_for(&set, &nodes, &objects);
+        let new_revision = evaluation.rendered.unwrap().revision;
+        assert_ne!(new_revision, old_revision.revision);
+        // maxUnavailable 1 by default: the first node by name, the other waits.
+        assert_eq!(d.writes.len(), 1, "{:?}", d.writes);
+        assert_eq!(d.writes[0].node, "a");
+        assert_eq!(
+            d.writes[0].entry.as_ref().unwrap().revision,
+            new_revision.as_str()
+        );
+        assert_eq!(d.status.number_available, 1);
+        assert_eq!(d.status.updated_number_scheduled, 0);
+        // Both revisions stay: one is asked for, the other runs.
+        let keep = d.history.unwrap().keep;
+        assert!(keep.contains(&new_revision) && keep.contains(&old_revision.revision));
+    }
+
+    #[test]
+    fn an_unchanged_world_writes_nothing() {
+        let nodes = vec![ready_node("a")];
+        let set = named_set("img:1");
+        let rendered = evaluate(&set, "ns", "vip", &Ok(None)).rendered.unwrap();
+        let objects = BTreeMap::from([(
+            "a".to_string(),
+            running("a", rendered.assigned_pod("ns", "vip")),
+        )]);
+        let (_, first) = decide_for(&set, &nodes, &objects);
+        assert!(first.writes.is_empty());
+        assert_eq!(
+            condition(&first.status, PROGRESSING),
+            REASON_ROLLOUT_COMPLETE
+        );
+        let mut settled = set.clone();
+        settled.status = Some(first.status.clone());
+        let (_, again) = decide_for(&settled, &nodes, &objects);
+        assert!(!again.status_changed && again.notices.is_empty() && again.writes.is_empty());
+        assert_eq!(again.status, first.status);
+    }
+
+    #[test]
+    fn an_invalid_spec_writes_nowhere_and_says_why() {
+        let nodes = vec![ready_node("a")];
+        let mut set = named_set("img:1");
+        set.spec.template.spec = None;
+        let (_, d) = decide_for(&set, &nodes, &BTreeMap::new());
+        assert!(d.writes.is_empty() && d.history.is_none());
+        assert_eq!(condition(&d.status, VALID), REASON_INVALID_TEMPLATE);
+        assert_eq!(condition(&d.status, PROGRESSING), REASON_INVALID_TEMPLATE);
+        assert!(d
+            .notices
+            .iter()
+            .any(|n| n.warning && n.reason == REASON_INVALID_TEMPLATE));
+        assert_eq!(d.requeue, RESYNC);
+    }
+
+    #[test]
+    fn nodes_that_stop_matching_lose_the_entry() {
+        let nodes = vec![ready_node("a"), ready_node("b")];
+        let mut set = named_set("img:1");
+        set.spec.node_selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("role".into(), "edge".into())])),
+            match_expressions: None,
+        });
+        let rendered = evaluate(&set, "ns", "vip", &Ok(None)).rendered.unwrap();
+        let objects = BTreeMap::from([(
+            "a".to_string(),
+            running("a", rendered.assigned_pod("ns", "vip")),
+        )]);
+        let (_, d) = decide_for(&set, &nodes, &objects);
+        assert_eq!(d.writes.len(), 1);
+        assert_eq!(
+            (d.writes[0].node.as_str(), d.writes[0].entry.is_none()),
+            ("a", true)
+        );
+        assert_eq!(d.status.desired_number_scheduled, 0);
+    }
+}
