@@ -23,13 +23,14 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kube::Client;
 use staticpodset_api::config_files::DEFAULT_RESOURCES_ROOT;
+use staticpodset_api::duration::parse_flag;
 use staticpodset_api::ManifestSource;
 use staticpodset_node_agent::agent::{self, Context};
-use staticpodset_node_agent::config_files::ResourcesDir;
 use staticpodset_node_agent::cri::CriImages;
 use staticpodset_node_agent::http::{self, Readiness};
 use staticpodset_node_agent::manifest_dir::ManifestDir;
 use staticpodset_node_agent::metrics::Metrics;
+use staticpodset_node_agent::resources_dir::ResourcesDir;
 use staticpodset_node_agent::served_pods::parse_source;
 use staticpodset_node_agent::url_source::{self, parse_required_header, RequiredHeader, UrlSource};
 use tokio::net::TcpListener;
@@ -59,7 +60,7 @@ struct Args {
 
     /// How often to compare the directory with the spec even without any event (e.g. 30s, 5m).
     /// Also the shortest interval between status writes that only refresh lastSyncTime.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
     resync_interval: Duration,
 
     /// The node's CRI socket (the kubelet's containerRuntimeEndpoint, e.g.
@@ -71,7 +72,7 @@ struct Args {
 
     /// The longest a manifest write waits for its images to be pre-pulled; after that it is
     /// written anyway and the kubelet pulls (e.g. 2m, 90s).
-    #[arg(long, env = "PREPULL_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, env = "PREPULL_TIMEOUT", default_value = "2m", value_parser = positive_duration)]
     prepull_timeout: Duration,
 
     /// Change a running pod's revision by removing its old manifest first and writing the new
@@ -82,7 +83,7 @@ struct Args {
 
     /// The longest a new manifest waits for the old pod to stop (e.g. 60s); then it is written
     /// anyway.
-    #[arg(long, env = "STOP_FIRST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "STOP_FIRST_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
     stop_first_timeout: Duration,
 
     /// Log output format.
@@ -288,21 +289,10 @@ fn parse_node_name(s: &str) -> Result<String, String> {
     }
 }
 
-/// `30s`, `5m`, `1h`, `500ms`, or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
+/// A duration flag as [`parse_flag`] reads it (`500ms`, `30s`, `5m`, `1h`, or bare seconds),
+/// refused when zero: a zero resync interval would spin the loop, a zero timeout would never wait.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_flag(s)?;
     if d.is_zero() {
         return Err("the interval must be positive".to_owned());
     }
@@ -315,13 +305,21 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        for bad in ["", "s", "0s", "1d", "-1s", "1.5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+        assert_eq!(positive_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(positive_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(positive_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(positive_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(positive_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(positive_duration("250ms"), Ok(Duration::from_millis(250)));
+        for zero in ["0", "0s", "0ms"] {
+            assert_eq!(
+                positive_duration(zero),
+                Err("the interval must be positive".to_owned()),
+                "{zero}"
+            );
+        }
+        for bad in ["", "s", "-1s", "five"] {
+            assert!(positive_duration(bad).is_err(), "{bad}");
         }
     }
 

@@ -1,11 +1,15 @@
-//! What a mirror pod tells about the static pod the kubelet runs. Pure: Pod in, report out.
+//! What a mirror pod tells about the static pod the kubelet runs. Pure: Pod in, report out; and
+//! [`NodePods`], the node's pods as one sync sees them.
 //!
 //! The kubelet copies the manifest's annotations onto the mirror pod, so the revision annotation the
 //! agent wrote comes back on the mirror pod once the kubelet runs that content.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::Pod;
 use staticpodset_api::keys::{kubelet, ANNOTATION_REVISION, ANNOTATION_SET};
-use staticpodset_api::MirrorPodReport;
+use staticpodset_api::{MirrorPodReport, SetKey};
 
 use crate::manifest_dir::PodKey;
 
@@ -71,6 +75,81 @@ pub fn mirror_report(
         },
         restart_count,
     })
+}
+
+/// The pods bound to this node as the watch showed them when a sync began, by namespace/name: the
+/// plain data the sync reads mirror pods from.
+#[derive(Debug, Clone, Default)]
+pub struct NodePods {
+    by_key: BTreeMap<PodKey, Arc<Pod>>,
+}
+
+impl NodePods {
+    /// A snapshot of `pods` (a pod without a name is left out: no mirror pod lacks one).
+    pub fn new(pods: impl IntoIterator<Item = Arc<Pod>>) -> Self {
+        let by_key = pods
+            .into_iter()
+            .filter_map(|pod| {
+                let key = PodKey {
+                    namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                    name: pod.metadata.name.clone()?,
+                };
+                Some((key, pod))
+            })
+            .collect();
+        Self { by_key }
+    }
+
+    /// The pod `key`, if the node has it.
+    pub fn get(&self, key: &PodKey) -> Option<Arc<Pod>> {
+        self.by_key.get(key).cloned()
+    }
+
+    /// Whether the kubelet runs set `set`'s pod from its URL source: one of our mirror pods
+    /// names the set and says `kubernetes.io/config.source: http`.
+    pub fn runs_from_url(&self, set: &SetKey) -> bool {
+        let owner = set.to_string();
+        self.by_key.values().any(|pod| {
+            is_ours(pod)
+                && annotation(pod, ANNOTATION_SET) == Some(owner.as_str())
+                && annotation(pod, kubelet::CONFIG_SOURCE) == Some("http")
+        })
+    }
+
+    /// Whether the pod named like set `set` on `node` (its mirror pod when the set's pod is
+    /// named after it) comes from the kubelet's URL source.
+    pub fn mirror_from_url(&self, node: &str, set: &SetKey) -> bool {
+        let key = mirror_pod_key(
+            &PodKey {
+                namespace: set.namespace.clone(),
+                name: set.name.clone(),
+            },
+            node,
+        );
+        self.by_key
+            .get(&key)
+            .is_some_and(|p| annotation(p, kubelet::CONFIG_SOURCE) == Some("http"))
+    }
+
+    /// Whether the kubelet runs static pod `pod` of set `set` on `node`: its mirror pod is there
+    /// and names the set.
+    pub fn runs(&self, node: &str, set: &SetKey, pod: &PodKey) -> bool {
+        self.by_key
+            .get(&mirror_pod_key(pod, node))
+            .is_some_and(|p| mirror_report(p, &set.to_string(), None).is_some())
+    }
+
+    /// The set and config hash each of our mirror pods names (configuration files a running pod
+    /// mounts).
+    pub fn config_hashes(&self) -> impl Iterator<Item = (SetKey, Option<&str>)> + '_ {
+        self.by_key.values().filter(|p| is_ours(p)).filter_map(|p| {
+            let set = SetKey::parse(annotation(p, ANNOTATION_SET)?)?;
+            Some((
+                set,
+                annotation(p, staticpodset_api::config_files::CONFIG_HASH),
+            ))
+        })
+    }
 }
 
 #[cfg(test)]

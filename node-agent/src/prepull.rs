@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use staticpodset_api::ManifestPhase;
 
+use crate::dir_plan::{Assignment, DirPlan, SetState};
 use crate::manifest_dir::Action;
-use crate::plan::{Assignment, Plan, SetKey, SetState};
 use crate::report::SetOutcome;
+use staticpodset_api::SetKey;
 
 /// When the kubelet pulls a container's image (`imagePullPolicy` and its defaulting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -167,39 +168,39 @@ impl PrePull {
     /// Edits `plan` (made from `assigned`): every write that changes its set's revision waits,
     /// as [`SetState::WaitingForImages`] with its action removed, until the images of the
     /// revision's pod are on the node or the timeout has passed. Returns the pulls to start.
-    pub fn gate(&mut self, plan: &mut Plan, assigned: &[Assignment], now: Instant) -> Gate {
+    pub fn gate(&mut self, plan: &mut DirPlan, assigned: &[Assignment], now: Instant) -> Gate {
         let mut gate = Gate::default();
         let mut held_images: BTreeSet<String> = BTreeSet::new();
         let mut waiting: BTreeSet<SetKey> = BTreeSet::new();
         let mut held_files: Vec<String> = Vec::new();
-        for set_plan in &mut plan.sets {
-            if set_plan.state != SetState::Write
-                || set_plan.on_disk_revision.as_deref() == Some(set_plan.revision.as_str())
+        for decision in &mut plan.sets {
+            if decision.state != SetState::Write
+                || decision.on_disk_revision.as_deref() == Some(decision.revision.as_str())
             {
                 continue;
             }
             let Some(manifest) = assigned
                 .iter()
-                .find(|a| SetKey::of(&a.entry) == set_plan.set)
+                .find(|a| SetKey::of(&a.entry) == decision.set)
                 .and_then(|a| a.manifest.as_ref().ok())
             else {
                 continue;
             };
             let is_new = self
                 .waits
-                .get(&set_plan.set)
-                .is_none_or(|w| w.revision != set_plan.revision);
+                .get(&decision.set)
+                .is_none_or(|w| w.revision != decision.revision);
             if is_new {
                 self.waits.insert(
-                    set_plan.set.clone(),
+                    decision.set.clone(),
                     Wait {
-                        revision: set_plan.revision.clone(),
+                        revision: decision.revision.clone(),
                         since: now,
                         done: None,
                     },
                 );
             }
-            let Some(wait) = self.waits.get_mut(&set_plan.set) else {
+            let Some(wait) = self.waits.get_mut(&decision.set) else {
                 continue;
             };
             if wait.done.is_some() {
@@ -218,8 +219,8 @@ impl PrePull {
                 // A write that never had to wait is no news.
                 if !is_new {
                     gate.released.push(Released {
-                        set: set_plan.set.clone(),
-                        revision: set_plan.revision.clone(),
+                        set: decision.set.clone(),
+                        revision: decision.revision.clone(),
                         waited,
                         deadline_passed: note,
                     });
@@ -241,19 +242,19 @@ impl PrePull {
                     });
                 }
             }
-            set_plan.state = SetState::WaitingForImages(waiting_message(
+            decision.state = SetState::WaitingForImages(waiting_message(
                 &self.images,
                 self.timeout,
                 &missing,
-                &set_plan.revision,
-                set_plan.on_disk_revision.is_some(),
+                &decision.revision,
+                decision.on_disk_revision.is_some(),
             ));
             if is_new {
                 gate.held
-                    .push((set_plan.set.clone(), set_plan.revision.clone()));
+                    .push((decision.set.clone(), decision.revision.clone()));
             }
-            waiting.insert(set_plan.set.clone());
-            held_files.push(set_plan.file_name.clone());
+            waiting.insert(decision.set.clone());
+            held_files.push(decision.file_name.clone());
         }
         plan.actions.retain(|a| {
             !(matches!(a, Action::Write { .. }) && held_files.iter().any(|f| f == a.file_name()))
@@ -372,8 +373,8 @@ fn timeout_note(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dir_plan::{plan_dir, render_manifest};
     use crate::manifest_dir::{parse_manifest, DirScan, ScannedFile};
-    use crate::plan::{plan, render_manifest};
     use serde_json::json;
     use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -402,11 +403,11 @@ mod tests {
         }
     }
 
-    fn planned(assigned: &[Assignment], files: Vec<ScannedFile>) -> Plan {
-        plan(Some(assigned), &DirScan { files })
+    fn planned(assigned: &[Assignment], files: Vec<ScannedFile>) -> DirPlan {
+        plan_dir(Some(assigned), &DirScan { files })
     }
 
-    fn writes(p: &Plan) -> Vec<&str> {
+    fn writes(p: &DirPlan) -> Vec<&str> {
         p.actions
             .iter()
             .filter(|a| matches!(a, Action::Write { .. }))

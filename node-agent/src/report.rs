@@ -11,9 +11,10 @@ use staticpodset_api::{
     ManifestPhase, ManifestSource, NodeStaticPodsStatus, NodeSummary, PodReport,
 };
 
+use crate::dir_plan::{DirPlan, SetState};
 use crate::manifest_dir::{DirError, PodKey};
 use crate::mirror_pods::{mirror_pod_key, mirror_report};
-use crate::plan::{Plan, SetKey, SetState};
+use staticpodset_api::SetKey;
 
 /// How long the kubelet gets to publish the mirror pod of a freshly written manifest before the
 /// report calls it a problem. The kubelet re-lists every 20s and usually reacts to inotify at once.
@@ -42,7 +43,7 @@ pub struct SetOutcome {
 /// Joins the plan with the results of its actions (`results[i]` belongs to `plan.actions[i]`).
 /// Returns one outcome per assigned set, and a report for each owned file that could not be removed.
 pub fn outcomes(
-    plan: &Plan,
+    plan: &DirPlan,
     results: &[Result<(), DirError>],
     now: SystemTime,
 ) -> (Vec<SetOutcome>, Vec<PodReport>) {
@@ -292,8 +293,8 @@ pub fn to_time(t: SystemTime) -> Time {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dir_plan::{Removal, SetDecision};
     use crate::manifest_dir::Action;
-    use crate::plan::{Removal, SetPlan};
     use serde_json::json;
     use std::collections::HashMap;
     use std::path::PathBuf;
@@ -305,10 +306,7 @@ mod tests {
     }
 
     fn set(name: &str) -> SetKey {
-        SetKey {
-            namespace: "kube-system".into(),
-            name: name.into(),
-        }
+        SetKey::new("kube-system", name)
     }
 
     fn pod_key(name: &str) -> PodKey {
@@ -318,8 +316,8 @@ mod tests {
         }
     }
 
-    fn set_plan(name: &str, state: SetState) -> SetPlan {
-        SetPlan {
+    fn decision(name: &str, state: SetState) -> SetDecision {
+        SetDecision {
             set: set(name),
             file_name: format!("staticpodset_kube-system_{name}.yaml"),
             revision: "r2".into(),
@@ -371,7 +369,7 @@ mod tests {
 
     #[test]
     fn outcomes_follow_plan_and_results() {
-        let plan = Plan {
+        let plan = DirPlan {
             actions: vec![
                 Action::Remove {
                     file_name: "staticpodset_kube-system_old.yaml".into(),
@@ -394,14 +392,14 @@ mod tests {
                 },
             ],
             sets: vec![
-                set_plan("ok", SetState::Write),
-                set_plan("fail", SetState::Write),
-                set_plan("raced", SetState::Write),
-                set_plan("same", SetState::Current { since: Some(t(5)) }),
-                set_plan("conflict", SetState::Conflict("taken".into())),
-                set_plan("invalid", SetState::Invalid("bad".into())),
-                set_plan("unavailable", SetState::Unavailable("not read yet".into())),
-                set_plan("pulling", SetState::WaitingForImages("pre-pulling".into())),
+                decision("ok", SetState::Write),
+                decision("fail", SetState::Write),
+                decision("raced", SetState::Write),
+                decision("same", SetState::Current { since: Some(t(5)) }),
+                decision("conflict", SetState::Conflict("taken".into())),
+                decision("invalid", SetState::Invalid("bad".into())),
+                decision("unavailable", SetState::Unavailable("not read yet".into())),
+                decision("pulling", SetState::WaitingForImages("pre-pulling".into())),
             ],
             removals: vec![Removal {
                 set: set("old"),

@@ -23,7 +23,7 @@ use serde_json::Value;
 use staticpodset_api::keys::ANNOTATION_REVISION;
 use staticpodset_api::{AssignedPod, StaticPodRevision};
 
-use crate::plan::Assignment;
+use crate::dir_plan::Assignment;
 
 /// A StaticPodRevision by `(namespace, name)`.
 pub type RevisionKey = (String, String);

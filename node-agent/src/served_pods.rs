@@ -32,9 +32,10 @@ use serde_json::Value;
 use staticpodset_api::keys::MANIFEST_SOURCE;
 use staticpodset_api::{ManifestPhase, ManifestSource};
 
+use crate::dir_plan::{render_manifest, Assignment};
 use crate::manifest_dir::{PodKey, MAX_MANIFEST_BYTES};
-use crate::plan::{render_manifest, Assignment, SetKey};
 use crate::report::SetOutcome;
+use staticpodset_api::SetKey;
 
 /// Parses a mode as written in the node label or the agent flag: `file`, `url` or `both`.
 pub fn parse_source(text: &str) -> Option<ManifestSource> {
@@ -202,7 +203,7 @@ pub type ServedPods = BTreeMap<SetKey, Served>;
 
 /// The decision for the URL source in one sync.
 #[derive(Debug, Clone, PartialEq)]
-pub struct UrlPlan {
+pub struct UrlDecision {
     /// What to serve from now on.
     pub served: ServedPods,
     /// One outcome per set listed for the URL (duplicates reported as errors).
@@ -227,8 +228,8 @@ pub fn plan_url(
     foreign_pods: &[(String, PodKey)],
     may_run_from_url: impl Fn(&SetKey) -> bool,
     now: SystemTime,
-) -> UrlPlan {
-    let mut out = UrlPlan {
+) -> UrlDecision {
+    let mut out = UrlDecision {
         served: ServedPods::new(),
         outcomes: Vec::new(),
         incomplete: None,
@@ -239,7 +240,7 @@ pub fn plan_url(
         let set = SetKey::of(entry);
         let previous = previous.get(&set);
         // What the set had: kept whenever nothing better can be served.
-        let keep = |out: &mut UrlPlan, phase: ManifestPhase, message: String| {
+        let keep = |out: &mut UrlDecision, phase: ManifestPhase, message: String| {
             if let Some(p) = previous {
                 out.served.insert(set.clone(), p.clone());
             }
@@ -389,10 +390,7 @@ mod tests {
     }
 
     fn key(set: &str) -> SetKey {
-        SetKey {
-            namespace: "ns".into(),
-            name: set.into(),
-        }
+        SetKey::new("ns", set)
     }
 
     fn served(set: &str, rev: &str, since: u64) -> (SetKey, Served) {

@@ -18,8 +18,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::dir_plan::{DirPlan, SetDecision, SetState};
 use crate::manifest_dir::Action;
-use crate::plan::{Plan, SetKey, SetPlan, SetState};
+use staticpodset_api::SetKey;
 
 /// A swap under way: the old manifest was removed for `revision`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,44 +60,44 @@ impl StopFirst {
     /// ([`SetState::StoppingOldPod`]) until the mirror pod is gone or the timeout passed.
     pub fn gate(
         &mut self,
-        plan: &mut Plan,
-        mirror_present: impl Fn(&SetPlan) -> bool,
+        plan: &mut DirPlan,
+        mirror_present: impl Fn(&SetDecision) -> bool,
         now: Instant,
     ) -> Stopped {
         let mut out = Stopped::default();
         let mut held: Vec<String> = Vec::new();
         let mut removals: Vec<Action> = Vec::new();
-        for set_plan in &mut plan.sets {
-            if set_plan.state != SetState::Write {
+        for decision in &mut plan.sets {
+            if decision.state != SetState::Write {
                 // The file is back as assigned: nothing to swap. Other states (waiting for a
                 // newer revision's images, say) keep the swap until its write or its timeout.
-                if matches!(&set_plan.state, SetState::Current { .. }) {
-                    self.swaps.remove(&set_plan.set);
+                if matches!(&decision.state, SetState::Current { .. }) {
+                    self.swaps.remove(&decision.set);
                 }
                 continue;
             }
-            let present = mirror_present(set_plan);
-            match (&set_plan.on_disk_revision, self.swaps.get(&set_plan.set)) {
+            let present = mirror_present(decision);
+            match (&decision.on_disk_revision, self.swaps.get(&decision.set)) {
                 // The old manifest is still there and its pod runs: remove it first.
-                (Some(on_disk), _) if *on_disk != set_plan.revision && present => {
-                    let Some(expected) = write_expectation(&plan.actions, &set_plan.file_name)
+                (Some(on_disk), _) if *on_disk != decision.revision && present => {
+                    let Some(expected) = write_expectation(&plan.actions, &decision.file_name)
                     else {
                         continue;
                     };
                     removals.push(Action::Remove {
-                        file_name: set_plan.file_name.clone(),
+                        file_name: decision.file_name.clone(),
                         expected,
                     });
-                    held.push(set_plan.file_name.clone());
+                    held.push(decision.file_name.clone());
                     self.swaps.insert(
-                        set_plan.set.clone(),
+                        decision.set.clone(),
                         Swap {
-                            revision: set_plan.revision.clone(),
+                            revision: decision.revision.clone(),
                             since: now,
                         },
                     );
-                    set_plan.state = SetState::StoppingOldPod(stopping_message(on_disk));
-                    out.started.push(set_plan.set.clone());
+                    decision.state = SetState::StoppingOldPod(stopping_message(on_disk));
+                    out.started.push(decision.set.clone());
                 }
                 // Removed by us: write once the old pod is gone, whatever revision is assigned
                 // by now (a newer one supersedes the one the swap began for).
@@ -104,29 +105,29 @@ impl StopFirst {
                     let waited = now.saturating_duration_since(swap.since);
                     let timed_out = waited >= self.timeout;
                     if present && !timed_out {
-                        held.push(set_plan.file_name.clone());
+                        held.push(decision.file_name.clone());
                         let since = swap.since;
                         self.swaps.insert(
-                            set_plan.set.clone(),
+                            decision.set.clone(),
                             Swap {
-                                revision: set_plan.revision.clone(),
+                                revision: decision.revision.clone(),
                                 since,
                             },
                         );
-                        set_plan.state = SetState::StoppingOldPod(format!(
+                        decision.state = SetState::StoppingOldPod(format!(
                             "waiting for the kubelet to stop the old pod before writing revision \
                              {} ({}s so far, at most {}s)",
-                            set_plan.revision,
+                            decision.revision,
                             waited.as_secs(),
                             self.timeout.as_secs()
                         ));
                     } else {
-                        self.swaps.remove(&set_plan.set);
-                        out.finished.push((set_plan.set.clone(), waited, timed_out));
+                        self.swaps.remove(&decision.set);
+                        out.finished.push((decision.set.clone(), waited, timed_out));
                     }
                 }
                 _ => {
-                    self.swaps.remove(&set_plan.set);
+                    self.swaps.remove(&decision.set);
                 }
             }
         }
@@ -179,10 +180,7 @@ mod tests {
     use crate::manifest_dir::PodKey;
 
     fn key(name: &str) -> SetKey {
-        SetKey {
-            namespace: "ns".into(),
-            name: name.into(),
-        }
+        SetKey::new("ns", name)
     }
 
     fn file(set: &str) -> String {
@@ -190,14 +188,14 @@ mod tests {
     }
 
     /// A plan writing `set` at `revision` over a file at `on_disk` (if any).
-    fn writing(set: &str, revision: &str, on_disk: Option<&str>) -> Plan {
-        Plan {
+    fn writing(set: &str, revision: &str, on_disk: Option<&str>) -> DirPlan {
+        DirPlan {
             actions: vec![Action::Write {
                 file_name: file(set),
                 content: format!("rev {revision}").into_bytes(),
                 expected: on_disk.map(|r| format!("rev {r}").into_bytes()),
             }],
-            sets: vec![SetPlan {
+            sets: vec![SetDecision {
                 set: key(set),
                 file_name: file(set),
                 revision: revision.into(),

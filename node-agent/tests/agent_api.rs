@@ -281,7 +281,7 @@ fn context(
         // No kubelet here deletes mirror pods; stop-first is proven on the real cluster.
         stop_first: None,
         static_pod_url,
-        resources: staticpodset_node_agent::config_files::ResourcesDir::new(
+        resources: staticpodset_node_agent::resources_dir::ResourcesDir::new(
             dir.join("resources"),
             "/etc/kubernetes/static-pod-resources",
         ),
@@ -307,7 +307,7 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
         b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\n  namespace: kube-system\n";
     fs::write(tmp.path().join("kube-apiserver.yaml"), kubeadm).expect("write");
     // An owned manifest from before the restart, for a set the spec will no longer list.
-    let old = staticpodset_node_agent::plan::render_manifest(
+    let old = staticpodset_node_agent::dir_plan::render_manifest(
         &serde_json::from_value(entry("old", "r1")).expect("assigned pod"),
         &manifest("old", "r1"),
     )
@@ -582,7 +582,7 @@ async fn in_url_mode_the_agent_serves_its_pods_and_writes_no_files() {
     fs::write(tmp.path().join("kube-apiserver.yaml"), kubeadm).expect("write");
     // A file of ours from when the node was in file mode: the URL takes over, the file goes.
     let vip_file = tmp.path().join(manifest_file_name("kube-system", "vip"));
-    let rendered = staticpodset_node_agent::plan::render_manifest(
+    let rendered = staticpodset_node_agent::dir_plan::render_manifest(
         &serde_json::from_value(entry("vip", "r1")).expect("assigned pod"),
         &manifest("vip", "r1"),
     )

@@ -7,15 +7,16 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 use staticpodset_api::keys::{manifest_file_name, ANNOTATION_REVISION, ANNOTATION_SET};
 use staticpodset_api::{AssignedPod, ManifestPhase};
+use staticpodset_node_agent::dir_plan::{render_manifest, Assignment, Rendered};
 use staticpodset_node_agent::dir_watcher::DirWatcher;
 use staticpodset_node_agent::manifest_dir::{Action, DirError, ManifestDir};
-use staticpodset_node_agent::plan::{render_manifest, Assignment, Rendered};
-use staticpodset_node_agent::sync::sync_directory;
+use staticpodset_node_agent::pipeline::{self, NodeDirs, Observed, SyncMemory, SyncOutcome};
+use staticpodset_node_agent::resources_dir::ResourcesDir;
 use tokio::sync::Notify;
 
 const KUBE_APISERVER: &str = "\
@@ -59,6 +60,20 @@ fn render(a: &Assignment) -> Result<Rendered, String> {
 
 fn now() -> SystemTime {
     SystemTime::now()
+}
+
+/// One sync of `dir` to `assigned` through the agent's own pipeline, as a node in file mode with
+/// pre-pull and stop-first off sees it (no pod list, no configuration files).
+fn sync_directory(dir: &ManifestDir, assigned: &[Assignment], wall: SystemTime) -> SyncOutcome {
+    let dirs = NodeDirs {
+        manifests: dir.clone(),
+        resources: ResourcesDir::new(
+            dir.path().join("resources-never-written"),
+            "/etc/kubernetes/static-pod-resources",
+        ),
+    };
+    let observed = Observed::files_only("node-1", assigned.to_vec(), wall, Instant::now());
+    pipeline::run(&dirs, observed, &mut SyncMemory::new(None, None))
 }
 
 /// Every entry of the directory, dot-files included, with its bytes.
@@ -284,7 +299,7 @@ fn foreign_files_are_untouched_byte_for_byte_and_mtime_for_mtime() {
                 "{name} after {spec:?}"
             );
         }
-        assert!(!sync.failed, "{sync:?}");
+        assert!(!sync.files.failed, "{sync:?}");
     }
 
     let conflict = sync_directory(&dir, &specs[0], now());
@@ -315,13 +330,13 @@ fn drift_is_restored() {
     let path = tmp.path().join(&spec[0].entry.file_name);
     let want = render(&spec[0]).expect("render").content;
 
-    assert_eq!(sync_directory(&dir, &spec, now()).written, 1);
+    assert_eq!(sync_directory(&dir, &spec, now()).files.written, 1);
     assert_eq!(fs::read(&path).expect("read"), want);
 
     fs::remove_file(&path).expect("delete");
     let sync = sync_directory(&dir, &spec, now());
     assert_eq!(
-        (sync.written, sync.sets[0].phase),
+        (sync.files.written, sync.sets[0].phase),
         (1, ManifestPhase::Written)
     );
     assert_eq!(fs::read(&path).expect("read"), want);
@@ -331,14 +346,14 @@ fn drift_is_restored() {
         .expect("utf-8")
         .replace("img:1", "hacked:2");
     fs::write(&path, &edited).expect("edit");
-    assert_eq!(sync_directory(&dir, &spec, now()).written, 1);
+    assert_eq!(sync_directory(&dir, &spec, now()).files.written, 1);
     assert_eq!(fs::read(&path).expect("read"), want);
 
     // An edit that strips the annotation makes the file foreign: reported, never overwritten.
     fs::write(&path, KUBE_APISERVER.replace("kube-apiserver", "a")).expect("edit");
     let sync = sync_directory(&dir, &spec, now());
     assert_eq!(
-        (sync.written, sync.sets[0].phase),
+        (sync.files.written, sync.sets[0].phase),
         (0, ManifestPhase::Conflict)
     );
     assert_ne!(fs::read(&path).expect("read"), want);
@@ -355,7 +370,7 @@ fn identical_content_is_not_rewritten() {
     let before = fingerprint(&path);
 
     let sync = sync_directory(&dir, &spec, now());
-    assert_eq!(sync.written, 0);
+    assert_eq!(sync.files.written, 0);
     assert_eq!(sync.sets[0].phase, ManifestPhase::Written);
     assert_eq!(
         sync.sets[0].written_at,
@@ -379,7 +394,7 @@ fn a_new_revision_replaces_the_file_and_unassigned_sets_are_removed() {
     );
     let spec = [assigned("ns", "a", "r2", "img:2")];
     let sync = sync_directory(&dir, &spec, now());
-    assert_eq!((sync.written, sync.removed), (1, 1));
+    assert_eq!((sync.files.written, sync.files.removed), (1, 1));
     assert_eq!(sync.sets[0].written_revision.as_deref(), Some("r2"));
     assert_eq!(
         listing(tmp.path()).into_keys().collect::<Vec<_>>(),
@@ -412,7 +427,7 @@ fn a_missing_directory_is_an_error_not_a_panic() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = ManifestDir::new(tmp.path().join("absent"));
     let sync = sync_directory(&dir, &[assigned("ns", "a", "r1", "img:1")], now());
-    assert!(sync.failed);
+    assert!(sync.files.failed);
     assert_eq!(sync.sets[0].phase, ManifestPhase::Error);
     assert!(sync.sets[0]
         .message
@@ -434,5 +449,5 @@ async fn inotify_wakes_the_loop_when_a_manifest_is_deleted() {
     tokio::time::timeout(Duration::from_secs(10), wake.notified())
         .await
         .expect("woken within the deadline");
-    assert_eq!(sync_directory(&dir, &spec, now()).written, 1);
+    assert_eq!(sync_directory(&dir, &spec, now()).files.written, 1);
 }

@@ -2,38 +2,19 @@
 //! what the scan found. No I/O here, so every ownership and conflict rule is a plain unit test.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::Value;
 use staticpodset_api::keys::{manifest_file_name, ANNOTATION_REVISION, ANNOTATION_SET};
-use staticpodset_api::AssignedPod;
+use staticpodset_api::{AssignedPod, SetKey};
 
 use crate::manifest_dir::{is_owned_file_name, Action, DirScan, PodKey, ScannedFile};
 use crate::manifest_yaml::to_yaml;
 
-/// A StaticPodSet, by namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SetKey {
-    /// The set's namespace.
-    pub namespace: String,
-    /// The set's name.
-    pub name: String,
-}
-
-impl SetKey {
-    /// The key of the set an assignment comes from.
-    pub fn of(pod: &AssignedPod) -> Self {
-        Self {
-            namespace: pod.set_namespace.clone(),
-            name: pod.set_name.clone(),
-        }
-    }
-}
-
 /// One spec entry with the manifest of the StaticPodRevision it names, as far as the agent has it
-/// (see [`crate::revisions`]).
+/// (see [`crate::revisions`]). The agent's own type: the operator's `Assignment` (the revision a
+/// node was handed, and since when) is another thing in another crate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assignment {
     /// The entry from `NodeStaticPods.spec.pods`.
@@ -52,12 +33,6 @@ impl Assignment {
     }
 }
 
-impl fmt::Display for SetKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
 /// Where one assigned set stands after planning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SetState {
@@ -66,7 +41,7 @@ pub enum SetState {
         /// When the file was last written.
         since: Option<SystemTime>,
     },
-    /// The plan writes the file (its action is in [`Plan::actions`]).
+    /// The plan writes the file (its action is in [`DirPlan::actions`]).
     Write,
     /// Another file stands in the way; nothing is written. The text says which and why.
     Conflict(String),
@@ -87,7 +62,7 @@ pub enum SetState {
 
 /// The decision for one assigned set.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SetPlan {
+pub struct SetDecision {
     /// The set.
     pub set: SetKey,
     /// The file name from the spec (validated unless `state` is `Invalid`).
@@ -102,7 +77,7 @@ pub struct SetPlan {
     pub state: SetState,
 }
 
-/// An owned manifest whose set is no longer assigned; its `Remove` action is in [`Plan::actions`].
+/// An owned manifest whose set is no longer assigned; its `Remove` action is in [`DirPlan::actions`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Removal {
     /// The set the file belonged to.
@@ -113,15 +88,15 @@ pub struct Removal {
 
 /// Everything one sync does to the directory, and why.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct DirPlan {
     /// Removals first, then writes: a pod that moves between files never runs twice.
     pub actions: Vec<Action>,
     /// One entry per assigned set, in spec order (duplicates reported as invalid).
-    pub sets: Vec<SetPlan>,
+    pub sets: Vec<SetDecision>,
     /// Owned files being removed.
     pub removals: Vec<Removal>,
-    /// The pods defined by files the agent does not own, with their file names (filled by
-    /// [`crate::sync::scan_and_plan`], for the URL source's conflict check).
+    /// The pods defined by files the agent does not own, with their file names (for the URL
+    /// source's conflict check: the kubelet keys static pods by namespace/name across sources).
     pub foreign_pods: Vec<(String, PodKey)>,
 }
 
@@ -132,10 +107,7 @@ pub fn owner(file: &ScannedFile) -> Option<SetKey> {
         return None;
     }
     let (namespace, name) = staticpodset_api::keys::parse_manifest_file_name(&file.name)?;
-    let key = SetKey {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    };
+    let key = SetKey::new(namespace, name);
     (file.info.set.as_deref() == Some(key.to_string().as_str())).then_some(key)
 }
 
@@ -145,11 +117,11 @@ pub fn owner(file: &ScannedFile) -> Option<SetKey> {
 /// done, or the object does not exist): then nothing is planned, so running static pods keep running
 /// whatever happens to the API server. An assigned set whose manifest is unavailable keeps whatever
 /// file it has: it is listed, so never removed, and without a manifest nothing is written.
-pub fn plan(assigned: Option<&[Assignment]>, scan: &DirScan) -> Plan {
+pub fn plan_dir(assigned: Option<&[Assignment]>, scan: &DirScan) -> DirPlan {
     let Some(assigned) = assigned else {
-        return Plan::default();
+        return DirPlan::default();
     };
-    let mut out = Plan::default();
+    let mut out = DirPlan::default();
 
     let listed: BTreeSet<SetKey> = assigned.iter().map(|a| SetKey::of(&a.entry)).collect();
     let by_name: HashMap<&str, &ScannedFile> =
@@ -178,7 +150,7 @@ pub fn plan(assigned: Option<&[Assignment]>, scan: &DirScan) -> Plan {
     for assignment in assigned {
         let pod = &assignment.entry;
         let set = SetKey::of(pod);
-        let mut set_plan = SetPlan {
+        let mut decision = SetDecision {
             set: set.clone(),
             file_name: pod.file_name.clone(),
             revision: pod.revision.clone(),
@@ -187,43 +159,49 @@ pub fn plan(assigned: Option<&[Assignment]>, scan: &DirScan) -> Plan {
             state: SetState::Write,
         };
         if !seen.insert(set.clone()) {
-            set_plan.state = SetState::Invalid(format!(
+            decision.state = SetState::Invalid(format!(
                 "set {set} is assigned more than once; only the first entry is written"
             ));
-            out.sets.push(set_plan);
+            out.sets.push(decision);
             continue;
         }
         let existing = by_name.get(pod.file_name.as_str()).copied();
         if let Some(file) = existing.filter(|f| owner(f).as_ref() == Some(&set)) {
-            set_plan.on_disk_revision = file.info.revision.clone();
+            decision.on_disk_revision = file.info.revision.clone();
         }
         let manifest = match &assignment.manifest {
             Ok(manifest) => manifest,
             Err(message) => {
-                set_plan.state = SetState::Unavailable(message.clone());
-                out.sets.push(set_plan);
+                decision.state = SetState::Unavailable(message.clone());
+                out.sets.push(decision);
                 continue;
             }
         };
         let rendered = match render_manifest(pod, manifest) {
             Ok(r) => r,
             Err(message) => {
-                set_plan.state = SetState::Invalid(message);
-                out.sets.push(set_plan);
+                decision.state = SetState::Invalid(message);
+                out.sets.push(decision);
                 continue;
             }
         };
-        set_plan.pod = Some(rendered.pod.clone());
-        set_plan.state = decide(&set, pod, &rendered, existing, scan);
-        if set_plan.state == SetState::Write {
+        decision.pod = Some(rendered.pod.clone());
+        decision.state = decide(&set, pod, &rendered, existing, scan);
+        if decision.state == SetState::Write {
             out.actions.push(Action::Write {
                 file_name: pod.file_name.clone(),
                 content: rendered.content,
                 expected: existing.and_then(|f| f.content.clone()),
             });
         }
-        out.sets.push(set_plan);
+        out.sets.push(decision);
     }
+    out.foreign_pods = scan
+        .files
+        .iter()
+        .filter(|f| owner(f).is_none())
+        .filter_map(|f| Some((f.name.clone(), f.info.pod.clone()?)))
+        .collect();
     out
 }
 
@@ -391,10 +369,10 @@ mod tests {
         }
     }
 
-    fn plan_pods(pods: Option<&[Pod]>, scan: &DirScan) -> Plan {
+    fn plan_pods(pods: Option<&[Pod]>, scan: &DirScan) -> DirPlan {
         let assigned: Option<Vec<Assignment>> =
             pods.map(|p| p.iter().map(Pod::assignment).collect());
-        plan(assigned.as_deref(), scan)
+        plan_dir(assigned.as_deref(), scan)
     }
 
     fn assigned(ns: &str, set: &str, rev: &str) -> Pod {
@@ -447,7 +425,7 @@ mod tests {
     fn no_api_data_means_no_actions() {
         let ours = assigned("ns", "a", "r1");
         let dir = scan(vec![file(&ours.file_name, &rendered(&ours))]);
-        assert_eq!(plan_pods(None, &dir), Plan::default());
+        assert_eq!(plan_pods(None, &dir), DirPlan::default());
     }
 
     #[test]
@@ -760,7 +738,7 @@ mod tests {
             entry: wanted.entry(),
             manifest: Err("cannot read StaticPodRevision ns/a-r2: 503".into()),
         };
-        let p = plan(
+        let p = plan_dir(
             Some(&[unavailable]),
             &scan(vec![file(&on_disk.file_name, &bytes)]),
         );
@@ -779,7 +757,7 @@ mod tests {
     fn an_unavailable_revision_writes_nothing_and_other_sets_go_on() {
         let a = assigned("ns", "a", "r1");
         let b = assigned("ns", "b", "r1");
-        let p = plan(
+        let p = plan_dir(
             Some(&[
                 Assignment {
                     entry: a.entry(),
