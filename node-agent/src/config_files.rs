@@ -268,8 +268,8 @@ pub(crate) mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use k8s_openapi::ByteString;
-    use staticpodset_api::config_files::{ConfigKind, VolumeLayout};
     use serde_json::json;
+    use staticpodset_api::config_files::{ConfigKind, VolumeLayout};
 
     pub(crate) fn key(set: &str) -> SetKey {
         SetKey::new("ns", set)

@@ -222,7 +222,11 @@ fn configuration_files_in_place_point_the_manifest_at_them_and_missing_ones_hold
     // File mode: everything to the directory, as gated; a held set stays wherever it is, so it
     // is listed for the URL too (which removes nothing of it).
     assert_eq!(routed.files, routed.all);
-    let url: Vec<&str> = routed.url.iter().map(|a| a.entry.set_name.as_str()).collect();
+    let url: Vec<&str> = routed
+        .url
+        .iter()
+        .map(|a| a.entry.set_name.as_str())
+        .collect();
     assert_eq!(url, ["broken", "unprepared"]);
 }
 
