@@ -2,8 +2,7 @@
 //! volumes become hostPath volumes at a path holding that hash, and the data goes into a bundle
 //! Secret the node agents read (see `staticpodset_api::config_files` for the contract).
 //!
-//! Everything here is pure but [`fetch`], [`ensure_bundle`], [`prune_bundles`] and
-//! [`delete_bundles`].
+//! Everything here is pure but [`fetch`], [`ensure_bundle`] and [`prune_bundles`].
 
 use std::collections::{BTreeMap, BTreeSet};
 

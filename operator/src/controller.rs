@@ -30,9 +30,7 @@ use staticpodset_api::{NodeStaticPods, SetKey, StaticPodRevision, StaticPodSet};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::conditions::{
-    EVENT_SKIPPED_NODES, MAX_NODES_IN_MESSAGE, REASON_PROGRESS_DEADLINE_EXCEEDED,
-};
+use crate::conditions::{EVENT_SKIPPED_NODES, REASON_PROGRESS_DEADLINE_EXCEEDED};
 use crate::config;
 use crate::context::{Context, Settings};
 use crate::decide::{decide, evaluate, Snapshot};
@@ -508,20 +506,10 @@ async fn cleanup(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Acti
     if !decision.done() {
         return Err(Error::WaitingForNodes {
             set: key.clone(),
-            nodes: list(decision.waiting.iter().map(String::as_str)),
+            nodes: decision.waiting_list(),
         });
     }
-    if !decision.skipped.is_empty() {
-        let skipped: Vec<String> = decision
-            .skipped
-            .iter()
-            .map(|(node, reason)| format!("{node} ({reason})"))
-            .collect();
-        let note = format!(
-            "released without confirmation from {} node(s): {}; their agents remove the pod when they return",
-            skipped.len(),
-            list(skipped.iter().map(String::as_str))
-        );
+    if let Some(note) = decision.skipped_note() {
         tracing::warn!(%note, "skipped nodes while deleting");
         ctx.publish(set, true, EVENT_SKIPPED_NODES, &note).await;
     }
@@ -544,16 +532,6 @@ async fn cleanup(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Acti
         .with_label_values(&["delete"])
         .inc_by(gone.len() as u64);
     Ok(Action::await_change())
-}
-
-fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
-    let items: Vec<&str> = items.collect();
-    let shown = items.len().min(MAX_NODES_IN_MESSAGE * 4);
-    let mut text = items[..shown].join(", ");
-    if items.len() > shown {
-        text.push_str(&format!(" and {} more", items.len() - shown));
-    }
-    text
 }
 
 /// Performs a set's node writes, a bounded number at a time. Every write is attempted; the
@@ -591,17 +569,5 @@ async fn execute(ctx: &Context, key: &SetKey, writes: Vec<NodeWrite>) -> Result<
                 first: Box::new(first),
             })
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lists_are_bounded() {
-        let names: Vec<String> = (0..30).map(|i| format!("n{i}")).collect();
-        let text = list(names.iter().map(String::as_str));
-        assert!(text.ends_with(" and 10 more"), "{text}");
     }
 }

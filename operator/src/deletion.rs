@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use staticpodset_api::NodeStaticPods;
 
+use crate::conditions::MAX_NODES_IN_MESSAGE;
 use crate::node_match::node_ready;
 use crate::planner::{entry_of, report_of};
 
@@ -53,6 +54,40 @@ impl CleanupDecision {
     pub fn done(&self) -> bool {
         self.waiting.is_empty()
     }
+
+    /// The nodes waited for, as the error message names them.
+    pub fn waiting_list(&self) -> String {
+        list(self.waiting.iter().map(String::as_str))
+    }
+
+    /// The Warning Event's note when nodes were let go without confirmation; `None` when none
+    /// was.
+    pub fn skipped_note(&self) -> Option<String> {
+        if self.skipped.is_empty() {
+            return None;
+        }
+        let skipped: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|(node, reason)| format!("{node} ({reason})"))
+            .collect();
+        Some(format!(
+            "released without confirmation from {} node(s): {}; their agents remove the pod when they return",
+            skipped.len(),
+            list(skipped.iter().map(String::as_str))
+        ))
+    }
+}
+
+/// Node names for a message, bounded: a deletion may wait for thousands of nodes.
+fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let items: Vec<&str> = items.collect();
+    let shown = items.len().min(MAX_NODES_IN_MESSAGE * 4);
+    let mut text = items[..shown].join(", ");
+    if items.len() > shown {
+        text.push_str(&format!(" and {} more", items.len() - shown));
+    }
+    text
 }
 
 /// Decides, for set `namespace/name` being deleted, which nodes still hold it (an entry in the
@@ -99,6 +134,13 @@ pub fn cleanup_decision(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_are_bounded() {
+        let names: Vec<String> = (0..30).map(|i| format!("n{i}")).collect();
+        let text = list(names.iter().map(String::as_str));
+        assert!(text.ends_with(" and 10 more"), "{text}");
+    }
     use crate::planner::tests::{node, object};
     use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

@@ -2,10 +2,17 @@
 //! distributes it to the selected nodes through one NodeStaticPods object per node, then sums
 //! what the node agents report back into the set's status.
 //!
-//! Pure logic (tested without a server): [`node_match`], [`render`], [`planner`], [`revisions`],
-//! [`rollout`], [`rollout_state`], [`status`], [`deletion`], [`triggers`]. What a static pod may contain is decided by
-//! the API crate's `validation` module, shared with the CRD's CEL rules. I/O, kept thin:
-//! [`controller`], [`node_writes`], [`node_objects`], [`leader`], [`http`].
+//! One reconcile reads the caches into a [`decide::Snapshot`], lets the pure [`decide`] make
+//! the [`decide::Decision`], and has [`controller`] carry it out.
+//!
+//! Pure logic (tested without a server): [`decide`] (one reconcile), [`rollout`] (the rolling-update
+//! planner) with [`rollout_state`] (its input and output), [`planner`] (node-object writes),
+//! [`conditions`] (every condition and reason the set shows), [`status`], [`render`],
+//! [`revisions`], [`node_match`], [`deletion`], [`triggers`]. What a static pod may contain is
+//! decided by the API crate's `validation` module, shared with the CRD's CEL rules. I/O, kept
+//! thin: [`controller`] (watches, reconcile, error policy), [`node_writes`], [`revision_writes`],
+//! [`rollback`], [`config`] (its reads and bundles), [`node_objects`], [`leader`], [`http`];
+//! [`context`] holds what a reconcile is given.
 
 pub mod cli;
 pub mod conditions;

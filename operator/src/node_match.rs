@@ -8,23 +8,17 @@ use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
-/// One compiled requirement of a label selector.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Requirement {
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    DoesNotExist(String),
-}
+use kube::core::{Selector, SelectorExt};
 
 /// A `metav1.LabelSelector` checked once and ready to match label maps.
 ///
 /// `matchLabels` and `matchExpressions` are ANDed, as in every Kubernetes selector. An absent or
-/// empty selector selects everything, like a DaemonSet without a node selector does.
+/// empty selector selects everything, like a DaemonSet without a node selector does. Matching is
+/// kube-core's [`Selector`]; what this type adds is the API server's validation, with the field
+/// path of every problem, for a set that reached the cluster without it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeSelector {
-    requirements: Vec<Requirement>,
+    selector: Selector,
 }
 
 impl NodeSelector {
@@ -34,14 +28,10 @@ impl NodeSelector {
         let Some(selector) = selector else {
             return Ok(Self::default());
         };
-        let mut requirements = Vec::new();
         let mut problems = Vec::new();
-        for (key, value) in selector.match_labels.iter().flatten() {
-            requirements.push(Requirement::In(key.clone(), vec![value.clone()]));
-        }
         for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
             let path = format!("spec.nodeSelector.matchExpressions[{i}]");
-            let values = expr.values.clone().unwrap_or_default();
+            let has_values = expr.values.as_ref().is_some_and(|v| !v.is_empty());
             if expr.key.is_empty() {
                 problems.push(format!("{path}.key: must not be empty"));
                 continue;
@@ -49,39 +39,31 @@ impl NodeSelector {
             // The API server's selector validation has the same rules; repeating them here keeps
             // a set from silently selecting the wrong nodes if validation was skipped.
             match expr.operator.as_str() {
-                "In" | "NotIn" if values.is_empty() => problems.push(format!(
+                "In" | "NotIn" if !has_values => problems.push(format!(
                     "{path}.values: must be non-empty for operator {}",
                     expr.operator
                 )),
-                "In" => requirements.push(Requirement::In(expr.key.clone(), values)),
-                "NotIn" => requirements.push(Requirement::NotIn(expr.key.clone(), values)),
-                "Exists" | "DoesNotExist" if !values.is_empty() => problems.push(format!(
+                "Exists" | "DoesNotExist" if has_values => problems.push(format!(
                     "{path}.values: must be empty for operator {}",
                     expr.operator
                 )),
-                "Exists" => requirements.push(Requirement::Exists(expr.key.clone())),
-                "DoesNotExist" => requirements.push(Requirement::DoesNotExist(expr.key.clone())),
+                "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
                 other => problems.push(format!(
                     "{path}.operator: unknown operator {other:?} (want In, NotIn, Exists or DoesNotExist)"
                 )),
             }
         }
-        if problems.is_empty() {
-            Ok(Self { requirements })
-        } else {
-            Err(problems)
+        if !problems.is_empty() {
+            return Err(problems);
         }
+        Selector::try_from(selector.clone())
+            .map(|selector| Self { selector })
+            .map_err(|e| vec![format!("spec.nodeSelector: {e}")])
     }
 
     /// Whether a node with these labels is selected.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.requirements.iter().all(|req| match req {
-            Requirement::In(key, values) => labels.get(key).is_some_and(|v| values.contains(v)),
-            // A node without the key is "not in" any value set, as in Kubernetes.
-            Requirement::NotIn(key, values) => labels.get(key).is_none_or(|v| !values.contains(v)),
-            Requirement::Exists(key) => labels.contains_key(key),
-            Requirement::DoesNotExist(key) => !labels.contains_key(key),
-        })
+        self.selector.matches(labels)
     }
 
     /// Whether this node is selected.

@@ -257,7 +257,7 @@ fn revision_labels(set_name: &str, manifest: &Value) -> BTreeMap<String, String>
     labels
 }
 
-/// The config hashes that revisions of a set name (see [`revision_labels`]).
+/// The config hashes that revisions of a set name (see `revision_labels`).
 pub fn config_hashes<'a>(
     history: impl IntoIterator<Item = &'a StaticPodRevision>,
 ) -> BTreeSet<String> {
