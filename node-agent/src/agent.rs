@@ -294,7 +294,6 @@ async fn sync_once(
     wake: &Arc<Notify>,
     state: &mut LoopState,
 ) -> Duration {
-    let node = &ctx.node_name;
     if state.dir_watcher.as_ref().is_none_or(DirWatcher::is_broken) {
         state.dir_watcher = match DirWatcher::start(ctx.dir.path(), wake.clone()) {
             Ok(w) => Some(w),
@@ -305,53 +304,81 @@ async fn sync_once(
             }
         };
     }
+    let (object, mode) = match known_state(ctx, caches, state) {
+        Ok(known) => known,
+        Err(why) => {
+            not_ready(ctx, why);
+            return ctx.resync_interval;
+        }
+    };
+    // Observed when dropped, on every return path.
+    let _timer = ctx.metrics.sync_duration.start_timer();
+    ctx.metrics.syncs.inc();
 
+    let observed = observe(ctx, caches, state, &object, mode).await;
+    let Some(outcome) = run_pipeline(ctx, state, observed).await else {
+        return ctx.resync_interval;
+    };
+    hand_out(ctx, state, &outcome);
+    if let Some(built) = &outcome.report {
+        report_status(ctx, api, &object, built, state, SystemTime::now()).await;
+    }
+    pipeline::next_wakeup(
+        &outcome.deadlines,
+        std::time::Instant::now(),
+        SystemTime::now(),
+        ctx.resync_interval,
+    )
+}
+
+/// The node's NodeStaticPods and mode, once the agent knows them; otherwise why the manifest
+/// directory is left as it is.
+fn known_state(
+    ctx: &Context,
+    caches: &Caches,
+    state: &mut LoopState,
+) -> Result<(Arc<NodeStaticPods>, ManifestSource), String> {
+    let node = &ctx.node_name;
     // Until the first complete list, an empty cache means "unknown", not "nothing assigned".
     if !is_listed(&caches.node_static_pods) {
-        not_ready(
-            ctx,
-            format!(
-                "waiting for the first list of NodeStaticPods {node} from the API server; the \
-                 manifest directory is left as it is"
-            ),
-        );
-        return ctx.resync_interval;
+        return Err(format!(
+            "waiting for the first list of NodeStaticPods {node} from the API server; the \
+             manifest directory is left as it is"
+        ));
     }
     let Some(object) = caches.node_static_pods.get(&ObjectRef::new(node)) else {
         if !state.warned_missing {
             warn!("NodeStaticPods {node} does not exist; the manifest directory is left as it is");
             state.warned_missing = true;
         }
-        not_ready(
-            ctx,
-            format!(
-                "NodeStaticPods {node} does not exist; the manifest directory is left as it is"
-            ),
-        );
-        return ctx.resync_interval;
+        return Err(format!(
+            "NodeStaticPods {node} does not exist; the manifest directory is left as it is"
+        ));
     };
     state.warned_missing = false;
     let Some(mode) = node_mode(ctx, caches, state) else {
-        not_ready(
-            ctx,
-            format!(
-                "waiting for the first read of Node {node} (its {} label chooses the manifest \
-                 source); the manifest directory is left as it is",
-                staticpodset_api::keys::MANIFEST_SOURCE
-            ),
-        );
-        return ctx.resync_interval;
+        return Err(format!(
+            "waiting for the first read of Node {node} (its {} label chooses the manifest \
+             source); the manifest directory is left as it is",
+            staticpodset_api::keys::MANIFEST_SOURCE
+        ));
     };
+    Ok((object, mode))
+}
 
-    // Observed when dropped, on every return path.
-    let _timer = ctx.metrics.sync_duration.start_timer();
-    ctx.metrics.syncs.inc();
-
-    // Observe.
-    let entries = object.spec.pods.clone();
-    api_reads::read_revisions(&ctx.client, &ctx.metrics, &entries, &mut state.revisions).await;
-    let assigned = state.revisions.resolve(&entries);
-    state.revisions.retain(&entries);
+/// Observe: reads the revisions and puts the configuration files in place (the API side), and
+/// takes what the watches and the puller have.
+async fn observe(
+    ctx: &Context,
+    caches: &Caches,
+    state: &mut LoopState,
+    object: &NodeStaticPods,
+    mode: ManifestSource,
+) -> Observed {
+    let entries = &object.spec.pods;
+    api_reads::read_revisions(&ctx.client, &ctx.metrics, entries, &mut state.revisions).await;
+    let assigned = state.revisions.resolve(entries);
+    state.revisions.retain(entries);
     let config = state
         .bundles
         .prepare(&config_files::needed(&assigned))
@@ -362,8 +389,8 @@ async fn sync_once(
             pulls.push(done);
         }
     }
-    let observed = Observed {
-        node: node.clone(),
+    Observed {
+        node: ctx.node_name.clone(),
         generation: object.meta().generation,
         mode,
         url_enabled: ctx.static_pod_url.is_some(),
@@ -374,9 +401,16 @@ async fn sync_once(
         revision_retry: state.revisions.next_retry(),
         wall: SystemTime::now(),
         now: std::time::Instant::now(),
-    };
+    }
+}
 
-    // Plan, gate, execute.
+/// Plan, gate, execute: the pipeline on the blocking pool, its memory moved there and back.
+/// `None` if it did not complete (then what the gates waited for is forgotten).
+async fn run_pipeline(
+    ctx: &Context,
+    state: &mut LoopState,
+    observed: Observed,
+) -> Option<pipeline::SyncOutcome> {
     let dirs = NodeDirs {
         manifests: ctx.dir.clone(),
         resources: ctx.resources.clone(),
@@ -387,25 +421,28 @@ async fn sync_once(
         (outcome, memory)
     })
     .await;
-    let outcome = match ran {
+    match ran {
         Ok((outcome, memory)) => {
             state.memory = memory;
-            outcome
+            Some(outcome)
         }
         Err(source) => {
             let e = AgentError::SyncTask {
-                node: node.clone(),
+                node: ctx.node_name.clone(),
                 source,
             };
             warn!(error = %e, "sync failed; what the gates waited for is forgotten");
             ctx.metrics.sync_errors.inc();
-            return ctx.resync_interval;
+            None
         }
-    };
+    }
+}
 
-    // Hand out what was decided.
-    ctx.metrics.record_sync(&outcome);
-    pipeline::log_events(&outcome);
+/// Hands out what the pipeline decided beyond the directory: metrics and logs, the pulls to
+/// start, the URL answer, readiness.
+fn hand_out(ctx: &Context, state: &LoopState, outcome: &pipeline::SyncOutcome) {
+    ctx.metrics.record_sync(outcome);
+    pipeline::log_events(outcome);
     if let (Some((puller, _)), Some(gate)) = (&state.pulls, &outcome.gates.prepull) {
         for job in &gate.pulls {
             puller.start(job.clone());
@@ -415,15 +452,6 @@ async fn sync_once(
         url_mode::publish(url, answer.response.clone());
     }
     ctx.readiness.send_replace(Readiness::Ready);
-    if let Some(built) = &outcome.report {
-        report_status(ctx, api, &object, built, state, SystemTime::now()).await;
-    }
-    pipeline::next_wakeup(
-        &outcome.deadlines,
-        std::time::Instant::now(),
-        SystemTime::now(),
-        ctx.resync_interval,
-    )
 }
 
 /// Whether a watch cache holds its first complete list.
