@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{ImageSpec, ImageStatusRequest, PullImageRequest};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -20,6 +18,15 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::metrics::Metrics;
 use crate::prepull::PullJob;
+use api::image_service_client::ImageServiceClient;
+use api::{ImageSpec, ImageStatusRequest, PullImageRequest};
+
+/// The CRI API (`runtime.v1`) as `build.rs` generates it from the vendored
+/// `proto/runtime/v1/api.proto`: its messages, and clients only.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod api {
+    tonic::include_proto!("runtime.v1");
+}
 
 /// A failed call to the container runtime.
 #[derive(Debug, thiserror::Error)]

@@ -1,23 +1,29 @@
 //! The CRI client and the background puller against a real gRPC ImageService on a unix socket
-//! (an in-process server with a fake image store), as the agent talks to containerd.
+//! (an in-process server with a fake image store), as the agent talks to containerd. The server
+//! speaks gRPC's framing on plain hyper (HTTP/2): the agent builds tonic without its server.
 
 use std::collections::BTreeSet;
+use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_cri::v1::image_service_server::{ImageService, ImageServiceServer};
-use k8s_cri::v1::{
-    Image, ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest, ImageStatusResponse,
-    ListImagesRequest, ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest,
-    RemoveImageResponse,
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use staticpodset_node_agent::cri::api::{
+    Image, ImageSpec, ImageStatusRequest, ImageStatusResponse, PullImageRequest, PullImageResponse,
 };
 use staticpodset_node_agent::cri::{CriError, CriImages, Pulled, Puller};
 use staticpodset_node_agent::metrics::Metrics;
 use staticpodset_node_agent::prepull::PullJob;
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
-use tonic::{Code, Request, Response, Status};
+use tonic::Code;
 
 #[derive(Default)]
 struct Store {
@@ -36,85 +42,157 @@ impl FakeRuntime {
     }
 }
 
-fn image_of(spec: Option<k8s_cri::v1::ImageSpec>) -> Result<String, Status> {
-    spec.map(|s| s.image)
-        .filter(|i| !i.is_empty())
-        .ok_or_else(|| Status::invalid_argument("no image"))
+/// A gRPC error status as the fake runtime answers it.
+struct Status {
+    code: Code,
+    message: String,
 }
 
-#[tonic::async_trait]
-impl ImageService for FakeRuntime {
-    async fn list_images(
-        &self,
-        _: Request<ListImagesRequest>,
-    ) -> Result<Response<ListImagesResponse>, Status> {
-        Err(Status::unimplemented("not used"))
+impl Status {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
     }
+}
 
+fn image_of(spec: Option<ImageSpec>) -> Result<String, Status> {
+    spec.map(|s| s.image)
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| Status::new(Code::InvalidArgument, "no image"))
+}
+
+impl FakeRuntime {
     async fn image_status(
         &self,
-        request: Request<ImageStatusRequest>,
-    ) -> Result<Response<ImageStatusResponse>, Status> {
-        let image = image_of(request.into_inner().image)?;
+        request: ImageStatusRequest,
+    ) -> Result<ImageStatusResponse, Status> {
+        let image = image_of(request.image)?;
         let mut store = self.store();
         store.calls.push(format!("ImageStatus {image}"));
         let found = store.present.contains(&image).then(|| Image {
             id: format!("sha256:{image}"),
             ..Image::default()
         });
-        Ok(Response::new(ImageStatusResponse {
+        Ok(ImageStatusResponse {
             image: found,
             ..ImageStatusResponse::default()
-        }))
+        })
     }
 
-    async fn pull_image(
-        &self,
-        request: Request<PullImageRequest>,
-    ) -> Result<Response<PullImageResponse>, Status> {
-        let image = image_of(request.into_inner().image)?;
+    async fn pull_image(&self, request: PullImageRequest) -> Result<PullImageResponse, Status> {
+        let image = image_of(request.image)?;
         let delay = {
             let mut store = self.store();
             store.calls.push(format!("PullImage {image}"));
             if let Some(message) = &store.fail_pulls {
-                return Err(Status::not_found(message.clone()));
+                return Err(Status::new(Code::NotFound, message.clone()));
             }
             store.pull_delay
         };
         tokio::time::sleep(delay).await;
         self.store().present.insert(image.clone());
-        Ok(Response::new(PullImageResponse {
+        Ok(PullImageResponse {
             image_ref: format!("sha256:{image}"),
-        }))
+        })
     }
+}
 
-    async fn remove_image(
-        &self,
-        _: Request<RemoveImageRequest>,
-    ) -> Result<Response<RemoveImageResponse>, Status> {
-        Err(Status::unimplemented("not used"))
-    }
+type Body = StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
-    async fn image_fs_info(
-        &self,
-        _: Request<ImageFsInfoRequest>,
-    ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        Err(Status::unimplemented("not used"))
-    }
+/// Decodes the one length-prefixed message of a unary call (a compression flag byte and a
+/// four-byte length come first).
+fn decode<M: Message + Default>(body: &Bytes) -> Result<M, Status> {
+    let message = body.get(5..).unwrap_or_default();
+    M::decode(message).map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))
+}
+
+/// Answers one unary call of the ImageService.
+async fn handle(
+    runtime: FakeRuntime,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let body = match req.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return Ok(status_only(Status::new(Code::Internal, e.to_string()))),
+    };
+    let reply = match path.as_str() {
+        "/runtime.v1.ImageService/ImageStatus" => match decode(&body) {
+            Ok(request) => runtime
+                .image_status(request)
+                .await
+                .map(|m| m.encode_to_vec()),
+            Err(status) => Err(status),
+        },
+        "/runtime.v1.ImageService/PullImage" => match decode(&body) {
+            Ok(request) => runtime.pull_image(request).await.map(|m| m.encode_to_vec()),
+            Err(status) => Err(status),
+        },
+        _ => Err(Status::new(Code::Unimplemented, "not used")),
+    };
+    Ok(match reply {
+        Ok(message) => message_response(&message),
+        Err(status) => status_only(status),
+    })
+}
+
+fn grpc_response(
+    frames: Vec<Result<Frame<Bytes>, Infallible>>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let mut response = Response::new(StreamBody::new(futures::stream::iter(frames)));
+    *response.headers_mut() = headers;
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// A reply: the message, then the OK status in the trailers.
+fn message_response(message: &[u8]) -> Response<Body> {
+    let mut frame = BytesMut::with_capacity(5 + message.len());
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(message.len()).expect("small message"));
+    frame.put_slice(message);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    grpc_response(
+        vec![
+            Ok(Frame::data(frame.freeze())),
+            Ok(Frame::trailers(trailers)),
+        ],
+        HeaderMap::new(),
+    )
+}
+
+/// An error: a trailers-only reply, the status in the headers and no body.
+fn status_only(status: Status) -> Response<Body> {
+    let mut headers = HeaderMap::new();
+    headers.insert("grpc-status", HeaderValue::from(status.code as i32));
+    headers.insert(
+        "grpc-message",
+        HeaderValue::from_str(&status.message).expect("a header value"),
+    );
+    grpc_response(Vec::new(), headers)
 }
 
 /// Serves `runtime` on `socket` until the test ends.
 fn serve(runtime: FakeRuntime, socket: &Path) {
     let listener = UnixListener::bind(socket).expect("bind");
-    let incoming = futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| stream);
-        Some((accepted, listener))
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| handle(runtime.clone(), req));
+                // A connection the client drops ends here; nothing to report.
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
     });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ImageServiceServer::new(runtime))
-            .serve_with_incoming(incoming),
-    );
 }
 
 fn started(dir: &tempfile::TempDir) -> (FakeRuntime, CriImages, PathBuf) {
