@@ -13,3 +13,14 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- define "sps.image" -}}
 {{ .root.Values.image.repository }}/{{ .name }}:{{ .root.Values.image.tag | default .root.Chart.AppVersion }}
 {{- end -}}
+{{- /* The namespace of the configuration bundles; never the release namespace (see values.yaml). */ -}}
+{{- define "sps.configNamespace" -}}
+{{- $ns := .Values.configNamespace.name | default (printf "%s-config" .Release.Namespace) -}}
+{{- if eq $ns .Release.Namespace -}}
+{{- fail "configNamespace.name must differ from the release namespace: the agents may read every Secret in it" -}}
+{{- end -}}
+{{- if gt (len $ns) 63 -}}
+{{- fail (printf "configNamespace %q is longer than 63 characters; set configNamespace.name" $ns) -}}
+{{- end -}}
+{{- $ns -}}
+{{- end -}}
