@@ -127,6 +127,7 @@ if ! grep -q 'x-kubernetes-list-type: map' "$ROOT/crds/nodestaticpods.staticpods
   echo "NOTE: the NodeStaticPods CRD has no list-map on spec.pods; testing --node-write-mode=update"
 fi
 k create namespace sps-system >/dev/null
+k create namespace sps-config >/dev/null
 k create namespace apps >/dev/null
 k apply -f "$ROOT/operator/tests/rbac.yaml" >/dev/null
 
@@ -168,7 +169,7 @@ PY
 # --- the operator ------------------------------------------------------------------------------
 (cd "$ROOT" && cargo build -q -p staticpodset-operator)
 KUBECONFIG=$WORK/operator.kubeconfig POD_NAME=op-test RUST_LOG=info,staticpodset_operator=debug \
-  "$CARGO_TARGET_DIR/debug/staticpodset-operator" --lease-namespace sps-system \
+  "$CARGO_TARGET_DIR/debug/staticpodset-operator" --lease-namespace sps-system --config-namespace sps-config \
   --http-addr "127.0.0.1:$HTTP_PORT" --node-write-mode "$MODE" --lease-duration 6 >operator.log 2>&1 &
 OPERATOR_PID=$!
 PIDS+=("$OPERATOR_PID")
@@ -389,7 +390,7 @@ EOF
 conf_set conf web-conf
 # The config hash of the revision the set asks for, from the revision object's label.
 config_hash() { k -n apps get spr "$1-$(jp "$1" '{.status.updateRevision}')" -o jsonpath='{.metadata.labels.staticpods\.dev/config-hash}' 2>/dev/null; }
-bundle_value() { k -n sps-system get secret "staticpodset.apps.$1.$2" -o jsonpath="{.data.$3}" 2>/dev/null | base64 -d; }
+bundle_value() { k -n sps-config get secret "staticpodset.apps.$1.$2" -o jsonpath="{.data.$3}" 2>/dev/null | base64 -d; }
 has_bundle() { [[ -n $(config_hash conf) && $(bundle_value conf "$(config_hash conf)" 'conf\.greeting') == "$1" ]]; }
 eventually 15 "a set with configMap and secret volumes gets a bundle with the data" has_bundle hello
 h1=$(config_hash conf)
@@ -407,7 +408,7 @@ for name in ("conf", "tls", "extra"):
 python3 -c "$check_volumes" "$h1" <<<"$manifest" \
   || fail "rendered config volumes: $manifest"
 ok "the manifest mounts hostPath directories at the config hash and references no object"
-bundle=$(k -n sps-system get secret "staticpodset.apps.conf.$h1" -o jsonpath='{.immutable}/{.metadata.labels.staticpods\.dev/set-namespace}/{.data.tls\.tls\.key}')
+bundle=$(k -n sps-config get secret "staticpodset.apps.conf.$h1" -o jsonpath='{.immutable}/{.metadata.labels.staticpods\.dev/set-namespace}/{.data.tls\.tls\.key}')
 [[ $bundle == "true/apps/$(printf s3cret | base64)" ]] \
   || fail "bundle: $bundle"
 ok "the bundle is immutable, labelled with its set, and holds the Secret's key too"
@@ -417,7 +418,7 @@ eventually 15 "a changed ConfigMap becomes a new revision with a new bundle" has
   || fail "after the ConfigMap change: hash $(config_hash conf), revision $(jp conf '{.status.updateRevisionNumber}')"
 ok "new config hash, revision 2"
 agent node-a && agent node-b
-old_bundle_gone() { ! k -n sps-system get secret "staticpodset.apps.conf.$h1" >/dev/null 2>&1; }
+old_bundle_gone() { ! k -n sps-config get secret "staticpodset.apps.conf.$h1" >/dev/null 2>&1; }
 eventually 15 "once no revision names the old config hash, its bundle is deleted" old_bundle_gone
 conf_set late missing-conf
 reason_is() { is late '{.status.conditions[?(@.type=="Valid")].reason}' "$1"; }
@@ -432,7 +433,7 @@ agent node-a && agent node-b
 k -n apps delete sps conf late --wait=false >/dev/null
 eventually 10 "deleting the sets removes their entries" has_entries node-a ''
 agent node-a
-no_bundles() { [[ -z $(k -n sps-system get secrets -l staticpods.dev/set-namespace=apps -o name) ]]; }
+no_bundles() { [[ -z $(k -n sps-config get secrets -l staticpods.dev/set-namespace=apps -o name) ]]; }
 eventually 20 "deleting the sets deletes their bundles" no_bundles
 config_reads() { metric "staticpodset_operator_config_reads_total{source=\"$1\"}"; }
 api_reads=$(config_reads api) cache_reads=$(config_reads cache)

@@ -76,8 +76,8 @@ for n in "$A" "$B"; do
     fail "modes and owners on $n (token, its directory, greeting): $got"
 done
 ok "on both nodes: files under <resources>/<node>/$E2E_NS/conf/$h1/, Secret file 0600 root:root in a 0700 directory, ConfigMap file 0644"
-bundle() { kubectl get secret -n "$RELEASE_NS" "staticpodset.$E2E_NS.conf.$1" -o name 2>/dev/null; }
-[[ -n $(bundle "$h1") ]] || fail "no bundle staticpodset.$E2E_NS.conf.$h1 in $RELEASE_NS"
+bundle() { kubectl get secret -n "$CONFIG_NS" "staticpodset.$E2E_NS.conf.$1" -o name 2>/dev/null; }
+[[ -n $(bundle "$h1") ]] || fail "no bundle staticpodset.$E2E_NS.conf.$h1 in $CONFIG_NS"
 kubectl get pod -n "$E2E_NS" "conf-$A" -o json | grep -Eq '"(configMap|secret)":' &&
   fail "the mirror pod references a ConfigMap or Secret"
 ok "the mirror pod references no ConfigMap or Secret; the data is in bundle staticpodset.$E2E_NS.conf.$h1"
@@ -113,8 +113,8 @@ kubectl delete sps conf -n "$E2E_NS" --wait=true --timeout=120s >/dev/null || fa
 set_dirs_gone() { [[ ! -e $(resources_dir "$A")/$E2E_NS/conf && ! -e $(resources_dir "$B")/$E2E_NS/conf ]]; }
 wait_for "the set's resource directories are removed" 60 set_dirs_gone ||
   fail "left behind: $(find "$(resources_dir "$A")" "$(resources_dir "$B")" 2>&1)"
-no_bundles() { [[ -z $(kubectl get secrets -n "$RELEASE_NS" -l "staticpods.dev/set-namespace=$E2E_NS,staticpods.dev/set-name=conf" -o name) ]]; }
-wait_for "the set's bundles are deleted" 30 no_bundles || fail "bundles left: $(kubectl get secrets -n "$RELEASE_NS" -o name)"
+no_bundles() { [[ -z $(kubectl get secrets -n "$CONFIG_NS" -l "staticpods.dev/set-namespace=$E2E_NS,staticpods.dev/set-name=conf" -o name) ]]; }
+wait_for "the set's bundles are deleted" 30 no_bundles || fail "bundles left: $(kubectl get secrets -n "$CONFIG_NS" -o name)"
 ok "deleting the set removed its resource directories on both nodes and its bundles"
 
 echo "70-config-files: $passed passed, 0 failed"

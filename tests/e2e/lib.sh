@@ -9,6 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/cluster/lib/common.sh"
 
 RELEASE=${RELEASE:-sps}
 RELEASE_NS=${RELEASE_NS:-staticpodset-system}
+# The configuration bundles' namespace (the chart's configNamespace; holds nothing else).
+CONFIG_NS=${CONFIG_NS:-$RELEASE_NS-config}
 PRODUCT_IMAGES=$CACHE_DIR/product-images
 E2E_NS=${E2E_NS:-sps-e2e}
 # The chart's agent.httpPort: the agents' /metrics.
@@ -61,6 +63,7 @@ install_product() {
     --set agent.staticPodURL.enabled=true --set agent.staticPodURL.port="$STATIC_POD_URL_PORT" \
     --set agent.staticPodURL.hostIP= --set agent.staticPodURL.requiredHeader.name="$STATIC_POD_URL_HEADER" \
     --set agent.staticPodURL.requiredHeader.secretName=sps-static-pod-url \
+    --set configNamespace.name="$CONFIG_NS" \
     --set image.tag=dev --set image.pullPolicy=Never \
     --set agent.manifestDir="$MANIFESTS_ROOT" --set agent.manifestSubPathExpr='$(NODE_NAME)' \
     --set agent.resourcesDir="$RESOURCES_ROOT" --set agent.resourcesSubPathExpr='$(NODE_NAME)' \
