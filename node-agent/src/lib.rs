@@ -7,6 +7,8 @@
 //! the edges ([`manifest_dir`], [`resources_dir`], [`dir_watcher`], [`api_reads`],
 //! [`config_bundles`], [`cri`], [`url_mode`], [`url_source`], [`http`]); [`agent`] wires the loop.
 
+#![deny(missing_docs)]
+
 pub mod agent;
 pub mod api_reads;
 pub mod blocking;
