@@ -159,6 +159,11 @@ pub struct StaticPodSetStatus {
     /// Selected nodes that report a problem (a conflict, a write error, no mirror pod).
     #[serde(default)]
     pub number_misscheduled: i32,
+    /// Nodes the selector matches that the set leaves out because the template does not
+    /// tolerate their `NoSchedule` or `NoExecute` taints (as a DaemonSet would); not counted in
+    /// `desiredNumberScheduled`. The `NodesExcluded` condition names them.
+    #[serde(default)]
+    pub number_excluded_by_taints: i32,
     /// The revision (a hash of the rendered pod) the set currently asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_revision: Option<String>,

@@ -26,6 +26,9 @@ pub const VALID: &str = "Valid";
 /// Condition type, present only after a refused `staticpods.dev/rollback-to`: why it was refused.
 /// It stays until the spec changes.
 pub const ROLLBACK_FAILED: &str = "RollbackFailed";
+/// Condition type, present only while some selected node is left out because the template does
+/// not tolerate its taints: which nodes, and which taints.
+pub const NODES_EXCLUDED: &str = "NodesExcluded";
 
 // --- Reasons of Available ---
 
@@ -82,6 +85,12 @@ pub const REASON_CONFIG_NOT_FOUND: &str = "ConfigNotFound";
 /// Reason of `Valid=False` when a ConfigMap or Secret cannot become files (a key or the total
 /// size).
 pub const REASON_INVALID_CONFIG: &str = "InvalidConfig";
+
+// --- Reasons of NodesExcluded ---
+
+/// Reason of `NodesExcluded=True`: the template does not tolerate a `NoSchedule` taint of a
+/// node it does not run on yet, or a `NoExecute` taint.
+pub const REASON_UNTOLERATED_TAINTS: &str = "UntoleratedTaints";
 
 // --- Reasons of RollbackFailed (and of the Warning Event of a refused rollback) ---
 
@@ -190,6 +199,8 @@ pub struct SetFacts<'a> {
     pub problems: &'a [(&'a str, String)],
     /// A rollback this reconcile refused.
     pub rollback_failed: Option<&'a RollbackProblem>,
+    /// `(node, untolerated taints)` for the selected nodes the taints leave out.
+    pub excluded: &'a [(String, String)],
 }
 
 /// Every condition of the set's status: the rollout's (or, without one, what an invalid or
@@ -308,8 +319,26 @@ pub fn set_conditions(
             .filter(|c| c.observed_generation == facts.generation)
             .cloned(),
     };
+    let excluded = (!facts.excluded.is_empty()).then(|| {
+        let shown: Vec<String> = facts
+            .excluded
+            .iter()
+            .take(MAX_NODES_IN_MESSAGE)
+            .map(|(node, taints)| format!("{node} ({taints})"))
+            .collect();
+        let mut message = format!(
+            "{} selected but left out for taints the template does not tolerate: {}",
+            plural(facts.excluded.len(), "node"),
+            shown.join(", ")
+        );
+        if facts.excluded.len() > shown.len() {
+            message.push_str(&format!(" and {} more", facts.excluded.len() - shown.len()));
+        }
+        cond(NODES_EXCLUDED, "True", REASON_UNTOLERATED_TAINTS, message)
+    });
     let mut conditions = vec![available, progressing, degraded, valid];
     conditions.extend(rollback_failed);
+    conditions.extend(excluded);
     conditions
 }
 

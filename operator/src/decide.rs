@@ -32,6 +32,7 @@ use crate::revisions;
 use crate::rollout::{plan_rollout, NodeFacts, NodeFailure, RolloutInput, Strategy};
 use crate::rollout_state::{self, strategy_of};
 use crate::status::{self, NodeState, Notice, Observed};
+use crate::taints;
 
 /// The shortest wait before a rollout's clock is looked at again.
 const MIN_REQUEUE: Duration = Duration::from_secs(1);
@@ -195,7 +196,9 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
             previous.and_then(|s| s.update_revision_number),
         ),
     };
-    let matched = match &evaluation.selector {
+    let nodes_by_name: BTreeMap<String, &Node> =
+        nodes.iter().map(|n| (n.name_any(), &**n)).collect();
+    let mut matched = match &evaluation.selector {
         Some(selector) => planner::matched(name, selector, nodes),
         // Without a usable selector, the nodes that carry the set are the ones it is on.
         None => objects
@@ -207,8 +210,27 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
             })
             .collect(),
     };
-    let nodes_by_name: BTreeMap<String, &Node> =
-        nodes.iter().map(|n| (n.name_any(), &**n)).collect();
+    // Taints leave selected nodes out, as for a DaemonSet; with no usable selector the nodes
+    // already carrying the set are kept as they are.
+    let mut excluded: Vec<(String, String)> = Vec::new();
+    if evaluation.selector.is_some() {
+        let tolerations = taints::daemon_tolerations(set.spec.template.spec.as_ref());
+        matched.retain(|m| {
+            let Some(node) = nodes_by_name.get(&m.name) else {
+                return true;
+            };
+            let running = objects
+                .get(&m.name)
+                .is_some_and(|o| entry_of(o, namespace, name).is_some());
+            let left = taints::untolerated(&tolerations, node, running);
+            if left.is_empty() {
+                return true;
+            }
+            let described: Vec<String> = left.into_iter().map(taints::describe).collect();
+            excluded.push((m.name.clone(), described.join(", ")));
+            false
+        });
+    }
     let facts: Vec<NodeFacts> = matched
         .iter()
         .filter(|m| m.name_problem.is_none())
@@ -267,6 +289,7 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
         revision_number,
         invalid: evaluation.rendered.as_ref().err().cloned(),
         rollback_failed: snapshot.rollback_failed.cloned(),
+        excluded: &excluded,
         nodes: matched
             .iter()
             .map(|m| NodeState {
@@ -655,5 +678,79 @@ mod tests {
             ("a", true)
         );
         assert_eq!(d.status.desired_number_scheduled, 0);
+    }
+
+    fn tainted(name: &str, key: &str, effect: &str) -> Arc<Node> {
+        let mut node = (*ready_node(name)).clone();
+        node.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            taints: Some(vec![k8s_openapi::api::core::v1::Taint {
+                key: key.into(),
+                effect: effect.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        Arc::new(node)
+    }
+
+    #[test]
+    fn taints_leave_nodes_out_as_for_a_daemonset() {
+        let cp = "node-role.kubernetes.io/control-plane";
+        let nodes = vec![
+            ready_node("a"),
+            tainted("b", cp, "NoSchedule"),
+            tainted("c", "dedicated", "NoExecute"),
+        ];
+        let set = named_set("img:1");
+        let (_, d) = decide_for(&set, &nodes, &BTreeMap::new());
+        let written: Vec<&str> = d.writes.iter().map(|w| w.node.as_str()).collect();
+        assert_eq!(written, ["a"]);
+        assert_eq!(d.status.desired_number_scheduled, 1);
+        assert_eq!(d.status.number_excluded_by_taints, 2);
+        let excluded = find_condition(Some(&d.status), NODES_EXCLUDED).unwrap();
+        assert_eq!(excluded.reason, REASON_UNTOLERATED_TAINTS);
+        assert!(
+            excluded
+                .message
+                .contains("b (node-role.kubernetes.io/control-plane:NoSchedule)")
+                && excluded.message.contains("c (dedicated:NoExecute)"),
+            "{}",
+            excluded.message
+        );
+
+        // Already running on b and c: NoSchedule keeps it, NoExecute takes it away.
+        let rendered = evaluate(&set, "ns", "vip", &Ok(None)).rendered.unwrap();
+        let objects: BTreeMap<String, Arc<NodeStaticPods>> = ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    running(n, rendered.assigned_pod("ns", "vip")),
+                )
+            })
+            .collect();
+        let (_, d) = decide_for(&set, &nodes, &objects);
+        let removed: Vec<&str> = d
+            .writes
+            .iter()
+            .filter(|w| w.entry.is_none())
+            .map(|w| w.node.as_str())
+            .collect();
+        assert_eq!(removed, ["c"]);
+        assert_eq!(d.status.desired_number_scheduled, 2);
+
+        // A toleration lets the set onto the control-plane node.
+        let mut tolerating = named_set("img:1");
+        tolerating.spec.template.spec.as_mut().unwrap().tolerations =
+            Some(vec![k8s_openapi::api::core::v1::Toleration {
+                key: Some(cp.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoSchedule".into()),
+                ..Default::default()
+            }]);
+        let (_, d) = decide_for(&tolerating, &nodes, &BTreeMap::new());
+        let written: Vec<&str> = d.writes.iter().map(|w| w.node.as_str()).collect();
+        assert_eq!(written, ["a", "b"]);
+        assert_eq!(d.status.number_excluded_by_taints, 1);
     }
 }

@@ -8,7 +8,7 @@
 //! Pure logic (tested without a server): [`decide`] (one reconcile), [`rollout`] (the rolling-update
 //! planner) with [`rollout_state`] (its input and output), [`planner`] (node-object writes),
 //! [`conditions`] (every condition and reason the set shows), [`status`], [`render`],
-//! [`revisions`], [`node_match`], [`deletion`], [`triggers`]. What a static pod may contain is
+//! [`revisions`], [`node_match`], [`taints`], [`deletion`], [`triggers`]. What a static pod may contain is
 //! decided by the API crate's `validation` module, shared with the CRD's CEL rules. I/O, kept
 //! thin: [`controller`] (watches, reconcile, error policy), [`node_writes`], [`revision_writes`],
 //! [`rollback`], [`config`] (its reads and bundles), [`node_objects`], [`leader`], [`http`];
@@ -38,6 +38,7 @@ pub mod rollback;
 pub mod rollout;
 pub mod rollout_state;
 pub mod status;
+pub mod taints;
 pub mod telemetry;
 pub mod triggers;
 

@@ -40,7 +40,9 @@ pub struct Observed<'a> {
     pub rollback_failed: Option<RollbackProblem>,
     /// Set when the spec is invalid and nothing is distributed.
     pub invalid: Option<Invalid>,
-    /// Every node the selector matches, in a stable order (by name).
+    /// `(node, its untolerated taints)` for every selected node the taints leave out, by name.
+    pub excluded: &'a [(String, String)],
+    /// Every node the selector matches and the taints let in, in a stable order (by name).
     pub nodes: Vec<NodeState<'a>>,
     /// The rollout planner's view of the targeted nodes; `None` when there is no revision to
     /// roll out (the spec was never valid).
@@ -140,6 +142,7 @@ pub fn aggregate(
             invalid: observed.invalid.as_ref(),
             problems: &problems,
             rollback_failed: observed.rollback_failed.as_ref(),
+            excluded: observed.excluded,
         },
         now,
     );
@@ -154,6 +157,7 @@ pub fn aggregate(
         number_available: count(counts.available),
         number_unavailable: count(counts.unavailable),
         number_misscheduled: count(problems.len()),
+        number_excluded_by_taints: count(observed.excluded.len()),
         update_revision: revision.map(str::to_string),
         update_revision_number: observed.revision_number,
         current_revision,
@@ -288,6 +292,7 @@ mod tests {
             revision_number: Some(2),
             invalid: None,
             rollback_failed: None,
+            excluded: &[],
             nodes,
             rollout: None,
         }
@@ -537,6 +542,7 @@ mod tests {
                 reason: REASON_INVALID_TEMPLATE,
                 problems: vec!["a: bad".into(), "b: worse".into()],
             }),
+            excluded: &[],
             nodes: vec![state("a", Some(&previous_ready))],
             rollout: None,
         };
@@ -567,6 +573,7 @@ mod tests {
                 reason: REASON_INVALID_NODE_SELECTOR,
                 problems: vec!["x".into()],
             }),
+            excluded: &[],
             nodes: vec![],
             rollout: None,
         };
