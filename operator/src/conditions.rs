@@ -80,6 +80,10 @@ pub const REASON_INVALID_TEMPLATE: &str = "InvalidTemplate";
 pub const REASON_INVALID_UPDATE_STRATEGY: &str = "InvalidUpdateStrategy";
 /// Reason of `Valid=False` when only the node selector is unusable.
 pub const REASON_INVALID_NODE_SELECTOR: &str = "InvalidNodeSelector";
+/// Reason of `Valid=False` when the cluster's admission chain (Pod Security,
+/// ValidatingAdmissionPolicies, webhooks, LimitRanger, ResourceQuota, Pod validation) refuses
+/// the set's mirror pod in a server-side dry run; the message is the API server's.
+pub const REASON_ADMISSION_DENIED: &str = "AdmissionDenied";
 /// Reason of `Valid=False` when a ConfigMap or Secret a set needs does not exist.
 pub const REASON_CONFIG_NOT_FOUND: &str = "ConfigNotFound";
 /// Reason of `Valid=False` when a ConfigMap or Secret cannot become files (a key or the total
@@ -113,6 +117,9 @@ pub const EVENT_RECOVERED: &str = "Recovered";
 pub const EVENT_AVAILABLE: &str = "Available";
 /// Normal Event: `staticpods.dev/rollback-to` restored an earlier template.
 pub const EVENT_ROLLED_BACK: &str = "RolledBack";
+/// Warning Event: the admission dry run of the set's mirror pod gave no verdict (the request
+/// failed, or the operator may not create pods); nothing new is handed out until it does.
+pub const EVENT_ADMISSION_CHECK_FAILED: &str = "AdmissionCheckFailed";
 /// Warning Event: a deleted set let go of nodes whose agents did not confirm the removal.
 pub const EVENT_SKIPPED_NODES: &str = "SkippedNodes";
 

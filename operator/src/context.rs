@@ -6,12 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use staticpodset_api::{NodeStaticPods, SetKey, StaticPodRevision, StaticPodSet};
 
+use crate::admission::VerdictCache;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::node_writes::WriteMode;
@@ -39,6 +41,15 @@ pub struct Settings {
     pub config_namespace: String,
 }
 
+/// The reflector stores a [`Context`] reads: sets, Nodes, node objects, revisions, Namespaces.
+pub type Stores = (
+    Store<StaticPodSet>,
+    Store<Node>,
+    Store<NodeStaticPods>,
+    Store<StaticPodRevision>,
+    Store<PartialObjectMeta<Namespace>>,
+);
+
 /// Everything a reconcile needs. One per leadership term; no global state.
 pub struct Context {
     /// API client.
@@ -61,6 +72,10 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<StaticPodSet>, u32>>,
     /// Data of the ConfigMaps and Secrets sets name, while unchanged.
     pub config_cache: Arc<config::ConfigCache>,
+    /// Cache of Namespaces, metadata only: their labels decide what admission allows.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Admission verdicts on sets' mirror pods, while their revision and namespace are unchanged.
+    pub admission: VerdictCache,
 }
 
 impl Context {
@@ -69,12 +84,7 @@ impl Context {
         client: Client,
         reporter: Reporter,
         metrics: Metrics,
-        stores: (
-            Store<StaticPodSet>,
-            Store<Node>,
-            Store<NodeStaticPods>,
-            Store<StaticPodRevision>,
-        ),
+        stores: Stores,
         settings: Settings,
     ) -> Self {
         Self {
@@ -88,6 +98,8 @@ impl Context {
             settings,
             failures: Mutex::default(),
             config_cache: Arc::default(),
+            namespaces: stores.4,
+            admission: VerdictCache::default(),
         }
     }
 
@@ -112,6 +124,7 @@ impl Context {
     pub(crate) async fn wait_for_stores(&self) -> Result<(), Error> {
         let ready = async {
             self.nodes.wait_until_ready().await.is_ok()
+                && self.namespaces.wait_until_ready().await.is_ok()
                 && self.node_objects.wait_until_ready().await.is_ok()
                 && self.revisions.wait_until_ready().await.is_ok()
         };

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{future, stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
@@ -30,7 +31,12 @@ use staticpodset_api::{NodeStaticPods, SetKey, StaticPodRevision, StaticPodSet};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::conditions::{EVENT_SKIPPED_NODES, REASON_PROGRESS_DEADLINE_EXCEEDED};
+use crate::admission::{self, Verdict};
+use crate::admission_check;
+use crate::conditions::{
+    Invalid, EVENT_ADMISSION_CHECK_FAILED, EVENT_SKIPPED_NODES, REASON_ADMISSION_DENIED,
+    REASON_PROGRESS_DEADLINE_EXCEEDED,
+};
 use crate::config;
 use crate::context::{Context, Settings};
 use crate::decide::{decide, evaluate, Snapshot};
@@ -65,6 +71,7 @@ pub async fn run(
     let (nodes, nodes_writer) = reflector::store::<Node>();
     let (objects, objects_writer) = reflector::store::<NodeStaticPods>();
     let (revisions, revisions_writer) = reflector::store::<StaticPodRevision>();
+    let (namespaces, namespaces_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
     let controller = Controller::new(
         Api::<StaticPodSet>::all(client.clone()),
         watcher::Config::default().any_semantic(),
@@ -189,6 +196,46 @@ pub async fn run(
     let secret_triggers =
         config_triggers::<Secret>(&client, ConfigKind::Secret, &sets, &config_cache);
 
+    // A namespace whose labels change (its Pod Security level, what policies select) has its
+    // sets' mirror pods judged again. Metadata only.
+    let namespace_triggers = {
+        let sets = sets.clone();
+        let mut tracker = Tracker::default();
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .reflect(namespaces_writer)
+        .filter_map(move |event| {
+            let keys: Vec<SetKey> = match event {
+                Ok(event) => {
+                    let changed: BTreeSet<String> = tracker
+                        .observe(&event, |ns: &PartialObjectMeta<Namespace>| {
+                            admission::labels_fingerprint(
+                                ns.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
+                            )
+                        })
+                        .into_iter()
+                        .filter(|c| c.old.is_some() && c.new.is_some())
+                        .map(|c| c.name)
+                        .collect();
+                    sets.state()
+                        .iter()
+                        .filter(|s| s.namespace().is_some_and(|ns| changed.contains(&ns)))
+                        .map(|s| SetKey::new(s.namespace().unwrap_or_default(), s.name_any()))
+                        .collect()
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "watching Namespaces");
+                    Vec::new()
+                }
+            };
+            future::ready(Some(stream::iter(keys.into_iter().map(set_ref))))
+        })
+        .flatten()
+    };
+
     let mut ctx = Context::new(
         client.clone(),
         reporter,
@@ -198,6 +245,7 @@ pub async fn run(
             nodes.clone(),
             objects.clone(),
             revisions.clone(),
+            namespaces.clone(),
         ),
         settings.clone(),
     );
@@ -210,6 +258,7 @@ pub async fn run(
         .reconcile_on(revision_triggers)
         .reconcile_on(configmap_triggers)
         .reconcile_on(secret_triggers)
+        .reconcile_on(namespace_triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
@@ -227,6 +276,7 @@ pub async fn run(
                 && nodes.wait_until_ready().await.is_ok()
                 && objects.wait_until_ready().await.is_ok()
                 && revisions.wait_until_ready().await.is_ok()
+                && namespaces.wait_until_ready().await.is_ok()
             {
                 tracing::info!("caches synced");
                 health.set_synced(true);
@@ -400,8 +450,29 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
         })?;
         config::resolve(namespace, &config_volumes, &fetched)
     };
-    let evaluation = evaluate(set, namespace, name, &config);
+    let mut evaluation = evaluate(set, namespace, name, &config);
     let config = config.ok().flatten();
+    // Before the bundle, the revision and any node: a set may run only what a Pod in its
+    // namespace could.
+    let nodes = ctx.nodes.state();
+    if let (Ok(rendered), Some(selector)) = (&evaluation.rendered, &evaluation.selector) {
+        if let Some(node) = admission::representative_node(selector, &nodes) {
+            match admission_check::verdict(ctx, key, rendered, node).await {
+                Ok(Verdict::Admitted) => {}
+                Ok(Verdict::Denied(message)) => {
+                    evaluation.rendered = Err(Invalid {
+                        reason: REASON_ADMISSION_DENIED,
+                        problems: vec![message],
+                    })
+                }
+                Err(error) => {
+                    ctx.publish(set, true, EVENT_ADMISSION_CHECK_FAILED, &error.to_string())
+                        .await;
+                    return Err(error);
+                }
+            }
+        }
+    }
     // The bundle and then the revision object come first: agents read the revision as soon as
     // an entry names it, and the bundle as soon as they have the revision.
     if let (Ok(_), Some(resolved)) = (&evaluation.rendered, &config) {
@@ -429,7 +500,6 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
     // Read after the revision write, as the rollout numbers revisions by the history.
     let history = ctx.history(set, key);
     let objects = ctx.objects_by_name();
-    let nodes = ctx.nodes.state();
     let decision = decide(&Snapshot {
         set,
         key,

@@ -135,6 +135,19 @@ pub enum Error {
     },
 
     /// Restoring a revision's template into the set failed.
+    /// The admission dry run of a set's mirror pod gave no verdict.
+    #[error(
+        "asking the admission chain about the mirror pod of set {set} (a server-side dry run; \
+         nodes keep what they run until it answers): {source}"
+    )]
+    AdmissionCheck {
+        /// The set.
+        set: SetKey,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("rolling back set {set}: {source}")]
     Rollback {
         /// `<namespace>/<name>` of the set.
@@ -177,6 +190,7 @@ impl Error {
             Error::Rollback { .. } => "rollback",
             Error::ConfigRead { .. } => "config_read",
             Error::BundleWrite { .. } => "bundle_write",
+            Error::AdmissionCheck { .. } => "admission_check",
             Error::Finalizer { source, .. } => match source.as_ref() {
                 F::AddFinalizer(_) => "add_finalizer",
                 F::RemoveFinalizer(_) => "remove_finalizer",

@@ -5,15 +5,17 @@
 //! One reconcile reads the caches into a [`decide::Snapshot`], lets the pure [`decide`] make
 //! the [`decide::Decision`], and has [`controller`] carry it out.
 //!
-//! Pure logic (tested without a server): [`decide`] (one reconcile), [`rollout`] (the rolling-update
+//! Pure logic (tested without a server): [`decide`] (one reconcile), [`admission`] (the mirror pod the cluster must admit), [`rollout`] (the rolling-update
 //! planner) with [`rollout_state`] (its input and output), [`planner`] (node-object writes),
 //! [`conditions`] (every condition and reason the set shows), [`status`], [`render`],
 //! [`revisions`], [`node_match`], [`taints`], [`deletion`], [`triggers`]. What a static pod may contain is
 //! decided by the API crate's `validation` module, shared with the CRD's CEL rules. I/O, kept
-//! thin: [`controller`] (watches, reconcile, error policy), [`node_writes`], [`revision_writes`],
+//! thin: [`controller`] (watches, reconcile, error policy), [`admission_check`], [`node_writes`], [`revision_writes`],
 //! [`rollback`], [`config`] (its reads and bundles), [`node_objects`], [`leader`], [`http`];
 //! [`context`] holds what a reconcile is given.
 
+pub mod admission;
+pub mod admission_check;
 pub mod cli;
 pub mod conditions;
 pub mod config;

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub config_reads: IntCounterVec,
     /// Configuration bundle Secrets created and deleted, by operation: `create`, `delete`.
     pub bundle_writes: IntCounterVec,
+    /// Admission dry runs of sets' mirror pods, by result.
+    pub admission_checks: IntCounterVec,
 }
 
 impl Metrics {
@@ -109,6 +111,17 @@ impl Metrics {
             ),
             &["op"],
         )?;
+        let admission_checks = IntCounterVec::new(
+            Opts::new(
+                "staticpodset_operator_admission_checks_total",
+                "Verdicts on sets' mirror pods by the cluster's admission chain, by result: admitted \
+                 and denied (a server-side dry run), cached (a verdict reused), error (no verdict)",
+            ),
+            &["result"],
+        )?;
+        for result in ["admitted", "denied", "cached", "error"] {
+            admission_checks.with_label_values(&[result]);
+        }
         for source in ["api", "cache"] {
             config_reads.with_label_values(&[source]);
         }
@@ -118,6 +131,7 @@ impl Metrics {
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(config_reads.clone()))?;
         registry.register(Box::new(bundle_writes.clone()))?;
+        registry.register(Box::new(admission_checks.clone()))?;
         Ok(Self {
             registry,
             reconciles,
@@ -130,6 +144,7 @@ impl Metrics {
             leader,
             config_reads,
             bundle_writes,
+            admission_checks,
         })
     }
 
