@@ -404,6 +404,15 @@ mod tests {
     }
 
     #[test]
+    fn known_rendered_revision_value() {
+        // Pinned from the implementation before the digest moved into the API crate: a rendered
+        // set keeps its revision across that move (and any later one), so no node restarts its
+        // pod on upgrade.
+        assert_eq!(render("kube-system", "vip", &template()).unwrap().revision, "1fdd584077");
+        assert_eq!(revision_of(&Value::String("ns/vip".into())), "3fd4bc2a74");
+    }
+
+    #[test]
     fn naming_rule() {
         assert_eq!(mirror_pod_name("vip", "Node-1"), "vip-node-1");
         let node = "n".repeat(50);
