@@ -55,6 +55,7 @@ pub async fn verdict(
         field_manager: Some(OPERATOR_MANAGER.into()),
     };
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let asked = Instant::now();
     let verdict = match api.create(&params, &pod).await {
         Ok(_) => Verdict::Admitted,
         Err(error) => match admission::classify(&error) {
@@ -83,6 +84,7 @@ pub async fn verdict(
         revision = %rendered.revision,
         node = node.metadata.name.as_deref().unwrap_or_default(),
         result,
+        elapsed_ms = asked.elapsed().as_millis() as u64,
         "admission dry run of the mirror pod"
     );
     ctx.admission.put(cache_key, verdict.clone(), now);
