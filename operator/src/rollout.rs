@@ -19,7 +19,7 @@
 //! that a node that was down before the rollout is not joined by another. Handing a revision to a
 //! node that is unavailable anyway costs nothing; handing it to an available node costs one.
 //!
-//! # Decisions where the issue is silent
+//! # Decisions where Kubernetes has no rule to copy
 //!
 //! - **maxUnavailable** as a percentage is of the targeted nodes, rounded up; a result of 0 (from
 //!   `0` or `0%`) becomes 1 whenever a node is targeted. That is what the DaemonSet controller does
@@ -451,7 +451,7 @@ pub fn plan_rollout(input: &RolloutInput) -> RolloutPlan {
                 .collect();
             // Worst off first, then oldest revision, then the stable order. Only the order among
             // available nodes decides anything (unavailable ones are all handed the revision),
-            // but the whole order is kept so the rule reads as the issue states it.
+            // but the whole order is kept so the rule reads as the module docs state it.
             candidates.sort_by_key(|&i| {
                 let tier = match (&facts[i].health, &observed[i]) {
                     (NodeHealth::Ready { .. }, Some(_)) => 0,

@@ -895,7 +895,7 @@ impl Sim {
         self.input.now.as_second()
     }
 
-    /// Unavailable nodes by the definition, worked out apart from the planner.
+    /// Unavailable nodes by the module docs' definition, worked out apart from the planner.
     fn unavailable(&self) -> BTreeSet<String> {
         let now = self.now();
         let min_ready = i64::from(self.input.strategy.min_ready_seconds);
