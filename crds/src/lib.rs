@@ -12,11 +12,14 @@
 //! wherever a CRD is needed (see [`crds`] for why).
 //!
 //! [`validation`] holds what a static pod may not contain, as CEL rules in the CRD and as Rust.
+//! [`digest`] is the content address of a rendered pod, computed by the operator and checked by
+//! the agent.
 
 #![deny(missing_docs)]
 
 pub mod config_files;
 mod crd_schema;
+pub mod digest;
 pub mod duration;
 pub mod keys;
 pub mod node_static_pods;

@@ -49,6 +49,15 @@ pub struct AssignedPod {
     // nothing for an entry without it, and the operator rewrites such entries.
     #[serde(default)]
     pub revision_name: String,
+    /// The full content digest of the revision's manifest (lowercase hex SHA-256, of which
+    /// `revision` is the first 10 characters), from the operator's own rendering or from the
+    /// StaticPodRevision it created. The agent writes or serves the manifest only if it has this
+    /// digest: whoever can create StaticPodRevisions cannot make the node run a pod the operator
+    /// did not render. Absent for revisions from operators that did not record a digest; the
+    /// agent then checks the 10-character `revision` only, which a determined forger can match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub digest: Option<String>,
     /// The file name in the kubelet's staticPodPath.
     pub file_name: String,
     /// When the node was handed `revision`: the start of its progress deadline.

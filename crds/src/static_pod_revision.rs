@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.digest) || self.digest.startsWith(self.hash)",
+    "message": "digest must begin with hash: the hash is the digest's first 10 characters",
+}]))]
 pub struct StaticPodRevisionSpec {
     /// The StaticPodSet (in the same namespace) this is a revision of. Immutable.
     #[schemars(extend("x-kubernetes-validations" = [immutable("setName")]))]
@@ -53,6 +57,19 @@ pub struct StaticPodRevisionSpec {
         extend("x-kubernetes-validations" = [immutable("manifest")])
     )]
     pub manifest: serde_json::Value,
+
+    /// The full content digest of `manifest`: the lowercase hex SHA-256 (64 characters) of the
+    /// rendered pod without its revision annotation, of which `hash` is the first 10 characters.
+    /// Written by the operator when it creates the revision; absent from revisions created by
+    /// operators from before it. The operator copies it into the NodeStaticPods entries that name
+    /// this revision, and node agents write or serve the manifest only if its digest is the
+    /// entry's. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[0-9a-f]{64}$"),
+        extend("x-kubernetes-validations" = [immutable("digest")])
+    )]
+    pub digest: Option<String>,
 }
 
 /// The CEL transition rule that keeps field `name` as it was created.
@@ -100,5 +117,30 @@ mod tests {
             spec["properties"]["template"]["x-kubernetes-preserve-unknown-fields"],
             true
         );
+    }
+
+    #[test]
+    fn the_digest_is_optional_immutable_and_extends_the_hash() {
+        let crd = serde_json::to_value(StaticPodRevision::crd()).expect("CRD serializes");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let digest = &spec["properties"]["digest"];
+        assert_eq!(digest["pattern"], "^[0-9a-f]{64}$");
+        assert_eq!(
+            digest["x-kubernetes-validations"][0]["rule"],
+            "self == oldSelf"
+        );
+        // Revisions created before the field existed have none.
+        let required = spec["required"].as_array().expect("required");
+        assert!(!required.iter().any(|f| f == "digest"), "{required:?}");
+        assert_eq!(
+            spec["x-kubernetes-validations"][0]["rule"],
+            "!has(self.digest) || self.digest.startsWith(self.hash)"
+        );
+        let old: StaticPodRevisionSpec = serde_json::from_value(serde_json::json!({
+            "setName": "s", "revision": 1, "hash": "h", "template": {}, "manifest": {}
+        }))
+        .expect("a revision without a digest parses");
+        assert_eq!(old.digest, None);
+        assert!(serde_json::to_value(&old).expect("serializes")["digest"].is_null());
     }
 }

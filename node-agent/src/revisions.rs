@@ -297,6 +297,7 @@ pub(crate) mod tests {
                 hash: rev.into(),
                 template: json!({}),
                 manifest: manifest(set, rev),
+                digest: None,
             },
         }
     }

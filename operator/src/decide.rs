@@ -260,12 +260,14 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
         })
     });
     let writes = match (&evaluation.selector, &evaluation.rendered, &rollout) {
-        (Some(_), Ok(_), Some(rollout)) => {
+        (Some(_), Ok(rendered), Some(rollout)) => {
             let current: BTreeMap<String, AssignedPod> = objects
                 .iter()
                 .filter_map(|(node, o)| Some((node.clone(), entry_of(o, namespace, name)?.clone())))
                 .collect();
-            let wanted = rollout_state::desired_entries(rollout, namespace, name, &current, now);
+            let digests = rollout_state::revision_digests(snapshot.history, rendered, &current);
+            let wanted =
+                rollout_state::desired_entries(rollout, namespace, name, &current, &digests, now);
             planner::writes(namespace, name, &matched, &wanted, nodes, objects)
         }
         _ => Vec::new(),

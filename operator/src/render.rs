@@ -5,12 +5,14 @@
 //! only per-node question is whether the mirror pod's name is acceptable ([`name_problem`]).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use staticpodset_api::digest::manifest_digest;
+// Re-exported: the operator hashes other things (configuration bundles, long field managers) the
+// same way, and the agent checks manifests with this very implementation.
+pub use staticpodset_api::digest::{canonical_json, revision_of, REVISION_LEN};
 use staticpodset_api::keys::{
     manifest_file_name, revision_object_name, ANNOTATION_REVISION, ANNOTATION_SET, LABEL_SET_NAME,
 };
@@ -22,16 +24,15 @@ use staticpodset_api::AssignedPod;
 /// silently differs from its name.
 pub const MAX_MIRROR_POD_NAME: usize = 63;
 
-/// Number of hex characters of the SHA-256 kept as the revision: 40 bits, so an accidental
-/// collision between two revisions of one set is not a practical concern.
-pub const REVISION_LEN: usize = 10;
-
 /// A set rendered at one revision.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rendered {
     /// First [`REVISION_LEN`] hex characters of the SHA-256 of the canonical manifest without its
-    /// revision annotation.
+    /// revision annotation: the first characters of `digest`.
     pub revision: String,
+    /// The full digest of the manifest ([`manifest_digest`]): what nodes check the manifest
+    /// against before they run it.
+    pub digest: String,
     /// The complete Pod manifest, revision annotation included.
     pub manifest: Value,
     /// The file the agent writes it to.
@@ -47,6 +48,7 @@ impl Rendered {
             set_name: name.to_string(),
             revision: self.revision.clone(),
             revision_name: revision_object_name(name, &self.revision),
+            digest: Some(self.digest.clone()),
             file_name: self.file_name.clone(),
             ..Default::default()
         }
@@ -106,7 +108,8 @@ pub fn render(
         set: format!("{namespace}/{name}"),
         message: e.to_string(),
     })?;
-    let revision = revision_of(&manifest);
+    let digest = manifest_digest(&manifest);
+    let revision = digest.chars().take(REVISION_LEN).collect::<String>();
     let annotations = manifest
         .pointer_mut("/metadata/annotations")
         .and_then(Value::as_object_mut)
@@ -120,63 +123,10 @@ pub fn render(
     );
     Ok(Rendered {
         revision,
+        digest,
         manifest,
         file_name: manifest_file_name(namespace, name),
     })
-}
-
-/// The revision of a manifest: the first [`REVISION_LEN`] hex characters of the SHA-256 of its
-/// canonical JSON. Key order and whitespace never change it; any value does.
-pub fn revision_of(manifest: &Value) -> String {
-    let digest = Sha256::digest(canonical_json(manifest).as_bytes());
-    let mut hex = String::with_capacity(64);
-    for byte in digest {
-        let _ = write!(hex, "{byte:02x}");
-    }
-    hex.truncate(REVISION_LEN);
-    hex
-}
-
-/// Serializes JSON with object keys sorted at every level and no whitespace.
-///
-/// We sort explicitly instead of trusting `serde_json::Map` to be a BTreeMap: any crate in the
-/// build can turn on serde_json's `preserve_order` feature, which would silently make revisions
-/// depend on insertion order.
-pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[key], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        // Scalars have exactly one serde_json rendering.
-        scalar => out.push_str(&scalar.to_string()),
-    }
 }
 
 /// The name the kubelet gives the mirror pod: `<set name>-<node name, lowercased>`.
@@ -287,6 +237,25 @@ mod tests {
             .unwrap()
             .remove(ANNOTATION_REVISION);
         assert_eq!(revision_of(&without), r.revision);
+    }
+
+    #[test]
+    fn the_digest_is_of_the_stamped_manifest_and_begins_with_the_revision() {
+        let r = render("ns", "set", &template()).unwrap();
+        assert_eq!(r.digest.len(), 64);
+        assert!(
+            r.digest.starts_with(&r.revision),
+            "{} {}",
+            r.digest,
+            r.revision
+        );
+        // What the agent recomputes from the manifest it is handed, annotation and all.
+        assert_eq!(manifest_digest(&r.manifest), r.digest);
+        assert_eq!(revision_of(&r.manifest), r.revision);
+        assert_eq!(
+            r.assigned_pod("ns", "set").digest.as_deref(),
+            Some(r.digest.as_str())
+        );
     }
 
     #[test]
@@ -408,7 +377,10 @@ mod tests {
         // Pinned from the implementation before the digest moved into the API crate: a rendered
         // set keeps its revision across that move (and any later one), so no node restarts its
         // pod on upgrade.
-        assert_eq!(render("kube-system", "vip", &template()).unwrap().revision, "1fdd584077");
+        assert_eq!(
+            render("kube-system", "vip", &template()).unwrap().revision,
+            "1fdd584077"
+        );
         assert_eq!(revision_of(&Value::String("ns/vip".into())), "3fd4bc2a74");
     }
 

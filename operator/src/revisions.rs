@@ -26,19 +26,22 @@ use crate::conditions::{
 };
 use crate::render::{canonical_json, Rendered};
 
-/// Replaces a cached revision's manifest with its digest ([`manifest_digest`]) and drops its
+/// Replaces a cached revision's manifest with its digest ([`cache_digest`]) and drops its
 /// template and managedFields: the cache then holds a few hundred bytes per revision. The
 /// manifest is only ever compared; the template is read from the API server on rollback.
+/// `spec.digest` stays: it is what nodes are handed to check the manifest against.
 pub fn trim_revision(revision: &mut StaticPodRevision) {
     revision.metadata.managed_fields = None;
     revision.spec.template = Value::Null;
     if !is_digest(&revision.spec.manifest) {
-        revision.spec.manifest = Value::String(manifest_digest(&revision.spec.manifest));
+        revision.spec.manifest = Value::String(cache_digest(&revision.spec.manifest));
     }
 }
 
-/// `sha256:<hex>` of the manifest's canonical JSON.
-pub fn manifest_digest(manifest: &Value) -> String {
+/// `sha256:<hex>` of the manifest's canonical JSON, revision annotation included: what a trimmed
+/// revision keeps of its manifest, to compare whole manifests. Not the content digest nodes check
+/// (`staticpodset_api::digest::manifest_digest`, which leaves the annotation out).
+pub fn cache_digest(manifest: &Value) -> String {
     let digest = Sha256::digest(canonical_json(manifest).as_bytes());
     let mut out = String::with_capacity(DIGEST_PREFIX.len() + 64);
     out.push_str(DIGEST_PREFIX);
@@ -56,11 +59,11 @@ fn is_digest(v: &Value) -> bool {
 
 /// Whether a (possibly trimmed) revision holds exactly `manifest`.
 pub fn holds_manifest(revision: &StaticPodRevision, manifest: &Value) -> bool {
-    let want = manifest_digest(manifest);
+    let want = cache_digest(manifest);
     if is_digest(&revision.spec.manifest) {
         revision.spec.manifest.as_str() == Some(want.as_str())
     } else {
-        manifest_digest(&revision.spec.manifest) == want
+        cache_digest(&revision.spec.manifest) == want
     }
 }
 
@@ -163,11 +166,13 @@ impl Ensure {
 /// Why the history cannot take the rendered pod.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HistoryProblem {
-    /// The object named for the hash holds another manifest: created outside the operator (the
-    /// hash has 40 bits, so not by chance). Revisions are immutable, so it must be deleted.
+    /// The object named for the hash holds another manifest, or another digest: created outside
+    /// the operator (the hash has 40 bits, so not by chance). Revisions are immutable, so it must
+    /// be deleted. No node is handed it meanwhile.
     #[error(
-        "StaticPodRevision {name} holds a different manifest than the one its name promises \
-         (hash {hash}); it was not created by the operator: delete it and the operator recreates it"
+        "StaticPodRevision {name} holds a different manifest or digest than the one its name \
+         promises (hash {hash}); it was not created by the operator: delete it and the operator \
+         recreates it"
     )]
     ForeignContent {
         /// The object's name.
@@ -201,7 +206,17 @@ pub fn ensure(
             number: newest.saturating_add(1),
         });
     };
-    if existing.spec.hash != rendered.revision || !holds_manifest(existing, &rendered.manifest) {
+    // A digest other than ours would be handed to nodes for this revision if it were ever
+    // taken from the object, so it disqualifies the object as much as another manifest does.
+    let other_digest = existing
+        .spec
+        .digest
+        .as_ref()
+        .is_some_and(|d| *d != rendered.digest);
+    if existing.spec.hash != rendered.revision
+        || other_digest
+        || !holds_manifest(existing, &rendered.manifest)
+    {
         return Err(HistoryProblem::ForeignContent {
             name,
             hash: rendered.revision.clone(),
@@ -290,6 +305,7 @@ pub fn revision_object(
             hash: rendered.revision.clone(),
             template,
             manifest: rendered.manifest.clone(),
+            digest: Some(rendered.digest.clone()),
         },
     })
 }
@@ -569,7 +585,7 @@ mod tests {
     #[test]
     fn an_object_with_another_manifest_under_our_name_is_refused() {
         let mut forged = (*revision("img:1", 1)).clone();
-        forged.spec.manifest = Value::String(manifest_digest(&serde_json::json!({"kind": "Pod"})));
+        forged.spec.manifest = Value::String(cache_digest(&serde_json::json!({"kind": "Pod"})));
         let history = vec![Arc::new(forged)];
         assert!(matches!(
             ensure(&history, "vip", &rendered("img:1")),
@@ -578,6 +594,33 @@ mod tests {
         let mut wrong_hash = (*revision("img:1", 1)).clone();
         wrong_hash.spec.hash = "0000000000".into();
         assert!(ensure(&[Arc::new(wrong_hash)], "vip", &rendered("img:1")).is_err());
+    }
+
+    #[test]
+    fn revision_objects_carry_the_digest_and_trimming_keeps_it() {
+        let r = rendered("img:1");
+        let mut obj = revision_object(&set("img:1"), &r, 1).unwrap();
+        assert_eq!(obj.spec.digest.as_deref(), Some(r.digest.as_str()));
+        trim_revision(&mut obj);
+        assert_eq!(obj.spec.digest.as_deref(), Some(r.digest.as_str()));
+    }
+
+    #[test]
+    fn an_object_with_our_manifest_but_another_digest_is_refused() {
+        let mut forged = (*revision("img:1", 1)).clone();
+        forged.spec.digest = Some(rendered("img:2").digest);
+        assert!(matches!(
+            ensure(&[Arc::new(forged)], "vip", &rendered("img:1")),
+            Err(HistoryProblem::ForeignContent { .. })
+        ));
+        // Revisions from before the digest have none, and stay usable.
+        let mut old = (*revision("img:1", 1)).clone();
+        old.spec.digest = None;
+        let history = vec![Arc::new(old)];
+        assert!(matches!(
+            ensure(&history, "vip", &rendered("img:1")),
+            Ok(Ensure::Current { number: 1, .. })
+        ));
     }
 
     #[test]

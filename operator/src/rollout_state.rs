@@ -7,19 +7,22 @@
 //! `lastFailure` (the revision the node last failed, and why).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use staticpodset_api::digest::is_full_digest;
 use staticpodset_api::keys::{manifest_file_name, revision_object_name};
 use staticpodset_api::{
-    AssignedPod, NodeStaticPods, RevisionFailure, StaticPodSetSpec,
+    AssignedPod, NodeStaticPods, RevisionFailure, StaticPodRevision, StaticPodSetSpec,
     DEFAULT_PROGRESS_DEADLINE_SECONDS,
 };
 
 use crate::conditions::REASON_PROGRESS_DEADLINE_EXCEEDED;
 use crate::node_match::ready_condition;
 use crate::planner::{entry_of, report_of};
+use crate::render::Rendered;
 use crate::rollout::{
     Assignment, InvalidMaxUnavailable, MaxUnavailable, MirrorPod, NodeFacts, NodeFailure,
     NodeHealth, RolloutPlan, Strategy,
@@ -104,9 +107,44 @@ pub fn node_facts(
     }
 }
 
-/// The entry each planned node must carry, by node name: the planned revision, the time it was
-/// handed (kept while the revision stays), and the last failure (a new one from this plan, or
-/// the one recorded before: it is history, never cleared).
+/// The full digest nodes are handed with each revision of the set, by revision (hash), from the
+/// sources the operator trusts, each overriding the one before:
+///
+/// 1. the `spec.digest` of the history's revision objects: written by the operator when it
+///    created them, but an object deleted and re-created by someone else carries whatever they
+///    wrote, so this is only the fallback for revisions no node holds an entry of;
+/// 2. the digests in the set's current entries (`current`, by node): node objects' specs are
+///    written by the operator alone, so a revision keeps the digest it was first handed with;
+/// 3. the rendered revision's own digest.
+///
+/// Only well-formed digests that begin with their revision are taken (the CRD admits no other);
+/// a revision without one is handed out without a digest, and nodes then check its 10-character
+/// revision only. So do revision objects from operators that recorded no digest.
+pub fn revision_digests(
+    history: &[Arc<StaticPodRevision>],
+    rendered: &Rendered,
+    current: &BTreeMap<String, AssignedPod>,
+) -> BTreeMap<String, String> {
+    let from_history = history
+        .iter()
+        .filter_map(|r| Some((&r.spec.hash, r.spec.digest.as_ref()?)));
+    let from_entries = current
+        .values()
+        .filter_map(|e| Some((&e.revision, e.digest.as_ref()?)));
+    from_history
+        .chain(from_entries)
+        .chain(std::iter::once((&rendered.revision, &rendered.digest)))
+        .filter(|(revision, digest)| {
+            is_full_digest(digest) && digest.starts_with(revision.as_str())
+        })
+        .map(|(revision, digest)| (revision.clone(), digest.clone()))
+        .collect()
+}
+
+/// The entry each planned node must carry, by node name: the planned revision with its digest
+/// from `digests` (see [`revision_digests`]), the time it was handed (kept while the revision
+/// stays), and the last failure (a new one from this plan, or the one recorded before: it is
+/// history, never cleared).
 ///
 /// Nodes the plan leaves without a revision get no entry.
 pub fn desired_entries(
@@ -114,6 +152,7 @@ pub fn desired_entries(
     namespace: &str,
     name: &str,
     current: &BTreeMap<String, AssignedPod>,
+    digests: &BTreeMap<String, String>,
     now: Timestamp,
 ) -> BTreeMap<String, AssignedPod> {
     let failures: BTreeMap<&str, &NodeFailure> = plan
@@ -144,6 +183,7 @@ pub fn desired_entries(
                 set_name: name.to_string(),
                 revision: revision.to_string(),
                 revision_name: revision_object_name(name, revision),
+                digest: digests.get(revision).cloned(),
                 file_name: manifest_file_name(namespace, name),
                 assigned_time: Some(assigned_time),
                 last_failure,
@@ -287,6 +327,7 @@ mod tests {
             set_name: "set".into(),
             revision: revision.into(),
             revision_name: revision_object_name("set", revision),
+            digest: None,
             file_name: manifest_file_name("ns", "set"),
             assigned_time: assigned.map(|s| Time(at(s))),
             last_failure: failed.map(|r| RevisionFailure {
@@ -356,7 +397,7 @@ mod tests {
             now,
         });
         let current = BTreeMap::from([("n1".to_string(), entry("r2", None, None))]);
-        let desired = desired_entries(&plan, "ns", "set", &current, now);
+        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), now);
         assert_eq!(desired["n1"].assigned_time, Some(Time(now)));
     }
 
@@ -402,7 +443,7 @@ mod tests {
             .iter()
             .map(|(n, o)| (n.clone(), o.spec.pods[0].clone()))
             .collect();
-        let desired = desired_entries(&plan, "ns", "set", &current, at(100));
+        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), at(100));
         assert_eq!(desired["n1"].revision, "r2");
         assert_eq!(desired["n1"].revision_name, "set-r2");
         assert_eq!(desired["n1"].assigned_time, Some(Time(at(100))));
@@ -432,7 +473,7 @@ mod tests {
         let late = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(161));
         let plan = plan_rollout(&input(vec![late], 161, strategy));
         let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
-        let desired = desired_entries(&plan, "ns", "set", &current, at(161));
+        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), at(161));
         let failure = desired["n1"].last_failure.as_ref().unwrap();
         assert_eq!(failure.revision, "r2");
         assert_eq!(failure.reason, "ProgressDeadlineExceeded");
@@ -442,6 +483,74 @@ mod tests {
             Some(Time(at(100))),
             "deadline start kept"
         );
+    }
+
+    /// A digest for revision `revision`: it begins with it, as real ones do.
+    fn digest_of(revision: &str, fill: char) -> String {
+        let mut d = revision.to_string();
+        while d.len() < 64 {
+            d.push(fill);
+        }
+        d
+    }
+
+    fn history_revision(hash: &str, digest: Option<String>) -> Arc<StaticPodRevision> {
+        Arc::new(StaticPodRevision::new(
+            &revision_object_name("set", hash),
+            staticpodset_api::StaticPodRevisionSpec {
+                set_name: "set".into(),
+                revision: 1,
+                hash: hash.into(),
+                digest,
+                ..Default::default()
+            },
+        ))
+    }
+
+    #[test]
+    fn digests_come_from_the_render_then_the_entries_then_the_history() {
+        let rendered = crate::render::render("ns", "set", &crate::fixtures::template("img:2"))
+            .expect("renders");
+        let (r2, d2) = (rendered.revision.clone(), rendered.digest.clone());
+        let (r1, r0, old) = ("aaaaaaaaaa", "bbbbbbbbbb", "cccccccccc");
+        let history = vec![
+            // Re-created by someone else with another digest for the revision n1 runs, and for
+            // the rendered one: the entries and the render win.
+            history_revision(r1, Some(digest_of(r1, 'f'))),
+            history_revision(&r2, Some(digest_of(&r2, 'f'))),
+            // Only the history knows r0's digest.
+            history_revision(r0, Some(digest_of(r0, '0'))),
+            // From an operator that recorded none; and a digest that is not r0's at all.
+            history_revision(old, None),
+            history_revision("dddddddddd", Some(digest_of(r0, '1'))),
+        ];
+        let mut on_n1 = entry(r1, Some(10), None);
+        on_n1.digest = Some(digest_of(r1, '1'));
+        let current = BTreeMap::from([("n1".to_string(), on_n1)]);
+        let digests = revision_digests(&history, &rendered, &current);
+        assert_eq!(
+            digests,
+            BTreeMap::from([
+                (r1.to_string(), digest_of(r1, '1')),
+                (r0.to_string(), digest_of(r0, '0')),
+                (r2.clone(), d2.clone()),
+            ])
+        );
+    }
+
+    #[test]
+    fn entries_carry_the_digest_of_their_revision() {
+        let o = object(Some(entry("r1", Some(10), None)), Some(("r1", true, 20)));
+        let f = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(100));
+        let plan = plan_rollout(&input(vec![f], 100, Strategy::default()));
+        let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
+        let digests = BTreeMap::from([("r2".to_string(), digest_of("r2", '2'))]);
+        let desired = desired_entries(&plan, "ns", "set", &current, &digests, at(100));
+        assert_eq!(desired["n1"].revision, "r2");
+        assert_eq!(desired["n1"].digest, Some(digest_of("r2", '2')));
+        // A revision with no known digest is handed out without one.
+        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), at(100));
+        assert_eq!(desired["n1"].digest, None);
     }
 
     #[test]
