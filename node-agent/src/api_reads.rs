@@ -10,11 +10,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use staticpodset_api::config_files::bundle_name;
 use staticpodset_api::{AssignedPod, SetKey, StaticPodRevision};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config_files::{self, Files};
 use crate::metrics::Metrics;
-use crate::revisions::{RevisionCache, RevisionKey};
+use crate::revisions::{ReadError, RevisionCache, RevisionKey};
 
 /// How long one read may take.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,8 +22,9 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REVISION_READS_IN_FLIGHT: usize = 8;
 
 /// Reads the StaticPodRevisions `entries` name that the cache lacks (and whose retry is due), a few
-/// at a time, each with a deadline. A failed read leaves its entries unavailable (nothing written,
-/// nothing removed) until a later read succeeds.
+/// at a time, each with a deadline. A failed read, or a revision that is not what its entries ask
+/// for (refused, logged as a warning), leaves its entries unavailable (nothing written, nothing
+/// removed) until a later read succeeds.
 pub async fn read_revisions(
     client: &Client,
     metrics: &Metrics,
@@ -55,8 +56,17 @@ pub async fn read_revisions(
         metrics.revision_reads.inc();
         match cache.record(key.clone(), result, entries, Instant::now()) {
             Ok(()) => debug!(namespace = %key.0, name = %key.1, "read revision"),
+            // Not the pod the operator rendered: someone else made this object. Reported as the
+            // set's Error; read again with the backoff, so a repaired object is picked up.
+            Err(ReadError::Refused(refusal)) => {
+                metrics.revision_read_failures.inc();
+                if refusal.is_digest_mismatch() {
+                    metrics.revision_digest_mismatches.inc();
+                }
+                warn!(namespace = %key.0, name = %key.1, %refusal, "refused a StaticPodRevision");
+            }
             // Reported (and logged once) as the set's Pending message; retried every few seconds.
-            Err(message) => {
+            Err(ReadError::Unavailable(message)) => {
                 metrics.revision_read_failures.inc();
                 debug!(%message, "revision not available");
             }

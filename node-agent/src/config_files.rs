@@ -17,7 +17,7 @@ use staticpodset_api::config_files::{
 };
 use staticpodset_api::SetKey;
 
-use crate::dir_plan::{owner, Assignment};
+use crate::dir_plan::{owner, Assignment, Unavailable};
 use crate::manifest_dir::DirScan;
 use crate::served_pods::ServedPods;
 
@@ -208,11 +208,11 @@ pub fn gate(
             let set = SetKey::of(&assignment.entry);
             let localized = match ready.get(&(set.clone(), hash.to_owned())) {
                 Some(Ok(())) => Ok(Arc::new(localize(manifest, &set, hash, host_root))),
-                Some(Err(why)) => Err(why.clone()),
+                Some(Err(why)) => Err(Unavailable::Waiting(why.clone())),
                 // Every needed key is prepared before the gate; a missing one is not in place.
-                None => Err(format!(
+                None => Err(Unavailable::Waiting(format!(
                     "the configuration files of set {set} at {hash} are not prepared yet"
-                )),
+                ))),
             };
             assignment.manifest = localized;
             assignment

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 use staticpodset_api::keys::{manifest_file_name, ANNOTATION_REVISION, ANNOTATION_SET};
-use staticpodset_api::{AssignedPod, SetKey};
+use staticpodset_api::{AssignedPod, ManifestPhase, SetKey};
 
 use crate::manifest_dir::{is_owned_file_name, Action, DirScan, PodKey, ScannedFile};
 use crate::manifest_yaml::to_yaml;
@@ -20,7 +20,7 @@ pub struct Assignment {
     /// The entry from `NodeStaticPods.spec.pods`.
     pub entry: AssignedPod,
     /// The revision's manifest, or why the agent does not have it.
-    pub manifest: Result<Arc<Value>, String>,
+    pub manifest: Result<Arc<Value>, Unavailable>,
 }
 
 impl Assignment {
@@ -30,6 +30,54 @@ impl Assignment {
             entry,
             manifest: Ok(Arc::new(manifest)),
         }
+    }
+}
+
+/// Why an assignment has no manifest to hand to the kubelet this sync. Either way nothing is
+/// written, served or removed for its set: the node keeps what it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Not there yet: the revision is not read (or not readable) yet, or a gate holds it until
+    /// something is in place. Reported as phase Pending, with the text.
+    Waiting(String),
+    /// The agent read the revision and refuses it: it is not what the entry asks for (another
+    /// content digest, say), so not the pod the operator rendered. Reported as phase Error,
+    /// with the text.
+    Refused(String),
+}
+
+impl Unavailable {
+    /// The text for the set's report.
+    pub fn message(&self) -> &str {
+        match self {
+            Unavailable::Waiting(m) | Unavailable::Refused(m) => m,
+        }
+    }
+
+    /// The phase the set's report shows meanwhile.
+    pub fn phase(&self) -> ManifestPhase {
+        match self {
+            Unavailable::Waiting(_) => ManifestPhase::Pending,
+            Unavailable::Refused(_) => ManifestPhase::Error,
+        }
+    }
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl From<String> for Unavailable {
+    fn from(message: String) -> Self {
+        Unavailable::Waiting(message)
+    }
+}
+
+impl From<&str> for Unavailable {
+    fn from(message: &str) -> Self {
+        Unavailable::Waiting(message.to_string())
     }
 }
 
@@ -47,9 +95,12 @@ pub enum SetState {
     Conflict(String),
     /// The assignment itself cannot be written (bad file name, malformed manifest).
     Invalid(String),
-    /// The agent does not have the manifest of the assigned revision (not readable yet, or not
-    /// what the entry asks for): nothing is written or removed for the set. The text says why.
+    /// The agent does not have the manifest of the assigned revision (not readable yet, or held
+    /// by a gate): nothing is written or removed for the set. The text says why.
     Unavailable(String),
+    /// The agent read the assigned revision and refused it ([`Unavailable::Refused`]): nothing
+    /// is written or removed for the set. The text names the revision and what is wrong.
+    Refused(String),
     /// The write would change the set's revision, and waits until the node's container runtime
     /// has the new pod's images (see [`crate::prepull`]); nothing is written yet. The text says
     /// which images.
@@ -171,8 +222,11 @@ pub fn plan_dir(assigned: Option<&[Assignment]>, scan: &DirScan) -> DirPlan {
         }
         let manifest = match &assignment.manifest {
             Ok(manifest) => manifest,
-            Err(message) => {
-                decision.state = SetState::Unavailable(message.clone());
+            Err(why) => {
+                decision.state = match why {
+                    Unavailable::Waiting(m) => SetState::Unavailable(m.clone()),
+                    Unavailable::Refused(m) => SetState::Refused(m.clone()),
+                };
                 out.sets.push(decision);
                 continue;
             }

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub revision_reads: IntCounter,
     /// Reads of StaticPodRevisions that failed, found none, or found one not matching its entry.
     pub revision_read_failures: IntCounter,
+    /// Reads of StaticPodRevisions whose manifest does not have the content digest the operator
+    /// handed out for it: not a pod the operator rendered, so refused (also counted in
+    /// `revision_read_failures`).
+    pub revision_digest_mismatches: IntCounter,
     /// Image pre-pull jobs by result: `present` (the runtime had it), `pulled`, `error`, `timeout`.
     pub image_pulls: IntCounterVec,
     /// Wall time of image pulls that downloaded something.
@@ -95,6 +99,11 @@ impl Metrics {
         let revision_read_failures = IntCounter::new(
             "staticpodset_agent_revision_read_failures_total",
             "StaticPodRevision reads that failed, found none, or found one not matching its entry",
+        )?;
+        let revision_digest_mismatches = IntCounter::new(
+            "staticpodset_agent_revision_digest_mismatches_total",
+            "StaticPodRevision reads refused because the manifest's content digest is not the one \
+             the operator handed out for it (not a pod the operator rendered)",
         )?;
         let image_pulls = IntCounterVec::new(
             Opts::new(
@@ -176,6 +185,7 @@ impl Metrics {
         registry.register(Box::new(status_patches.clone()))?;
         registry.register(Box::new(revision_reads.clone()))?;
         registry.register(Box::new(revision_read_failures.clone()))?;
+        registry.register(Box::new(revision_digest_mismatches.clone()))?;
         registry.register(Box::new(image_pulls.clone()))?;
         registry.register(Box::new(image_pull_duration.clone()))?;
         registry.register(Box::new(prepull_waits.clone()))?;
@@ -192,6 +202,7 @@ impl Metrics {
             status_patches,
             revision_reads,
             revision_read_failures,
+            revision_digest_mismatches,
             image_pulls,
             image_pull_duration,
             prepull_waits,
@@ -280,6 +291,8 @@ mod tests {
             "staticpodset_agent_status_patches_total 0",
             "staticpodset_agent_revision_reads_total 0",
             "staticpodset_agent_revision_read_failures_total 0",
+            "# HELP staticpodset_agent_revision_digest_mismatches_total StaticPodRevision reads refused",
+            "staticpodset_agent_revision_digest_mismatches_total 0",
             "staticpodset_agent_image_pulls_total{result=\"pulled\"} 0",
             "staticpodset_agent_image_pulls_total{result=\"error\"} 0",
             "staticpodset_agent_image_pull_duration_seconds_count 0",

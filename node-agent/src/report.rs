@@ -80,7 +80,9 @@ pub fn outcomes(
                     None => (ManifestPhase::Pending, on_disk, None, None),
                 },
                 SetState::Conflict(m) => (ManifestPhase::Conflict, on_disk, None, Some(m.clone())),
-                SetState::Invalid(m) => (ManifestPhase::Error, on_disk, None, Some(m.clone())),
+                SetState::Invalid(m) | SetState::Refused(m) => {
+                    (ManifestPhase::Error, on_disk, None, Some(m.clone()))
+                }
                 SetState::Unavailable(m)
                 | SetState::WaitingForImages(m)
                 | SetState::StoppingOldPod(m) => {

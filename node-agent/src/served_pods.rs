@@ -32,7 +32,7 @@ use serde_json::Value;
 use staticpodset_api::keys::MANIFEST_SOURCE;
 use staticpodset_api::{ManifestPhase, ManifestSource};
 
-use crate::dir_plan::{render_manifest, Assignment};
+use crate::dir_plan::{render_manifest, Assignment, Unavailable};
 use crate::manifest_dir::{PodKey, MAX_MANIFEST_BYTES};
 use crate::report::SetOutcome;
 use staticpodset_api::SetKey;
@@ -173,11 +173,11 @@ pub fn hold_for_url_pods(
                 let since = *waiting.get(&key).unwrap_or(&now);
                 if now.saturating_duration_since(since) < timeout {
                     still.insert(key, since);
-                    a.manifest = Err(
+                    a.manifest = Err(Unavailable::Waiting(
                         "moving from the URL source to a file: waiting for the kubelet to stop \
                          the pod it runs from the URL (one pod of a name per node)"
                             .to_string(),
-                    );
+                    ));
                 }
             }
             a
@@ -270,15 +270,15 @@ pub fn plan_url(
         }
         let manifest = match &assignment.manifest {
             Ok(m) => m,
-            Err(message) => {
+            Err(why) => {
                 if previous.is_none() && may_run_from_url(&set) && out.incomplete.is_none() {
                     out.incomplete = Some(format!(
                         "the kubelet may run set {set} from this URL, but the agent does not \
-                         have its manifest ({message}); answering an error so the kubelet keeps \
+                         have its manifest ({why}); answering an error so the kubelet keeps \
                          its pods"
                     ));
                 }
-                keep(&mut out, ManifestPhase::Pending, message.clone());
+                keep(&mut out, why.phase(), why.message().to_string());
                 continue;
             }
         };
@@ -379,7 +379,7 @@ mod tests {
     fn unavailable(set: &str, rev: &str) -> Assignment {
         Assignment {
             entry: entry(set, rev),
-            manifest: Err(format!("cannot read StaticPodRevision ns/{set}-{rev}: 503")),
+            manifest: Err(format!("cannot read StaticPodRevision ns/{set}-{rev}: 503").into()),
         }
     }
 
@@ -413,7 +413,12 @@ mod tests {
         let assigned = vec![available("moved", "r1"), available("other", "r1")];
         let url_pod = |k: &SetKey| k.name == "moved";
         let held = hold_for_url_pods(assigned.clone(), url_pod, &mut waiting, start, timeout);
-        assert!(held[0].manifest.as_ref().unwrap_err().contains("URL"));
+        assert!(held[0]
+            .manifest
+            .as_ref()
+            .unwrap_err()
+            .message()
+            .contains("URL"));
         assert!(held[1].manifest.is_ok());
         // Still running from the URL later: the wait started at the first sync.
         let later = start + Duration::from_secs(30);

@@ -17,6 +17,7 @@ use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use serde_json::{json, Value};
+use staticpodset_api::digest::manifest_digest;
 use staticpodset_api::keys::{manifest_file_name, ANNOTATION_REVISION, ANNOTATION_SET};
 use staticpodset_node_agent::agent::{self, Context};
 use staticpodset_node_agent::http::Readiness;
@@ -196,12 +197,15 @@ fn revision(set: &str, rev: &str) -> Value {
     })
 }
 
+/// The entry for `set` at `rev`, with the digest of its revision's manifest, as the operator
+/// hands it out: the agent writes nothing whose digest is not the entry's.
 fn entry(set: &str, rev: &str) -> Value {
     json!({
         "setNamespace": "kube-system",
         "setName": set,
         "revision": rev,
         "revisionName": format!("{set}-{rev}"),
+        "digest": manifest_digest(&manifest(set, rev)),
         "fileName": manifest_file_name("kube-system", set),
     })
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 use staticpodset_api::config_files::{volume_path, CONFIG_HASH, DEFAULT_RESOURCES_ROOT};
-use staticpodset_api::{ManifestPhase, ManifestSource, SetKey};
+use staticpodset_api::{AssignedPod, ManifestPhase, ManifestSource, SetKey};
 
 use super::*;
 use crate::config_files::files_of;
@@ -78,7 +78,7 @@ fn mk_with_config(set: &str, rev: &str, hash: &str) -> Assignment {
 fn mk_unavailable(set: &str, rev: &str) -> Assignment {
     Assignment {
         entry: entry(set, rev),
-        manifest: Err(format!("cannot read StaticPodRevision ns/{set}-{rev}: 503")),
+        manifest: Err(format!("cannot read StaticPodRevision ns/{set}-{rev}: 503").into()),
     }
 }
 
@@ -215,7 +215,9 @@ fn configuration_files_in_place_point_the_manifest_at_them_and_missing_ones_hold
     );
     assert_eq!(
         routed.all[1].manifest,
-        Err("writing configuration files: disk full".to_string())
+        Err(crate::dir_plan::Unavailable::Waiting(
+            "writing configuration files: disk full".to_string()
+        ))
     );
     assert!(routed.all[2].manifest.is_err());
     assert_eq!(routed.all[3], mk_assignment("plain", "r1"));
@@ -569,4 +571,87 @@ fn the_configuration_retry_is_a_deadline_while_files_could_not_be_written() {
     assert!(on_disk(&dirs).is_empty());
     assert_eq!(outcome.sets[0].phase, ManifestPhase::Pending);
     assert_eq!(outcome.deadlines.config_retry, Some(now + CONFIG_RETRY));
+}
+
+#[test]
+fn a_forged_revision_is_neither_written_nor_served_and_the_set_reports_an_error() {
+    use crate::revisions::tests::{forged, revision};
+    use crate::revisions::RevisionCache;
+    let evil = json!([{"name": "c", "image": "registry.example/evil:1"}]);
+    let revision_key = |rev: &str| ("ns".to_string(), format!("a-{rev}"));
+    for url in [false, true] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dirs = mk_dirs(&tmp);
+        let mut memory = SyncMemory::new(None, None);
+        let mut cache = RevisionCache::default();
+        let sync = |cache: &RevisionCache, entries: &[AssignedPod], memory: &mut SyncMemory| {
+            let mut o = with_pods(observed(cache.resolve(entries), Instant::now()), vec![]);
+            if url {
+                o.mode = ManifestSource::Url;
+                o.url_enabled = true;
+            }
+            run(&dirs, o, memory)
+        };
+        // The operator's r1 runs.
+        let at_r1 = vec![entry("a", "r1")];
+        cache
+            .record(
+                revision_key("r1"),
+                Ok(Some(revision("a", "r1"))),
+                &at_r1,
+                Instant::now(),
+            )
+            .expect("r1 is the operator's");
+        sync(&cache, &at_r1, &mut memory);
+        let before = fs::read_dir(dirs.manifests.path())
+            .expect("dir")
+            .map(|f| fs::read(f.expect("entry").path()).expect("read"))
+            .collect::<Vec<_>>();
+
+        // The set moves to r2, whose object someone replaced with a pod of their own.
+        let at_r2 = vec![entry("a", "r2")];
+        assert!(cache
+            .record(
+                revision_key("r2"),
+                Ok(Some(forged("a", "r2", evil.clone()))),
+                &at_r2,
+                Instant::now()
+            )
+            .is_err());
+        cache.retain(&at_r2);
+        let outcome = sync(&cache, &at_r2, &mut memory);
+
+        let after = fs::read_dir(dirs.manifests.path())
+            .expect("dir")
+            .map(|f| fs::read(f.expect("entry").path()).expect("read"))
+            .collect::<Vec<_>>();
+        assert_eq!(after, before, "url {url}: the directory is untouched");
+        if url {
+            assert!(on_disk(&dirs).is_empty());
+            let served = outcome.url.expect("serving");
+            let UrlResponse::Pods(body) = &served.response else {
+                panic!("{:?}", served.response)
+            };
+            let list: serde_json::Value = serde_json::from_slice(body).expect("json");
+            assert_eq!(
+                list["items"],
+                json!([manifest("a", "r1")]),
+                "r1 still served"
+            );
+        } else {
+            assert_eq!(on_disk(&dirs), [("a".to_string(), Some("r1".to_string()))]);
+        }
+        let report = outcome.report.expect("a report");
+        let pod = &report.status.pods[0];
+        assert_eq!(pod.phase, ManifestPhase::Error, "url {url}");
+        assert_eq!(pod.written_revision.as_deref(), Some("r1"), "url {url}");
+        let message = pod.message.as_deref().unwrap_or_default();
+        let expected = entry("a", "r2").digest.expect("a digest");
+        let actual = staticpodset_api::digest::manifest_digest(
+            &forged("a", "r2", evil.clone()).spec.manifest,
+        );
+        for part in ["StaticPodRevision ns/a-r2", &expected, &actual] {
+            assert!(message.contains(part), "url {url}, {part}: {message}");
+        }
+    }
 }
