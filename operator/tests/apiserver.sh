@@ -138,6 +138,10 @@ kind: Node
 metadata: {name: $1, labels: {zone: "$2"}}
 EOF
   set_ready "$1" True
+  # The API server taints new Nodes not-ready:NoSchedule (TaintNodesByCondition); with no
+  # controller-manager here to lift it once the Node is Ready, lift it as that controller would:
+  # sets respect taints as a DaemonSet does.
+  k taint node "$1" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
 }
 set_ready() {
   local now; now=$(date -u +%FT%TZ)

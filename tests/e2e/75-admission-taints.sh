@@ -99,7 +99,7 @@ wait_for "compliant set Ready on both nodes" 120 all_mirrors_ready "$NS_RESTRICT
 no_file_anywhere "$NS_RESTRICTED" privileged || fail "a node got the refused set"
 [[ -z $(kubectl get staticpodrevisions -n "$NS_RESTRICTED" -l staticpods.dev/set-name=privileged -o name) ]] ||
   fail "a revision object was created for the refused set"
-kubectl get events -n "$NS_RESTRICTED" --field-selector reason=AdmissionDenied -o jsonpath='{.items[*].regarding.name}' |
+kubectl get events -n "$NS_RESTRICTED" --field-selector reason=AdmissionDenied -o jsonpath='{.items[*].involvedObject.name}' |
   grep -qw privileged || fail "no AdmissionDenied Event on the refused set"
 ok "no node, no revision for the refused set; the compliant set runs on both nodes; Warning Event"
 
@@ -184,7 +184,7 @@ all_mirrors_ready "$NS_RAISE" running || fail "the running pods were touched"
 for n in "${NODES[@]}"; do
   [[ -e $(static_pod_dir "$n")/staticpodset_${NS_RAISE}_running.yaml ]] || fail "manifest removed from $n"
 done
-kubectl get events -n "$NS_RAISE" --field-selector reason=AdmissionDenied -o jsonpath='{.items[*].regarding.name}' |
+kubectl get events -n "$NS_RAISE" --field-selector reason=AdmissionDenied -o jsonpath='{.items[*].involvedObject.name}' |
   grep -qw running || fail "no Warning Event for the running set"
 ok "a running set made non-compliant is reported (Valid=False AdmissionDenied, Event); its pods stay"
 
