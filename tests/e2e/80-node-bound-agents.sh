@@ -191,7 +191,7 @@ refused "the bound token listing Secrets in $CONFIG_NS" 'cannot list resource "s
   as_agent get secrets -n "$CONFIG_NS" -o name
 
 # What stays cluster-wide (docs/security.md): reading NodeStaticPods and pods.
-allowed "the bound token listing every node's NodeStaticPods (RBAC cannot narrow list by name)" as_agent get nodestaticpods -o name
+allowed "the bound token listing every node's NodeStaticPods (one ServiceAccount for all nodes: RBAC cannot narrow reads to one)" as_agent get nodestaticpods -o name
 
 # --- the real agents still report through the policy -------------------------------------------------
 synced_since() { # node epoch
