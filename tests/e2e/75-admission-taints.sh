@@ -9,6 +9,7 @@
 #   raising a namespace's level under a running set: reported (Valid=False + Event), the pods stay
 #   a NoSchedule taint keeps a set off a node (NodesExcluded says so); a toleration lets it in; a
 #     NoExecute taint added later takes it away from that node
+#   the operator's token creates pods only as dry runs (the chart's ValidatingAdmissionPolicy)
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -221,5 +222,30 @@ operator_available() {
     -o jsonpath='{.items[0].status.availableReplicas}') -ge 1 ]]
 }
 wait_for "the operator available again" 180 operator_available || fail "operator not available after the taints"
+
+# --- 7. the operator's token creates pods only as dry runs --------------------------------------
+
+operator_sa=$(kubectl get deploy -n "$RELEASE_NS" -l app.kubernetes.io/component=operator \
+  -o jsonpath='{.items[0].spec.template.spec.serviceAccountName}')
+server=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')
+ca_file=$(mktemp)
+ca=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
+if [[ -n $ca ]]; then base64 -d <<<"$ca" >"$ca_file"; else
+  cp "$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority}')" "$ca_file"
+fi
+operator_token=$(kubectl create token "$operator_sa" -n "$RELEASE_NS" --duration=10m)
+as_operator() {
+  kubectl --kubeconfig=/dev/null --server="$server" --certificate-authority="$ca_file" \
+    --token="$operator_token" "$@"
+}
+probe=(run dry-run-probe -n "$E2E_NS" --image="$BUSYBOX_IMAGE" --restart=Never --command -- sleep 1)
+as_operator "${probe[@]}" --dry-run=server >/dev/null || fail "the operator's token cannot dry-run a pod"
+if out=$(as_operator "${probe[@]}" 2>&1); then
+  kubectl delete pod -n "$E2E_NS" dry-run-probe --wait=false >/dev/null 2>&1 || true
+  fail "the operator's token created a real pod"
+fi
+[[ $out == *"only as server-side dry runs"* ]] || fail "a real create was refused, but not by the dry-run-only policy: $out"
+rm -f "$ca_file"
+ok "the operator's token may dry-run pods and is refused a real create: \"${out:0:110}...\""
 
 echo "75-admission-taints: $passed passed, 0 failed"
