@@ -52,7 +52,7 @@ entry_of() { kubectl get nodestaticpods "$1" -o "jsonpath={.spec.pods[?(@.setNam
 report_of() { kubectl get nodestaticpods "$1" -o "jsonpath={.status.pods[?(@.setName==\"$SET\")].$2}" 2>/dev/null; }
 manifest_file() { echo "$(static_pod_dir "$1")/staticpodset_${E2E_NS}_$SET.yaml"; }
 mirror() { kubectl get pod -n "$E2E_NS" "$SET-$1" -o "jsonpath=$2" 2>/dev/null; }
-running_id() { crictl_on "$1" ps -q --name main --state running --label "io.kubernetes.pod.name=$SET-$1" | head -n1; }
+running_id() { crictl_on "$1" ps -q --name main --state running --label "io.kubernetes.pod.name=$SET-$1" 2>/dev/null | head -n1; }
 
 # --- forgery watch: every wait below also looks for the forged pod -------------------------------
 forged_seen=
