@@ -441,7 +441,7 @@ async fn run_pipeline(
 /// Hands out what the pipeline decided beyond the directory: metrics and logs, the pulls to
 /// start, the URL answer, readiness.
 fn hand_out(ctx: &Context, state: &LoopState, outcome: &pipeline::SyncOutcome) {
-    ctx.metrics.record_sync(outcome);
+    outcome.record(&ctx.metrics);
     pipeline::log_events(outcome);
     if let (Some((puller, _)), Some(gate)) = (&state.pulls, &outcome.gates.prepull) {
         for job in &gate.pulls {

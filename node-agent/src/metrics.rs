@@ -4,9 +4,6 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::config_files::Cleanup;
-use crate::pipeline::SyncOutcome;
-
 /// Every metric the agent exports, and the registry that serves them.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -214,52 +211,6 @@ impl Metrics {
         })
     }
 
-    /// Counts what one sync did: manifests written and removed, conflicts, failures, the gates'
-    /// waits and swaps, the URL's pods and the configuration files cleaned up.
-    pub fn record_sync(&self, outcome: &SyncOutcome) {
-        let files = &outcome.files;
-        self.manifests_written.inc_by(files.written);
-        self.manifests_removed.inc_by(files.removed);
-        self.conflicts.set(gauge(files.conflicts()));
-        if files.failed {
-            self.sync_errors.inc();
-        }
-        if let Some(gate) = &outcome.gates.prepull {
-            for released in &gate.released {
-                let outcome = match released.deadline_passed {
-                    None => "images_ready",
-                    Some(_) => "deadline_passed",
-                };
-                self.prepull_waits.with_label_values(&[outcome]).inc();
-            }
-        }
-        if let Some(waiting) = outcome.waiting_for_images {
-            self.prepull_waiting.set(gauge(waiting));
-        }
-        if let Some(stopped) = &outcome.gates.stopped {
-            for (_, _, timed_out) in &stopped.finished {
-                let result = if *timed_out { "timeout" } else { "stopped" };
-                self.stop_first_swaps.with_label_values(&[result]).inc();
-            }
-        }
-        if let Some(url) = &outcome.url {
-            self.url_served_pods.set(gauge(url.served));
-        }
-        if let Some(Ok(done)) = &outcome.config_cleanup {
-            for step in done {
-                match step {
-                    Cleanup::Prune(_, hashes) => self
-                        .config_files
-                        .with_label_values(&["pruned"])
-                        .inc_by(hashes.len() as u64),
-                    Cleanup::RemoveSet(_) => {
-                        self.config_files.with_label_values(&["removed"]).inc()
-                    }
-                }
-            }
-        }
-    }
-
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
         TextEncoder::new().encode_to_string(&self.registry.gather())
@@ -267,7 +218,7 @@ impl Metrics {
 }
 
 /// A count as a gauge value.
-fn gauge(n: usize) -> i64 {
+pub(crate) fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

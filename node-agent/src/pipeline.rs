@@ -30,6 +30,7 @@ use crate::config_files::{self, Cleanup, ConfigReadiness};
 use crate::cri::PullResult;
 use crate::dir_plan::{plan_dir, Assignment, DirPlan};
 use crate::manifest_dir::{Action, DirError, ManifestDir, PodKey};
+use crate::metrics::{self, Metrics};
 use crate::mirror_pods::NodePods;
 use crate::prepull::{Gate, PrePull};
 use crate::report::{self, outcomes, unreadable_dir, Report, SetOutcome};
@@ -560,6 +561,55 @@ pub fn log_events(outcome: &SyncOutcome) {
 /// A wait in whole milliseconds, for logs.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl SyncOutcome {
+    /// Counts what one sync did: manifests written and removed, conflicts, failures, the gates'
+    /// waits and swaps, the URL's pods and the configuration files cleaned up.
+    pub fn record(&self, metrics: &Metrics) {
+        let outcome = self;
+        let files = &outcome.files;
+        metrics.manifests_written.inc_by(files.written);
+        metrics.manifests_removed.inc_by(files.removed);
+        metrics.conflicts.set(metrics::gauge(files.conflicts()));
+        if files.failed {
+            metrics.sync_errors.inc();
+        }
+        if let Some(gate) = &outcome.gates.prepull {
+            for released in &gate.released {
+                let outcome = match released.deadline_passed {
+                    None => "images_ready",
+                    Some(_) => "deadline_passed",
+                };
+                metrics.prepull_waits.with_label_values(&[outcome]).inc();
+            }
+        }
+        if let Some(waiting) = outcome.waiting_for_images {
+            metrics.prepull_waiting.set(metrics::gauge(waiting));
+        }
+        if let Some(stopped) = &outcome.gates.stopped {
+            for (_, _, timed_out) in &stopped.finished {
+                let result = if *timed_out { "timeout" } else { "stopped" };
+                metrics.stop_first_swaps.with_label_values(&[result]).inc();
+            }
+        }
+        if let Some(url) = &outcome.url {
+            metrics.url_served_pods.set(metrics::gauge(url.served));
+        }
+        if let Some(Ok(done)) = &outcome.config_cleanup {
+            for step in done {
+                match step {
+                    Cleanup::Prune(_, hashes) => metrics
+                        .config_files
+                        .with_label_values(&["pruned"])
+                        .inc_by(hashes.len() as u64),
+                    Cleanup::RemoveSet(_) => {
+                        metrics.config_files.with_label_values(&["removed"]).inc()
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
