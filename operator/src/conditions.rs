@@ -26,6 +26,11 @@ pub const VALID: &str = "Valid";
 /// Condition type, present only after a refused `staticpods.dev/rollback-to`: why it was refused.
 /// It stays until the spec changes.
 pub const ROLLBACK_FAILED: &str = "RollbackFailed";
+/// Condition type, present only while the set's last reconcile failed for a reason it can show
+/// (the API server refused an object the set needs, or its history conflicts): the reason names
+/// what failed, the message is the error with the API server's words. Gone with the next
+/// reconcile that succeeds.
+pub const RECONCILE_FAILURE: &str = "ReconcileFailure";
 /// Condition type, present only while some selected node is left out because the template does
 /// not tolerate its taints: which nodes, and which taints.
 pub const NODES_EXCLUDED: &str = "NodesExcluded";
@@ -96,6 +101,30 @@ pub const REASON_INVALID_CONFIG: &str = "InvalidConfig";
 /// node it does not run on yet, or a `NoExecute` taint.
 pub const REASON_UNTOLERATED_TAINTS: &str = "UntoleratedTaints";
 
+// --- Reasons of ReconcileFailure (and of the Warning Event when it appears or changes) ---
+
+/// Writing an entry into a node's NodeStaticPods was refused.
+pub const REASON_NODE_WRITE_FAILED: &str = "NodeWriteFailed";
+/// Creating, renumbering or listing the set's StaticPodRevisions was refused (for example a
+/// revision too large for etcd).
+pub const REASON_REVISION_WRITE_FAILED: &str = "RevisionWriteFailed";
+/// The set's history cannot be trusted: a revision object of the set holds content the operator
+/// did not render, or numbers collide.
+pub const REASON_REVISION_HISTORY_CONFLICT: &str = "RevisionHistoryConflict";
+/// A StaticPodRevision of the name the set needs belongs to another set.
+pub const REASON_REVISION_NAME_TAKEN: &str = "RevisionNameTaken";
+/// Restoring a template for `staticpods.dev/rollback-to` was refused by the API server.
+pub const REASON_ROLLBACK_WRITE_FAILED: &str = "RollbackWriteFailed";
+/// Reading the ConfigMaps and Secrets the set's volumes name was refused.
+pub const REASON_CONFIG_READ_FAILED: &str = "ConfigReadFailed";
+/// Writing the set's configuration bundle was refused.
+pub const REASON_BUNDLE_WRITE_FAILED: &str = "BundleWriteFailed";
+/// The admission dry run of the set's mirror pod gave no verdict (the operator may not create
+/// pods, or the request failed); nothing new is handed out.
+pub const REASON_ADMISSION_CHECK_FAILED: &str = "AdmissionCheckFailed";
+/// Adding or removing the set's finalizer was refused.
+pub const REASON_FINALIZER_WRITE_FAILED: &str = "FinalizerWriteFailed";
+
 // --- Reasons of RollbackFailed (and of the Warning Event of a refused rollback) ---
 
 /// The `staticpods.dev/rollback-to` value is not a revision number.
@@ -117,9 +146,6 @@ pub const EVENT_RECOVERED: &str = "Recovered";
 pub const EVENT_AVAILABLE: &str = "Available";
 /// Normal Event: `staticpods.dev/rollback-to` restored an earlier template.
 pub const EVENT_ROLLED_BACK: &str = "RolledBack";
-/// Warning Event: the admission dry run of the set's mirror pod gave no verdict (the request
-/// failed, or the operator may not create pods); nothing new is handed out until it does.
-pub const EVENT_ADMISSION_CHECK_FAILED: &str = "AdmissionCheckFailed";
 /// Warning Event: a deleted set let go of nodes whose agents did not confirm the removal.
 pub const EVENT_SKIPPED_NODES: &str = "SkippedNodes";
 
@@ -347,6 +373,55 @@ pub fn set_conditions(
     conditions.extend(rollback_failed);
     conditions.extend(excluded);
     conditions
+}
+
+/// The set's conditions with `ReconcileFailure` set to `reason` and `message` (the others as
+/// they are); `None` when the set already shows exactly that, so a failure repeated by every
+/// retry is written, and told in an Event, once.
+pub fn with_failure(
+    previous: Option<&StaticPodSetStatus>,
+    generation: Option<i64>,
+    reason: &str,
+    message: &str,
+    now: &Time,
+) -> Option<Vec<Condition>> {
+    let message = bounded(message);
+    if find_condition(previous, RECONCILE_FAILURE)
+        .is_some_and(|c| c.status == "True" && c.reason == reason && c.message == message)
+    {
+        return None;
+    }
+    let failure = condition(
+        previous,
+        generation,
+        now,
+        RECONCILE_FAILURE,
+        "True",
+        reason,
+        message,
+    );
+    let mut conditions: Vec<Condition> = previous
+        .map(|p| p.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ != RECONCILE_FAILURE)
+        .collect();
+    conditions.push(failure);
+    Some(conditions)
+}
+
+/// Condition messages quote errors up to this many bytes: an API error can quote a whole object.
+const MAX_FAILURE_MESSAGE: usize = 1024;
+
+fn bounded(message: &str) -> String {
+    if message.len() <= MAX_FAILURE_MESSAGE {
+        return message.to_string();
+    }
+    let mut end = MAX_FAILURE_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
 }
 
 /// Builds a condition, keeping the previous `lastTransitionTime` when the status is unchanged.
@@ -650,5 +725,108 @@ pub fn plural(n: usize, word: &str) -> String {
         format!("1 {word}")
     } else {
         format!("{n} {word}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn a_failure_is_shown_once_and_keeps_the_other_conditions() {
+        let valid = condition(
+            None,
+            Some(1),
+            &at(1),
+            VALID,
+            "True",
+            REASON_VALID,
+            "ok".into(),
+        );
+        let status = StaticPodSetStatus {
+            conditions: vec![valid.clone()],
+            ..Default::default()
+        };
+        let shown = with_failure(
+            Some(&status),
+            Some(1),
+            REASON_REVISION_WRITE_FAILED,
+            "too large",
+            &at(5),
+        )
+        .unwrap();
+        assert_eq!(shown[0], valid, "other conditions stay as they are");
+        let failure = &shown[1];
+        assert_eq!(
+            (
+                failure.type_.as_str(),
+                failure.status.as_str(),
+                failure.reason.as_str()
+            ),
+            (RECONCILE_FAILURE, "True", REASON_REVISION_WRITE_FAILED)
+        );
+        assert_eq!(failure.message, "too large");
+
+        // The same failure again: nothing to write, no second Event.
+        let failing = StaticPodSetStatus {
+            conditions: shown.clone(),
+            ..Default::default()
+        };
+        assert_eq!(
+            with_failure(
+                Some(&failing),
+                Some(1),
+                REASON_REVISION_WRITE_FAILED,
+                "too large",
+                &at(9)
+            ),
+            None
+        );
+        // Another failure replaces it and keeps when it started failing.
+        let other = with_failure(
+            Some(&failing),
+            Some(1),
+            REASON_BUNDLE_WRITE_FAILED,
+            "refused",
+            &at(9),
+        )
+        .unwrap();
+        assert_eq!(other.len(), 2);
+        assert_eq!(other[1].reason, REASON_BUNDLE_WRITE_FAILED);
+        assert_eq!(other[1].last_transition_time, at(5));
+        // Long messages are bounded.
+        let long = with_failure(
+            None,
+            None,
+            REASON_NODE_WRITE_FAILED,
+            &"é".repeat(2000),
+            &at(1),
+        )
+        .unwrap();
+        assert!(long[0].message.len() <= MAX_FAILURE_MESSAGE + '…'.len_utf8());
+    }
+
+    #[test]
+    fn reasons_are_distinct() {
+        let reasons = [
+            REASON_NODE_WRITE_FAILED,
+            REASON_REVISION_WRITE_FAILED,
+            REASON_REVISION_HISTORY_CONFLICT,
+            REASON_REVISION_NAME_TAKEN,
+            REASON_ROLLBACK_WRITE_FAILED,
+            REASON_CONFIG_READ_FAILED,
+            REASON_BUNDLE_WRITE_FAILED,
+            REASON_ADMISSION_CHECK_FAILED,
+            REASON_FINALIZER_WRITE_FAILED,
+            REASON_ADMISSION_DENIED,
+            REASON_INVALID_TEMPLATE,
+        ];
+        let unique: std::collections::BTreeSet<&str> = reasons.iter().copied().collect();
+        assert_eq!(unique.len(), reasons.len());
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::{future, stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
@@ -33,9 +34,9 @@ use tracing::Instrument;
 
 use crate::admission::{self, Verdict};
 use crate::admission_check;
+use crate::conditions;
 use crate::conditions::{
-    Invalid, EVENT_ADMISSION_CHECK_FAILED, EVENT_SKIPPED_NODES, REASON_ADMISSION_DENIED,
-    REASON_PROGRESS_DEADLINE_EXCEEDED,
+    Invalid, EVENT_SKIPPED_NODES, REASON_ADMISSION_DENIED, REASON_PROGRESS_DEADLINE_EXCEEDED,
 };
 use crate::config;
 use crate::context::{Context, Settings};
@@ -388,8 +389,15 @@ pub async fn reconcile(set: Arc<StaticPodSet>, ctx: Arc<Context>) -> Result<Acti
             source: Box::new(source),
         })
     }
-    .instrument(span)
+    .instrument(span.clone())
     .await;
+    if let Err(error) = &result {
+        if let Some(reason) = error.set_reason() {
+            show_failure(&ctx, &set, &key, reason, error)
+                .instrument(span)
+                .await;
+        }
+    }
     ctx.metrics
         .observe_reconcile(started.elapsed(), result.as_ref().err());
     ctx.metrics.sets.set(ctx.sets.state().len() as i64);
@@ -397,6 +405,46 @@ pub async fn reconcile(set: Arc<StaticPodSet>, ctx: Arc<Context>) -> Result<Acti
         ctx.reset_backoff(&ObjectRef::from_obj(&*set));
     }
     result
+}
+
+/// Shows a failure that stops the set on the set itself: the `ReconcileFailure` condition and a
+/// Warning Event, both only when the set does not show this very failure already (a retried
+/// failure is told once). Best effort: a failure to tell is logged, the error policy retries the
+/// reconcile either way.
+async fn show_failure(
+    ctx: &Context,
+    set: &StaticPodSet,
+    key: &SetKey,
+    reason: &str,
+    error: &Error,
+) {
+    let api: Api<StaticPodSet> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    // The status as it is now: this reconcile may have written it before failing.
+    let current = match api.get(&key.name).await {
+        Ok(current) => current,
+        Err(error) => {
+            tracing::warn!(%error, "reading the status to show a failure");
+            return;
+        }
+    };
+    let message = error.to_string();
+    let Some(conditions) = conditions::with_failure(
+        current.status.as_ref(),
+        current.metadata.generation,
+        reason,
+        &message,
+        &Time(Timestamp::now()),
+    ) else {
+        return;
+    };
+    let patch = json!({ "status": { "conditions": conditions } });
+    match api
+        .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => ctx.publish(set, true, reason, &message).await,
+        Err(error) => tracing::warn!(%error, "writing the failure into the status"),
+    }
 }
 
 /// The one error policy: a deleted set waiting for its nodes polls quietly; anything else is
@@ -465,11 +513,7 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
                         problems: vec![message],
                     })
                 }
-                Err(error) => {
-                    ctx.publish(set, true, EVENT_ADMISSION_CHECK_FAILED, &error.to_string())
-                        .await;
-                    return Err(error);
-                }
+                Err(error) => return Err(error),
             }
         }
     }

@@ -4,6 +4,12 @@ use std::time::Duration;
 
 use staticpodset_api::SetKey;
 
+use crate::conditions::{
+    REASON_ADMISSION_CHECK_FAILED, REASON_BUNDLE_WRITE_FAILED, REASON_CONFIG_READ_FAILED,
+    REASON_FINALIZER_WRITE_FAILED, REASON_NODE_WRITE_FAILED, REASON_REVISION_HISTORY_CONFLICT,
+    REASON_REVISION_NAME_TAKEN, REASON_REVISION_WRITE_FAILED, REASON_ROLLBACK_WRITE_FAILED,
+};
+
 /// Why one reconcile of a StaticPodSet did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -176,6 +182,46 @@ impl Error {
         matches!(self.inner(), Error::WaitingForNodes { .. })
     }
 
+    /// The reason the set shows (condition `ReconcileFailure`, Warning Event) when this error
+    /// stops it from progressing, or `None` when it is not the set's to show: waiting for nodes,
+    /// caches not synced yet, the status write itself, the API server unreachable or busy (429,
+    /// 503, 504), or a write that lost a race (409, retried at once). Everything else the API
+    /// server refused — an object too large for etcd, a name or field it rejects, RBAC — and
+    /// every history conflict is shown, with the server's message.
+    pub fn set_reason(&self) -> Option<&'static str> {
+        use kube::runtime::finalizer::Error as F;
+        let shown = |e: &kube::Error| {
+            api_error(e).is_some_and(|s| !matches!(s.code, 409 | 429 | 503 | 504))
+        };
+        match self.inner() {
+            Error::NodeWrite { source, .. } => shown(source).then_some(REASON_NODE_WRITE_FAILED),
+            Error::NodeWrites { first, .. } => first.set_reason(),
+            Error::RevisionWrite { source, .. } => {
+                shown(source).then_some(REASON_REVISION_WRITE_FAILED)
+            }
+            Error::History { .. } => Some(REASON_REVISION_HISTORY_CONFLICT),
+            Error::RevisionTaken { .. } => Some(REASON_REVISION_NAME_TAKEN),
+            Error::Rollback { source, .. } => shown(source).then_some(REASON_ROLLBACK_WRITE_FAILED),
+            Error::ConfigRead { source, .. } => shown(source).then_some(REASON_CONFIG_READ_FAILED),
+            Error::BundleWrite { source, .. } => {
+                shown(source).then_some(REASON_BUNDLE_WRITE_FAILED)
+            }
+            Error::AdmissionCheck { source, .. } => {
+                shown(source).then_some(REASON_ADMISSION_CHECK_FAILED)
+            }
+            Error::Finalizer { source, .. } => match source.as_ref() {
+                F::AddFinalizer(e) | F::RemoveFinalizer(e) => {
+                    shown(e).then_some(REASON_FINALIZER_WRITE_FAILED)
+                }
+                _ => None,
+            },
+            Error::StatusPatch { .. }
+            | Error::StoresNotReady(_)
+            | Error::WaitingForNodes { .. }
+            | Error::MissingNamespace(_) => None,
+        }
+    }
+
     /// A short, bounded label for the errors metric.
     pub fn kind(&self) -> &'static str {
         use kube::runtime::finalizer::Error as F;
@@ -240,6 +286,77 @@ pub(crate) fn api_message(e: &kube::Error) -> String {
 mod tests {
     use super::*;
     use kube::runtime::finalizer::Error as F;
+
+    fn api(code: u16) -> kube::Error {
+        let mut status = kube::core::Status::failure("the server says no", "Reason");
+        status.code = code;
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn refusals_are_shown_and_races_are_not() {
+        let key = || SetKey::new("ns", "a");
+        let revision = |code| Error::RevisionWrite {
+            op: "creating",
+            set: key(),
+            namespace: "ns".into(),
+            revision: "a-1".into(),
+            source: api(code),
+        };
+        for code in [400, 403, 413, 422, 500] {
+            assert_eq!(
+                revision(code).set_reason(),
+                Some(REASON_REVISION_WRITE_FAILED),
+                "{code}"
+            );
+        }
+        for code in [409, 429, 503, 504] {
+            assert_eq!(revision(code).set_reason(), None, "{code}");
+        }
+        let unreachable = Error::ConfigRead {
+            set: key(),
+            source: kube::Error::LinesCodecMaxLineLengthExceeded,
+        };
+        assert_eq!(unreachable.set_reason(), None, "not an API server answer");
+        let wrapped = Error::Finalizer {
+            set: key(),
+            source: Box::new(F::ApplyFailed(Error::BundleWrite {
+                set: key(),
+                bundle: "b".into(),
+                source: api(422),
+            })),
+        };
+        assert_eq!(wrapped.set_reason(), Some(REASON_BUNDLE_WRITE_FAILED));
+        let writes = Error::NodeWrites {
+            set: key(),
+            failed: 1,
+            total: 2,
+            first: Box::new(Error::NodeWrite {
+                op: "applying",
+                set: key(),
+                node: "n".into(),
+                source: api(403),
+            }),
+        };
+        assert_eq!(writes.set_reason(), Some(REASON_NODE_WRITE_FAILED));
+        assert_eq!(
+            Error::StatusPatch {
+                set: key(),
+                source: api(422)
+            }
+            .set_reason(),
+            None,
+            "the status cannot carry its own failure"
+        );
+        assert_eq!(
+            Error::RevisionTaken {
+                set: key(),
+                revision: "a-1".into()
+            }
+            .set_reason(),
+            Some(REASON_REVISION_NAME_TAKEN)
+        );
+    }
 
     #[test]
     fn waiting_is_seen_through_the_finalizer_wrapper() {
