@@ -102,6 +102,9 @@ fn finish_root(root: &mut JSONSchemaProps) {
     }
 }
 
+/// An RFC 1123 label, as Kubernetes validates volume names.
+const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
 fn finish_pod_spec(pod: &mut JSONSchemaProps) {
     add_rules(pod, Scope::PodSpec);
     if let Some(containers) = property(pod, "containers") {
@@ -132,6 +135,13 @@ fn finish_pod_spec(pod: &mut JSONSchemaProps) {
         volumes.max_items = Some(MAX_VOLUMES as i64);
         if let Some(volume) = items(volumes) {
             add_rules(volume, Scope::Volume);
+            // A volume's name becomes a directory on the node (configuration files) and a key of
+            // the configuration bundle: the Pod validation's DNS-label rule, here at admission,
+            // before any node or bundle sees it.
+            if let Some(name) = property(volume, "name") {
+                name.pattern = Some(DNS_LABEL_PATTERN.into());
+                name.max_length = Some(63);
+            }
             if let Some(sources) =
                 property(volume, "projected").and_then(|p| property(p, "sources"))
             {
@@ -337,6 +347,16 @@ mod tests {
         let template =
             schema["properties"]["spec"]["properties"]["template"]["description"].as_str();
         assert!(template.is_some_and(|d| !d.contains('\n')), "{template:?}");
+    }
+
+    #[test]
+    fn volume_names_are_dns_labels() {
+        let crd = finished();
+        let name = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["template"]["properties"]["spec"]["properties"]["volumes"]["items"]
+            ["properties"]["name"];
+        assert_eq!(name["pattern"], DNS_LABEL_PATTERN);
+        assert_eq!(name["maxLength"], 63);
     }
 
     #[test]
