@@ -7,7 +7,9 @@
 //! has every image of the new pod, or until the pre-pull timeout has passed since the agent first
 //! held it — a registry that is down must not stop a rollout for good. Meanwhile the old pod keeps
 //! running and the report says what the set waits for (phase Pending). A write after the timeout
-//! carries a note in the report until the kubelet runs the new revision.
+//! carries a note in the report until the kubelet runs the new revision — except for a revision the
+//! rollout has already declared failed on this node (the entry's `lastFailure`): the running pod
+//! is kept, since writing it would take a serving pod down for one that cannot start.
 //!
 //! Each set waits on its own: a slow pull of one set never holds back another set's write. A
 //! rewrite at the revision already on disk (an edited or deleted file being restored) is never held.
@@ -143,6 +145,9 @@ struct Wait {
     /// images. Kept while the set stays at this revision, so a restored file is not held again
     /// and the note stays in the report.
     done: Option<Option<String>>,
+    /// Past the timeout but held anyway: the revision failed on this node, so the running pod
+    /// is kept until its images are here (or the set is handed another revision).
+    kept: bool,
 }
 
 /// The pre-pull state of one node: which writes wait since when, and what the runtime has.
@@ -179,13 +184,21 @@ impl PrePull {
             {
                 continue;
             }
-            let Some(manifest) = assigned
+            let Some((entry, manifest)) = assigned
                 .iter()
                 .find(|a| SetKey::of(&a.entry) == decision.set)
-                .and_then(|a| a.manifest.as_ref().ok())
+                .and_then(|a| Some((&a.entry, a.manifest.as_ref().ok()?)))
             else {
                 continue;
             };
+            // The rollout already declared this revision failed on this node (its progress
+            // deadline passed): writing it at the timeout would only take the serving pod down
+            // for a pod that cannot start.
+            let failed_here = decision.on_disk_revision.is_some()
+                && entry
+                    .last_failure
+                    .as_ref()
+                    .is_some_and(|f| f.revision == decision.revision);
             let is_new = self
                 .waits
                 .get(&decision.set)
@@ -197,6 +210,7 @@ impl PrePull {
                         revision: decision.revision.clone(),
                         since: now,
                         done: None,
+                        kept: false,
                     },
                 );
             }
@@ -212,7 +226,9 @@ impl PrePull {
                 .filter(|w| self.images.get(&w.image) != Some(&ImageState::Present))
                 .collect();
             let waited = now.saturating_duration_since(wait.since);
-            if missing.is_empty() || waited >= self.timeout {
+            let timed_out = waited >= self.timeout;
+            wait.kept = timed_out && failed_here;
+            if missing.is_empty() || (timed_out && !failed_here) {
                 let note = (!missing.is_empty())
                     .then(|| timeout_note(&self.images, self.timeout, &missing));
                 wait.done = Some(note.clone());
@@ -242,13 +258,17 @@ impl PrePull {
                     });
                 }
             }
-            decision.state = SetState::WaitingForImages(waiting_message(
-                &self.images,
-                self.timeout,
-                &missing,
-                &decision.revision,
-                decision.on_disk_revision.is_some(),
-            ));
+            decision.state = SetState::WaitingForImages(if wait.kept {
+                kept_message(&self.images, &missing, &decision.revision)
+            } else {
+                waiting_message(
+                    &self.images,
+                    self.timeout,
+                    &missing,
+                    &decision.revision,
+                    decision.on_disk_revision.is_some(),
+                )
+            });
             if is_new {
                 gate.held
                     .push((decision.set.clone(), decision.revision.clone()));
@@ -289,7 +309,7 @@ impl PrePull {
         let deadlines = self
             .waits
             .values()
-            .filter(|w| w.done.is_none())
+            .filter(|w| w.done.is_none() && !w.kept)
             .map(|w| w.since + self.timeout);
         let retries = self.images.values().filter_map(|s| match s {
             ImageState::Failed { retry_at, .. } => Some(*retry_at),
@@ -347,6 +367,25 @@ fn waiting_message(
              anyway {}s after the pull started",
         images.join(", "),
         timeout.as_secs()
+    )
+}
+
+fn kept_message(
+    images: &BTreeMap<String, ImageState>,
+    missing: &[WantedImage],
+    revision: &str,
+) -> String {
+    let images: Vec<String> = missing
+        .iter()
+        .map(|w| match images.get(&w.image) {
+            Some(ImageState::Failed { message, .. }) => format!("{} ({message})", w.image),
+            _ => format!("{} (still pulling)", w.image),
+        })
+        .collect();
+    format!(
+        "revision {revision} failed on this node and its images are not here: {}; the running pod \
+         is kept, and the pulls are retried",
+        images.join(", ")
     )
 }
 
@@ -598,6 +637,57 @@ mod tests {
             ]
         );
         assert!(matches!(p.sets[0].state, SetState::WaitingForImages(_)));
+    }
+
+    #[test]
+    fn a_revision_failed_on_this_node_never_replaces_the_running_pod() {
+        let old = web("a", "r1", "reg/app:1");
+        let mut new = web("a", "r2", "reg/app:2");
+        new.entry.last_failure = Some(staticpodset_api::RevisionFailure {
+            revision: "r2".into(),
+            reason: "ProgressDeadlineExceeded".into(),
+            message: "not Ready in time".into(),
+            time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
+            ),
+        });
+        let assigned = [new.clone()];
+        let mut pp = PrePull::new(TIMEOUT, RETRY);
+        let t0 = Instant::now();
+        let mut p = planned(&assigned, vec![on_disk(&old)]);
+        pp.gate(&mut p, &assigned, t0);
+        pp.record("reg/app:2", Err("not found".into()), t0);
+        // Past the timeout: still held, the old pod runs, and no busy wake-up for the timeout.
+        let mut p = planned(&assigned, vec![on_disk(&old)]);
+        let gate = pp.gate(&mut p, &assigned, t0 + TIMEOUT + RETRY);
+        assert!(writes(&p).is_empty(), "the failed revision was written");
+        assert!(gate.released.is_empty());
+        let SetState::WaitingForImages(message) = &p.sets[0].state else {
+            panic!("{:?}", p.sets[0].state)
+        };
+        assert!(
+            message.contains("failed on this node") && message.contains("kept"),
+            "{message}"
+        );
+        assert_eq!(
+            gate.pulls,
+            images(&["reg/app:2"]),
+            "pulls are still retried"
+        );
+        pp.record("reg/app:2", Err("not found".into()), t0 + TIMEOUT + RETRY);
+        assert_eq!(pp.next_wakeup(), Some(t0 + TIMEOUT + RETRY + RETRY));
+        // The images arrive after all: written.
+        pp.record("reg/app:2", Ok(()), t0 + TIMEOUT + RETRY + RETRY);
+        let mut p = planned(&assigned, vec![on_disk(&old)]);
+        pp.gate(&mut p, &assigned, t0 + TIMEOUT + RETRY + RETRY);
+        assert_eq!(writes(&p).len(), 1);
+        // A new set (nothing running) with a failed revision is written at the timeout as before.
+        let mut fresh = PrePull::new(TIMEOUT, RETRY);
+        let mut p = planned(&assigned, vec![]);
+        fresh.gate(&mut p, &assigned, t0);
+        let mut p = planned(&assigned, vec![]);
+        fresh.gate(&mut p, &assigned, t0 + TIMEOUT);
+        assert_eq!(writes(&p).len(), 1);
     }
 
     #[test]
