@@ -238,9 +238,10 @@ as_operator() {
   kubectl --kubeconfig=/dev/null --server="$server" --certificate-authority="$ca_file" \
     --token="$operator_token" "$@"
 }
-probe=(run dry-run-probe -n "$E2E_NS" --image="$BUSYBOX_IMAGE" --restart=Never --command -- sleep 1)
-as_operator "${probe[@]}" --dry-run=server >/dev/null || fail "the operator's token cannot dry-run a pod"
-if out=$(as_operator "${probe[@]}" 2>&1); then
+probe=(run dry-run-probe -n "$E2E_NS" --image="$BUSYBOX_IMAGE" --restart=Never)
+as_operator "${probe[@]}" --dry-run=server --command -- sleep 1 >/dev/null ||
+  fail "the operator's token cannot dry-run a pod"
+if out=$(as_operator "${probe[@]}" --command -- sleep 1 2>&1); then
   kubectl delete pod -n "$E2E_NS" dry-run-probe --wait=false >/dev/null 2>&1 || true
   fail "the operator's token created a real pod"
 fi
