@@ -375,17 +375,10 @@ fn kept_message(
     missing: &[WantedImage],
     revision: &str,
 ) -> String {
-    let images: Vec<String> = missing
-        .iter()
-        .map(|w| match images.get(&w.image) {
-            Some(ImageState::Failed { message, .. }) => format!("{} ({message})", w.image),
-            _ => format!("{} (still pulling)", w.image),
-        })
-        .collect();
     format!(
         "revision {revision} failed on this node and its images are not here: {}; the running pod \
          is kept, and the pulls are retried",
-        images.join(", ")
+        missing_images(images, missing)
     )
 }
 
@@ -394,19 +387,24 @@ fn timeout_note(
     timeout: Duration,
     missing: &[WantedImage],
 ) -> String {
-    let images: Vec<String> = missing
+    format!(
+        "pre-pull did not get {} within {}s; the manifest was written anyway and the kubelet \
+             pulls the image itself",
+        missing_images(images, missing),
+        timeout.as_secs()
+    )
+}
+
+/// The missing images with what became of their pulls: `image (error)` or `image (still pulling)`.
+fn missing_images(images: &BTreeMap<String, ImageState>, missing: &[WantedImage]) -> String {
+    let described: Vec<String> = missing
         .iter()
         .map(|w| match images.get(&w.image) {
             Some(ImageState::Failed { message, .. }) => format!("{} ({message})", w.image),
             _ => format!("{} (still pulling)", w.image),
         })
         .collect();
-    format!(
-        "pre-pull did not get {} within {}s; the manifest was written anyway and the kubelet \
-             pulls the image itself",
-        images.join(", "),
-        timeout.as_secs()
-    )
+    described.join(", ")
 }
 
 #[cfg(test)]
