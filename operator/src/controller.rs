@@ -418,6 +418,13 @@ async fn show_failure(
     reason: &str,
     error: &Error,
 ) {
+    let message = error.to_string();
+    let now = Time(Timestamp::now());
+    // Every retry of the same failure ends here: when the cached set shows it already, there is
+    // nothing to read or write.
+    if conditions::with_failure(set.status.as_ref(), None, reason, &message, &now).is_none() {
+        return;
+    }
     let api: Api<StaticPodSet> = Api::namespaced(ctx.client.clone(), &key.namespace);
     // The status as it is now: this reconcile may have written it before failing.
     let current = match api.get(&key.name).await {
@@ -427,13 +434,12 @@ async fn show_failure(
             return;
         }
     };
-    let message = error.to_string();
     let Some(conditions) = conditions::with_failure(
         current.status.as_ref(),
         current.metadata.generation,
         reason,
         &message,
-        &Time(Timestamp::now()),
+        &now,
     ) else {
         return;
     };
