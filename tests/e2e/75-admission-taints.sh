@@ -208,6 +208,13 @@ kubectl patch sps -n "$E2E_NS" tainted --type=json -p "[{\"op\":\"add\",\"path\"
 wait_for "the set on $B once tolerated" 180 mirror_ready "$E2E_NS" "tainted-$B" || fail "toleration did not land the set on $B"
 not_excluded() { [[ -z $(cond "$E2E_NS" tainted NodesExcluded reason) ]]; }
 wait_for "NodesExcluded gone" 30 not_excluded || fail "NodesExcluded still there"
+# The toleration is a new template: wait until both nodes run it, so that what follows sees the
+# taint's effect and not the rollout's.
+rolled_out() {
+  [[ $(sps_status tainted updatedNumberScheduled) == 2 && $(sps_status tainted numberAvailable) == 2 ]] &&
+    mirror_ready "$E2E_NS" "tainted-$A" && mirror_ready "$E2E_NS" "tainted-$B"
+}
+wait_for "the tolerating revision on both nodes" 180 rolled_out || fail "the tolerating revision did not roll out"
 ok "with the toleration the set runs on $B"
 
 kubectl taint node "$B" "$EVICT_KEY=x:NoExecute" --overwrite >/dev/null
