@@ -66,7 +66,9 @@ fn without_revision(manifest: &Value) -> Option<Value> {
     Some(copy)
 }
 
-fn sha256_hex(text: &str) -> String {
+/// Lowercase hex SHA-256 of `text`: the digest of a manifest, and the checksum of the node
+/// agent's saved state.
+pub fn sha256_hex(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
     let mut hex = String::with_capacity(DIGEST_LEN);
     for byte in digest {

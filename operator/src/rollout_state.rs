@@ -187,6 +187,7 @@ pub fn desired_entries(
                 file_name: manifest_file_name(namespace, name),
                 assigned_time: Some(assigned_time),
                 last_failure,
+                fallback_deadline_seconds: None,
             };
             Some((node.name.clone(), entry))
         })
@@ -330,6 +331,7 @@ mod tests {
             digest: None,
             file_name: manifest_file_name("ns", "set"),
             assigned_time: assigned.map(|s| Time(at(s))),
+            fallback_deadline_seconds: None,
             last_failure: failed.map(|r| RevisionFailure {
                 revision: r.into(),
                 reason: "ProgressDeadlineExceeded".into(),

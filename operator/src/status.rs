@@ -274,6 +274,7 @@ mod tests {
             }),
             message: None,
             source: None,
+            fallback: None,
         }
     }
 
