@@ -3,6 +3,7 @@
 //! report back in the status.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +25,7 @@ use crate::config_files;
 use crate::cri::{CriImages, PullResult, Puller};
 use crate::dir_watcher::DirWatcher;
 use crate::http::Readiness;
+use crate::last_known::{from_epoch_seconds, LastKnown};
 use crate::manifest_dir::ManifestDir;
 use crate::metrics::Metrics;
 use crate::mirror_pods::{self, NodePods};
@@ -32,6 +34,7 @@ use crate::prepull::PrePull;
 use crate::report::{self, LastPatch};
 use crate::resources_dir::ResourcesDir;
 use crate::revisions::RevisionCache;
+use crate::state_file::{Loaded, StateFile};
 use crate::url_mode;
 use crate::url_source::{UrlResponse, UrlSource};
 
@@ -40,6 +43,11 @@ pub const FIELD_MANAGER: &str = "staticpodset-node-agent";
 
 /// How soon a failed image pre-pull is tried again (within the pre-pull timeout).
 const PULL_RETRY: Duration = Duration::from_secs(5);
+
+/// How long a starting agent waits for the API server's first list before it acts on its saved
+/// state, unless the watch fails sooner: with the API server up, a state saved before a long
+/// stop must not be acted on for even a moment.
+const SAVED_STATE_GRACE: Duration = Duration::from_secs(10);
 
 /// A failure talking to the API server or running the sync.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +100,8 @@ pub struct Context {
     pub resources: ResourcesDir,
     /// The namespace of the configuration bundles, the only one whose Secrets the agent reads.
     pub config_namespace: String,
+    /// Where the node's last-known state is kept (`--state-dir`); `None`: not kept.
+    pub state_file: Option<StateFile>,
 }
 
 /// What the loop remembers between syncs (owned by the loop, never shared).
@@ -109,11 +119,21 @@ struct LoopState {
     memory: SyncMemory,
     /// The last mode warning logged, so it is logged once.
     mode_warning: Option<String>,
+    /// The state loaded on start, until the API server's first list replaces it.
+    saved: Option<Arc<LastKnown>>,
+    /// What was saved last, so that only a change is written.
+    last_saved: Option<LastKnown>,
+    /// Whether the agent has acted on the saved state yet (logged once).
+    acting_on_saved: bool,
+    /// When the loop started: the saved state waits [`SAVED_STATE_GRACE`] for the API server.
+    started: Instant,
 }
 
 /// The caches the watchers fill.
 struct Caches {
     node_static_pods: Store<NodeStaticPods>,
+    /// Set while the NodeStaticPods watch fails (the API server does not answer).
+    node_static_pods_failing: Arc<AtomicBool>,
     pods: Store<Pod>,
     /// This node's Node (labels only), when the mode comes from its label.
     node: Option<Store<Node>>,
@@ -156,12 +176,18 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         })
         .default_backoff(),
     );
+    let nsp_failing = Arc::new(AtomicBool::new(false));
     let nsp_task = tokio::spawn(
-        forward(nsp_events, wake.clone(), |_: &NodeStaticPods| true)
-            .instrument(info_span!("watch", kind = "NodeStaticPods", node = %node)),
+        forward(
+            nsp_events,
+            wake.clone(),
+            |_: &NodeStaticPods| true,
+            Some(nsp_failing.clone()),
+        )
+        .instrument(info_span!("watch", kind = "NodeStaticPods", node = %node)),
     );
     let pod_task = tokio::spawn(
-        forward(pod_events, wake.clone(), mirror_pods::is_ours)
+        forward(pod_events, wake.clone(), mirror_pods::is_ours, None)
             .instrument(info_span!("watch", kind = "Pod", node = %node)),
     );
 
@@ -174,6 +200,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
     };
     let caches = Caches {
         node_static_pods: nsp_store,
+        node_static_pods_failing: nsp_failing,
         pods: pod_store,
         node: node_store,
     };
@@ -182,6 +209,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
               "image pre-pull on: writes that change a revision wait for their images");
         Puller::new(cri, ctx.prepull_timeout, wake.clone(), ctx.metrics.clone())
     });
+    let saved = load_state(&ctx).await;
     let mut state = LoopState {
         last_patch: None,
         last_reports: Vec::new(),
@@ -197,7 +225,21 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         ),
         memory: fresh_memory(&ctx),
         mode_warning: None,
+        saved: None,
+        last_saved: None,
+        acting_on_saved: false,
+        started: Instant::now(),
     };
+    if let Some(saved) = saved {
+        for refusal in
+            state
+                .revisions
+                .restore(&saved.revisions, &saved.pods, std::time::Instant::now())
+        {
+            warn!(%refusal, "a revision of the saved state is refused; its set waits for the API server");
+        }
+        state.saved = Some(Arc::new(*saved));
+    }
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let wait = sync_once(&ctx, &caches, &nsp_api, &wake, &mut state)
@@ -228,10 +270,13 @@ fn fresh_memory(ctx: &Context) -> SyncMemory {
 
 /// Drives a reflector stream and wakes the loop on events that matter. Errors are logged; the
 /// watcher's backoff retries, and the caches keep their last state meanwhile.
+/// `failing`, when given, is set while the watch fails and cleared by its next list; its first
+/// failure wakes the loop too (a starting agent may then act on its saved state).
 async fn forward<K: Resource>(
     events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     wake: Arc<Notify>,
     matters: impl Fn(&K) -> bool,
+    failing: Option<Arc<AtomicBool>>,
 ) {
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
@@ -239,9 +284,21 @@ async fn forward<K: Resource>(
             Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) if matters(&obj) => {
                 wake.notify_one()
             }
-            Ok(watcher::Event::InitDone) => wake.notify_one(),
+            Ok(watcher::Event::InitDone) => {
+                if let Some(failing) = &failing {
+                    failing.store(false, Ordering::Relaxed);
+                }
+                wake.notify_one()
+            }
             Ok(_) => {}
-            Err(e) => warn!(error = %e, "watch failed; retrying with backoff, cached state kept"),
+            Err(e) => {
+                warn!(error = %e, "watch failed; retrying with backoff, cached state kept");
+                if let Some(failing) = &failing {
+                    if !failing.swap(true, Ordering::Relaxed) {
+                        wake.notify_one();
+                    }
+                }
+            }
         }
     }
 }
@@ -279,7 +336,7 @@ fn watch_own_node(
         changed
     };
     let task = tokio::spawn(
-        forward(events, wake, label_changed)
+        forward(events, wake, label_changed, None)
             .instrument(info_span!("watch", kind = "Node", node = %node)),
     );
     (store, task)
@@ -304,11 +361,19 @@ async fn sync_once(
             }
         };
     }
-    let (object, mode) = match known_state(ctx, caches, state) {
+    let (object, mode, from_saved) = match known_state(ctx, caches, state) {
         Ok(known) => known,
         Err(why) => {
             not_ready(ctx, why);
-            return ctx.resync_interval;
+            // A saved state waits for the API server's first list only so long.
+            let grace_left = state
+                .saved
+                .as_ref()
+                .map(|_| SAVED_STATE_GRACE.saturating_sub(state.started.elapsed()))
+                .filter(|left| !left.is_zero());
+            return grace_left.map_or(ctx.resync_interval, |left| {
+                left.min(ctx.resync_interval) + Duration::from_millis(10)
+            });
         }
     };
     // Observed when dropped, on every return path.
@@ -320,6 +385,11 @@ async fn sync_once(
         return ctx.resync_interval;
     };
     hand_out(ctx, state, &outcome);
+    if from_saved {
+        log_saved_outcome(&outcome);
+    } else {
+        save_state(ctx, state, &object, mode).await;
+    }
     if let Some(built) = &outcome.report {
         report_status(ctx, api, &object, built, state, SystemTime::now()).await;
     }
@@ -331,20 +401,39 @@ async fn sync_once(
     )
 }
 
-/// The node's NodeStaticPods and mode, once the agent knows them; otherwise why the manifest
-/// directory is left as it is.
+/// The node's NodeStaticPods and mode, once the agent knows them, and whether they come from the
+/// saved state; otherwise why the manifest directory is left as it is.
 fn known_state(
     ctx: &Context,
     caches: &Caches,
     state: &mut LoopState,
-) -> Result<(Arc<NodeStaticPods>, ManifestSource), String> {
+) -> Result<(Arc<NodeStaticPods>, ManifestSource, bool), String> {
     let node = &ctx.node_name;
     // Until the first complete list, an empty cache means "unknown", not "nothing assigned".
     if !is_listed(&caches.node_static_pods) {
+        let api_silent = caches.node_static_pods_failing.load(Ordering::Relaxed)
+            || state.started.elapsed() >= SAVED_STATE_GRACE;
+        if let Some(saved) = state.saved.as_ref().filter(|_| api_silent) {
+            if !state.acting_on_saved {
+                state.acting_on_saved = true;
+                ctx.metrics.saved_state_in_use.set(1);
+                info!(saved_at = %humantime_utc(saved.saved_at), generation = ?saved.generation,
+                      pods = saved.pods.len(), revisions = saved.revisions.len(), mode = ?saved.mode,
+                      "no answer from the API server: acting on the last-known state until it answers");
+            }
+            return Ok((Arc::new(saved.to_object()), saved.mode, true));
+        }
         return Err(format!(
             "waiting for the first list of NodeStaticPods {node} from the API server; the \
              manifest directory is left as it is"
         ));
+    }
+    if state.saved.take().is_some() || state.acting_on_saved {
+        if state.acting_on_saved {
+            info!("the API server answered: its state replaces the last-known state");
+        }
+        state.acting_on_saved = false;
+        ctx.metrics.saved_state_in_use.set(0);
     }
     let Some(object) = caches.node_static_pods.get(&ObjectRef::new(node)) else {
         if !state.warned_missing {
@@ -356,14 +445,123 @@ fn known_state(
         ));
     };
     state.warned_missing = false;
-    let Some(mode) = node_mode(ctx, caches, state) else {
+    let Some(mode) = node_mode(ctx, caches, state).or_else(|| saved_mode(state)) else {
         return Err(format!(
             "waiting for the first read of Node {node} (its {} label chooses the manifest \
              source); the manifest directory is left as it is",
             staticpodset_api::keys::MANIFEST_SOURCE
         ));
     };
-    Ok((object, mode))
+    Ok((object, mode, false))
+}
+
+/// The manifest source of the last saved state, while the Node that chooses it cannot be read.
+fn saved_mode(state: &LoopState) -> Option<ManifestSource> {
+    state.last_saved.as_ref().map(|s| s.mode)
+}
+
+/// Loads the node's last-known state, reporting what was found. A state that cannot be used is
+/// no state: the agent then waits for the API server and leaves the directory as it is.
+async fn load_state(ctx: &Context) -> Option<Box<LastKnown>> {
+    let file = ctx.state_file.clone()?;
+    let path = file.path();
+    let loaded = tokio::task::spawn_blocking(move || file.load())
+        .await
+        .unwrap_or_else(|e| Loaded::Invalid(format!("the load did not complete: {e}")));
+    let (result, state) = match loaded {
+        Loaded::State(state) => {
+            let tampered = state.tampered_revisions();
+            info!(path = %path.display(), saved_at = %humantime_utc(state.saved_at),
+                  pods = state.pods.len(), revisions = state.revisions.len(),
+                  "loaded the last-known state");
+            if !tampered.is_empty() {
+                warn!(path = %path.display(), ?tampered,
+                      "last-known state: these revisions do not hash to their digest and are not used");
+            }
+            ("loaded", Some(state))
+        }
+        Loaded::Missing => {
+            info!(path = %path.display(), "no last-known state; the agent waits for the API server");
+            ("missing", None)
+        }
+        Loaded::Invalid(why) => {
+            warn!(path = %path.display(), error = %why,
+                  "last-known state unusable: treated as no state (nothing is removed); the agent \
+                   waits for the API server");
+            ("invalid", None)
+        }
+    };
+    ctx.metrics.state_loads.with_label_values(&[result]).inc();
+    state
+}
+
+/// Saves the node's state when it changed since the last save. A failure is logged and retried
+/// on the next sync; the node's pods do not depend on it while the API server answers.
+async fn save_state(
+    ctx: &Context,
+    state: &mut LoopState,
+    object: &NodeStaticPods,
+    mode: ManifestSource,
+) {
+    let Some(file) = ctx.state_file.clone() else {
+        return;
+    };
+    let current = LastKnown::capture(
+        &ctx.node_name,
+        object,
+        mode,
+        state.revisions.saved(&object.spec.pods),
+        Vec::new(),
+        Vec::new(),
+        SystemTime::now(),
+    );
+    if state
+        .last_saved
+        .as_ref()
+        .is_some_and(|last| last.same_as(&current))
+    {
+        return;
+    }
+    let bytes = match crate::last_known::encode(&current) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            warn!(error = %e, "cannot encode the last-known state");
+            ctx.metrics.state_saves.with_label_values(&["failed"]).inc();
+            return;
+        }
+    };
+    match blocking::in_span(move || file.save(&bytes)).await {
+        Ok(Ok(())) => {
+            ctx.metrics.state_saves.with_label_values(&["ok"]).inc();
+            debug!(
+                pods = current.pods.len(),
+                revisions = current.revisions.len(),
+                "saved the last-known state"
+            );
+            state.last_saved = Some(current);
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot save the last-known state; retrying on the next sync");
+            ctx.metrics.state_saves.with_label_values(&["failed"]).inc();
+        }
+        Err(e) => {
+            warn!(error = %e, "the state save did not complete; retrying on the next sync");
+            ctx.metrics.state_saves.with_label_values(&["failed"]).inc();
+        }
+    }
+}
+
+/// The local report while the agent acts on its saved state: there is no API server to patch,
+/// and no pod list to build a status from, so each set's phase goes to the log when it changes.
+fn log_saved_outcome(outcome: &pipeline::SyncOutcome) {
+    for set in &outcome.sets {
+        debug!(set = %set.set, phase = ?set.phase, message = ?set.message, "set on the saved state");
+    }
+}
+
+/// `seconds` since the epoch as an RFC 3339 time, for logs.
+fn humantime_utc(seconds: u64) -> String {
+    humantime::format_rfc3339_seconds(from_epoch_seconds(seconds)).to_string()
 }
 
 /// Observe: reads the revisions and puts the configuration files in place (the API side), and

@@ -2,10 +2,10 @@
 //! NodeStaticPods, and reports what the kubelet runs.
 //!
 //! One sync is one pipeline, [`pipeline`]: observe → plan → gates → execute. Pure decisions over
-//! plain data sit in the middle ([`dir_plan`], [`revisions`], [`config_files`], [`prepull`],
+//! plain data sit in the middle ([`dir_plan`], [`revisions`], [`config_files`], [`last_known`], [`prepull`],
 //! [`stop_first`], [`served_pods`], [`mirror_pods`], [`report`], [`manifest_yaml`]); I/O is at
 //! the edges ([`manifest_dir`], [`resources_dir`], [`dir_watcher`], [`api_reads`],
-//! [`config_bundles`], [`cri`], [`url_mode`], [`url_source`], [`http`]); [`agent`] wires the loop.
+//! [`config_bundles`], [`state_file`], [`cri`], [`url_mode`], [`url_source`], [`http`]); [`agent`] wires the loop.
 
 #![deny(missing_docs)]
 
@@ -18,6 +18,7 @@ pub mod cri;
 pub mod dir_plan;
 pub mod dir_watcher;
 pub mod http;
+pub mod last_known;
 pub mod manifest_dir;
 pub mod manifest_yaml;
 pub mod metrics;
@@ -28,6 +29,7 @@ pub mod report;
 pub mod resources_dir;
 pub mod revisions;
 pub mod served_pods;
+pub mod state_file;
 pub mod stop_first;
 pub mod url_mode;
 pub mod url_source;

@@ -32,6 +32,7 @@ use staticpodset_node_agent::manifest_dir::ManifestDir;
 use staticpodset_node_agent::metrics::Metrics;
 use staticpodset_node_agent::resources_dir::ResourcesDir;
 use staticpodset_node_agent::served_pods::parse_source;
+use staticpodset_node_agent::state_file::StateFile;
 use staticpodset_node_agent::url_source::{self, parse_required_header, RequiredHeader, UrlSource};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -131,7 +132,17 @@ struct Args {
     /// reads Secrets there and nowhere else. Defaults to the pod's namespace.
     #[arg(long, env = "CONFIG_NAMESPACE")]
     config_namespace: Option<String>,
+
+    /// A directory of the agent's own on the node (never the kubelet's staticPodPath) where it
+    /// keeps the node's last-known state, `<dir>/<node>.json`: restarted while the API server is
+    /// down, it acts on that state (heals drift, serves the static pod URL) instead of waiting.
+    /// Empty: no state is kept.
+    #[arg(long, env = "STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 }
+
+/// Where the node's last-known state is kept unless `--state-dir` says otherwise.
+const DEFAULT_STATE_DIR: &str = "/var/lib/staticpodset-agent";
 
 fn read_required_header(name: &str, file: &std::path::Path) -> anyhow::Result<RequiredHeader> {
     let value = std::fs::read_to_string(file)
@@ -222,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| client.default_namespace().to_string());
+    let state_file = state_file(&args.state_dir, &args.manifest_dir, &args.node_name)?;
     let ctx = Context {
         client,
         node_name: args.node_name,
@@ -240,10 +252,28 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| args.resources_dir.to_string_lossy().into_owned()),
         ),
         config_namespace,
+        state_file,
     };
     agent::run(ctx, stopped(stop_rx)).await;
     server.await.context("the HTTP server task failed")?;
     Ok(())
+}
+
+/// The node's state file in `dir`, or none when `dir` is empty. Refused inside the kubelet's
+/// directory, whose every file the kubelet reads as a manifest.
+fn state_file(dir: &Path, manifest_dir: &Path, node: &str) -> anyhow::Result<Option<StateFile>> {
+    if dir.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    if dir.starts_with(manifest_dir) {
+        anyhow::bail!(
+            "--state-dir {} is inside the kubelet's static pod directory {}, which reads every \
+             file there as a manifest; give the agent a directory of its own",
+            dir.display(),
+            manifest_dir.display()
+        );
+    }
+    Ok(Some(StateFile::new(dir, node)))
 }
 
 fn init_tracing(format: LogFormat) {
@@ -353,6 +383,26 @@ mod tests {
         assert_eq!(args.static_pod_url_addr, None);
         assert_eq!(args.manifest_source, ManifestSource::File);
         assert!(!args.manifest_source_from_node_label);
+        assert_eq!(args.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
+    fn the_state_stays_out_of_the_kubelets_directory() {
+        let manifests = Path::new("/etc/kubernetes/manifests");
+        assert!(state_file(Path::new(""), manifests, "n")
+            .expect("off")
+            .is_none());
+        let file = state_file(Path::new("/var/lib/sps"), manifests, "n")
+            .expect("ok")
+            .expect("on");
+        assert_eq!(file.path(), PathBuf::from("/var/lib/sps/n.json"));
+        for inside in [
+            "/etc/kubernetes/manifests",
+            "/etc/kubernetes/manifests/state",
+        ] {
+            let e = state_file(Path::new(inside), manifests, "n").expect_err(inside);
+            assert!(e.to_string().contains("static pod directory"), "{e}");
+        }
     }
 
     #[test]

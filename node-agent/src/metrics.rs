@@ -50,6 +50,15 @@ pub struct Metrics {
     /// (a file edited, removed or added on the node, put back), `pruned` (a hash directory
     /// nothing names), `removed` (a set's directory), `failed`.
     pub config_files: IntCounterVec,
+    /// Loads of the last-known state on start, by result: `loaded`, `missing`, `invalid`.
+    pub state_loads: IntCounterVec,
+    /// Saves of the last-known state, by result: `ok`, `failed`.
+    pub state_saves: IntCounterVec,
+    /// 1 while the agent acts on its saved state because the API server has not answered.
+    pub saved_state_in_use: IntGauge,
+    /// Node-local fallbacks: a new revision given up for the last Ready one while the API server
+    /// was unreachable.
+    pub fallbacks: IntCounter,
 }
 
 impl Metrics {
@@ -170,6 +179,41 @@ impl Metrics {
         for action in ["written", "restored", "pruned", "removed", "failed"] {
             config_files.with_label_values(&[action]);
         }
+        let state_loads = IntCounterVec::new(
+            Opts::new(
+                "staticpodset_agent_state_loads_total",
+                "Loads of the node's last-known state on start, by result: loaded, missing, \
+                 invalid (unreadable, wrong checksum, another node's or another format)",
+            ),
+            &["result"],
+        )?;
+        for result in ["loaded", "missing", "invalid"] {
+            state_loads.with_label_values(&[result]);
+        }
+        let state_saves = IntCounterVec::new(
+            Opts::new(
+                "staticpodset_agent_state_saves_total",
+                "Saves of the node's last-known state, by result: ok, failed",
+            ),
+            &["result"],
+        )?;
+        for result in ["ok", "failed"] {
+            state_saves.with_label_values(&[result]);
+        }
+        let saved_state_in_use = IntGauge::new(
+            "staticpodset_agent_saved_state_in_use",
+            "1 while the agent acts on its saved last-known state because the API server has not \
+             answered since it started",
+        )?;
+        let fallbacks = IntCounter::new(
+            "staticpodset_agent_fallbacks_total",
+            "Node-local fallbacks: a new revision that did not become healthy while the API server \
+             was unreachable, replaced by the revision last Ready on the node",
+        )?;
+        registry.register(Box::new(state_loads.clone()))?;
+        registry.register(Box::new(state_saves.clone()))?;
+        registry.register(Box::new(saved_state_in_use.clone()))?;
+        registry.register(Box::new(fallbacks.clone()))?;
         registry.register(Box::new(url_requests.clone()))?;
         registry.register(Box::new(url_served_pods.clone()))?;
         registry.register(Box::new(config_files.clone()))?;
@@ -208,6 +252,10 @@ impl Metrics {
             url_requests,
             url_served_pods,
             config_files,
+            state_loads,
+            state_saves,
+            saved_state_in_use,
+            fallbacks,
         })
     }
 
@@ -251,6 +299,10 @@ mod tests {
             "staticpodset_agent_prepull_waiting 0",
             "staticpodset_agent_url_served_pods 0",
             "staticpodset_agent_config_files_total{action=\"restored\"} 0",
+            "staticpodset_agent_state_loads_total{result=\"invalid\"} 0",
+            "staticpodset_agent_state_saves_total{result=\"failed\"} 0",
+            "staticpodset_agent_saved_state_in_use 0",
+            "staticpodset_agent_fallbacks_total 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

@@ -229,6 +229,8 @@ pub fn build(
             mirror_pod: mirror,
             message,
             source: outcome.source,
+            // Filled in by the loop, which keeps fallback's memory.
+            fallback: None,
         });
     }
     summary.problems += i32::try_from(removals.len()).unwrap_or(i32::MAX);

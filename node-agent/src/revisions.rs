@@ -35,9 +35,10 @@ use staticpodset_api::keys::ANNOTATION_REVISION;
 use staticpodset_api::{AssignedPod, StaticPodRevision};
 
 use crate::dir_plan::{Assignment, Unavailable};
+use crate::last_known::SavedRevision;
 
 /// A StaticPodRevision by `(namespace, name)`.
-pub type RevisionKey = (String, String);
+pub use crate::last_known::RevisionKey;
 
 /// The revision an entry names: `(set namespace, revision name)`.
 pub fn key_of(entry: &AssignedPod) -> RevisionKey {
@@ -327,6 +328,45 @@ impl RevisionCache {
         let named: BTreeSet<RevisionKey> = entries.iter().map(key_of).collect();
         self.cached.retain(|k, _| named.contains(k));
         self.failures.retain(|k, _| named.contains(k));
+    }
+
+    /// The kept revisions `entries` name and that serve them, for the node's saved state.
+    pub fn saved(&self, entries: &[AssignedPod]) -> Vec<SavedRevision> {
+        let mut saved: BTreeMap<RevisionKey, SavedRevision> = BTreeMap::new();
+        for entry in entries {
+            let key = key_of(entry);
+            match self.cached.get(&key) {
+                Some(cached) if cached.serves(entry) => {
+                    saved.entry(key.clone()).or_insert_with(|| SavedRevision {
+                        namespace: key.0,
+                        name: key.1,
+                        set_name: entry.set_name.clone(),
+                        hash: cached.hash.clone(),
+                        digest: cached.digest.clone(),
+                        manifest: Value::clone(&cached.manifest),
+                    });
+                }
+                _ => {}
+            }
+        }
+        saved.into_values().collect()
+    }
+
+    /// Takes in revisions from the node's saved state, verified against `entries` exactly as a
+    /// read from the API server is; returns the refusals.
+    pub fn restore(
+        &mut self,
+        saved: &[SavedRevision],
+        entries: &[AssignedPod],
+        now: Instant,
+    ) -> Vec<ReadError> {
+        saved
+            .iter()
+            .filter_map(|r| {
+                self.record(r.key(), Ok(Some(r.to_object())), entries, now)
+                    .err()
+            })
+            .collect()
     }
 
     /// How many revisions are kept.

@@ -23,6 +23,7 @@ use staticpodset_node_agent::agent::{self, Context};
 use staticpodset_node_agent::http::Readiness;
 use staticpodset_node_agent::manifest_dir::ManifestDir;
 use staticpodset_node_agent::metrics::Metrics;
+use staticpodset_node_agent::state_file::StateFile;
 use staticpodset_node_agent::url_source::{UrlResponse, UrlSource};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -290,6 +291,7 @@ fn context(
             "/etc/kubernetes/static-pod-resources",
         ),
         config_namespace: "staticpodset-system".into(),
+        state_file: None,
     }
 }
 
@@ -730,5 +732,185 @@ async fn in_url_mode_the_agent_serves_its_pods_and_writes_no_files() {
         vec!["kube-apiserver.yaml".to_owned()]
     );
 
+    shut_down(stop, agent).await;
+}
+
+/// Starts an agent on `dir` against the fake API server `state`, keeping its state in `state_dir`,
+/// with a URL source when `url` is given. Returns its metrics, readiness, URL answer and stop.
+#[allow(clippy::type_complexity)]
+fn start_with_state(
+    state: &Shared,
+    dir: &Path,
+    state_dir: &Path,
+    url: bool,
+) -> (
+    Metrics,
+    watch::Receiver<Readiness>,
+    watch::Receiver<UrlResponse>,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (readiness, ready_rx) = watch::channel(Readiness::NotReady("starting".into()));
+    let (response, url_rx) = watch::channel(UrlResponse::Unavailable("starting".into()));
+    let source = url.then_some(UrlSource {
+        response,
+        default_mode: staticpodset_api::ManifestSource::Both,
+        node_label: false,
+    });
+    let mut ctx = context(state, dir, readiness, source);
+    ctx.state_file = Some(StateFile::new(state_dir, NODE));
+    let metrics = ctx.metrics.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(agent::run(ctx, async move {
+        let _ = stopped.await;
+    }));
+    (metrics, ready_rx, url_rx, stop, agent)
+}
+
+fn metric(metrics: &Metrics, line: &str) -> bool {
+    metrics.encode().expect("encode").lines().any(|l| l == line)
+}
+
+/// A manifest annotated to go through the URL source in mode Both.
+fn url_manifest(set: &str, rev: &str) -> Value {
+    let mut m = manifest(set, rev);
+    m["metadata"]["annotations"][staticpodset_api::keys::MANIFEST_SOURCE] = json!("url");
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_acts_on_its_saved_state_until_the_api_server_answers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("manifests");
+    let state_dir = tmp.path().join("state");
+    fs::create_dir(&dir).expect("mkdir");
+    let kubeadm =
+        b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\n  namespace: kube-system\n";
+    fs::write(dir.join("kube-apiserver.yaml"), kubeadm).expect("write");
+
+    // "vip" goes to a file, "proxy" to the URL.
+    let mut proxy_revision = revision("proxy", "r1");
+    proxy_revision["spec"]["manifest"] = url_manifest("proxy", "r1");
+    let mut proxy_entry = entry("proxy", "r1");
+    proxy_entry["digest"] = json!(manifest_digest(&url_manifest("proxy", "r1")));
+    let mut object = node_static_pods(&["vip"], 11);
+    object["spec"]["pods"]
+        .as_array_mut()
+        .expect("pods")
+        .push(proxy_entry);
+    let state: Shared = Arc::new(Mutex::new(ApiState {
+        node_static_pods: Some(object.clone()),
+        nsp_history: vec![watch_event("ADDED", &object)],
+        revisions: BTreeMap::from([
+            ("vip-r1".to_string(), revision("vip", "r1")),
+            ("proxy-r1".to_string(), proxy_revision),
+        ]),
+        ..ApiState::default()
+    }));
+
+    // 1. With the API server: written, served, and the state saved.
+    let (metrics, _ready, url_rx, stop, agent) = start_with_state(&state, &dir, &state_dir, true);
+    let vip = dir.join(manifest_file_name("kube-system", "vip"));
+    let state_path = state_dir.join(format!("{NODE}.json"));
+    eventually("vip written and the state saved", || {
+        vip.exists() && state_path.exists()
+    })
+    .await;
+    let served_before = match &*url_rx.borrow() {
+        UrlResponse::Pods(body) => body.clone(),
+        other => panic!("not serving: {other:?}"),
+    };
+    assert_eq!(
+        served(&UrlResponse::Pods(served_before.clone())),
+        Some(vec![("proxy".into(), "r1".into())])
+    );
+    assert!(metric(
+        &metrics,
+        r#"staticpodset_agent_state_loads_total{result="missing"} 1"#
+    ));
+    let written = fs::read(&vip).expect("read");
+    shut_down(stop, agent).await;
+
+    // 2. The API server is down, the agent restarts, and vip's manifest was deleted meanwhile:
+    //    the saved state puts it back byte for byte and serves the same list.
+    {
+        let mut s = lock(&state);
+        s.down = true;
+        s.nsp_watches.clear();
+        s.pod_watches.clear();
+    }
+    fs::remove_file(&vip).expect("delete");
+    let earlier_requests = lock(&state).requests.len();
+    let (metrics, mut ready, url_rx, stop, agent) =
+        start_with_state(&state, &dir, &state_dir, true);
+    eventually("the deleted manifest restored from the saved state", || {
+        fs::read(&vip).ok().as_ref() == Some(&written)
+    })
+    .await;
+    readiness_becomes(&mut ready, "ready on the saved state", |r| {
+        *r == Readiness::Ready
+    })
+    .await;
+    assert_eq!(
+        *url_rx.borrow(),
+        UrlResponse::Pods(served_before.clone()),
+        "the same list, byte for byte"
+    );
+    assert!(metric(
+        &metrics,
+        r#"staticpodset_agent_state_loads_total{result="loaded"} 1"#
+    ));
+    assert!(metric(&metrics, "staticpodset_agent_saved_state_in_use 1"));
+    assert_eq!(
+        fs::read(dir.join("kube-apiserver.yaml")).expect("read"),
+        kubeadm
+    );
+    assert!(
+        !lock(&state)
+            .requests
+            .iter()
+            .skip(earlier_requests)
+            .any(|r| r.contains(REVISIONS)),
+        "no revision is read while the saved state has it"
+    );
+
+    // 3. The API server answers with a state that no longer lists vip: the API's state wins.
+    let emptied = node_static_pods(&[], 14);
+    {
+        let mut s = lock(&state);
+        s.down = false;
+        s.node_static_pods = Some(emptied.clone());
+        s.nsp_history.push(watch_event("MODIFIED", &emptied));
+    }
+    eventually("vip removed once the API server answers", || !vip.exists()).await;
+    eventually("the saved state no longer in use", || {
+        metric(&metrics, "staticpodset_agent_saved_state_in_use 0")
+    })
+    .await;
+    shut_down(stop, agent).await;
+
+    // 4. A corrupt state file: reported, treated as no state, nothing removed or written.
+    let mut bytes = fs::read(&state_path).expect("saved");
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x20;
+    fs::write(&state_path, &bytes).expect("corrupt");
+    fs::write(&vip, &written).expect("a manifest on disk again");
+    let before = listing(&dir);
+    lock(&state).down = true;
+    let (metrics, mut ready, url_rx, stop, agent) =
+        start_with_state(&state, &dir, &state_dir, true);
+    readiness_becomes(
+        &mut ready,
+        "waiting for the API server",
+        |r| matches!(r, Readiness::NotReady(m) if m.contains("first list")),
+    )
+    .await;
+    assert!(metric(
+        &metrics,
+        r#"staticpodset_agent_state_loads_total{result="invalid"} 1"#
+    ));
+    // The sync that said so has run: whatever it would do is done.
+    assert_eq!(listing(&dir), before, "nothing removed or written");
+    assert!(matches!(&*url_rx.borrow(), UrlResponse::Unavailable(_)));
     shut_down(stop, agent).await;
 }
