@@ -22,8 +22,9 @@ use crate::api_reads;
 use crate::blocking;
 use crate::config_bundles::ConfigBundles;
 use crate::config_files;
-use crate::cri::{CriImages, PullResult, Puller};
+use crate::cri::{CriImages, CriRuntime, PullResult, Puller};
 use crate::dir_watcher::DirWatcher;
+use crate::fallback::{self, FallbackMemory};
 use crate::http::Readiness;
 use crate::last_known::{from_epoch_seconds, LastKnown};
 use crate::manifest_dir::ManifestDir;
@@ -43,6 +44,9 @@ pub const FIELD_MANAGER: &str = "staticpodset-node-agent";
 
 /// How soon a failed image pre-pull is tried again (within the pre-pull timeout).
 const PULL_RETRY: Duration = Duration::from_secs(5);
+
+/// How long each question to the container runtime or the API server about a fallback may take.
+const FALLBACK_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a starting agent waits for the API server's first list before it acts on its saved
 /// state, unless the watch fails sooner: with the API server up, a state saved before a long
@@ -127,6 +131,14 @@ struct LoopState {
     acting_on_saved: bool,
     /// When the loop started: the saved state waits [`SAVED_STATE_GRACE`] for the API server.
     started: Instant,
+    /// Node-local fallback's memory.
+    fallback: FallbackMemory,
+    /// Per set, the revision the last sync left written (or served) and since when.
+    written: std::collections::BTreeMap<SetKey, (String, SystemTime)>,
+    /// The container runtime, to judge a revision that may need a fallback.
+    runtime: Option<CriRuntime>,
+    /// When the next fallback deadline passes.
+    fallback_next: Option<SystemTime>,
 }
 
 /// The caches the watchers fill.
@@ -229,6 +241,10 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         last_saved: None,
         acting_on_saved: false,
         started: Instant::now(),
+        fallback: FallbackMemory::default(),
+        written: std::collections::BTreeMap::new(),
+        runtime: ctx.cri.as_ref().map(CriImages::runtime),
+        fallback_next: None,
     };
     if let Some(saved) = saved {
         for refusal in
@@ -238,6 +254,12 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         {
             warn!(%refusal, "a revision of the saved state is refused; its set waits for the API server");
         }
+        state.fallback.last_ready = saved.verified_last_ready();
+        state.fallback.fallbacks = saved
+            .fallbacks
+            .iter()
+            .map(|f| (f.set(), f.clone()))
+            .collect();
         state.saved = Some(Arc::new(*saved));
     }
     let mut shutdown = std::pin::pin!(shutdown);
@@ -380,10 +402,24 @@ async fn sync_once(
     let _timer = ctx.metrics.sync_duration.start_timer();
     ctx.metrics.syncs.inc();
 
-    let observed = observe(ctx, caches, state, &object, mode).await;
-    let Some(outcome) = run_pipeline(ctx, state, observed).await else {
+    let mut observed = observe(ctx, caches, state, &object, mode).await;
+    check_fallbacks(ctx, state, &observed.assigned).await;
+    let (assigned, in_place) =
+        fallback::apply(std::mem::take(&mut observed.assigned), &mut state.fallback);
+    observed.assigned = assigned.clone();
+    observed.in_place = in_place;
+    let Some(mut outcome) = run_pipeline(ctx, state, observed).await else {
         return ctx.resync_interval;
     };
+    state.written = outcome
+        .sets
+        .iter()
+        .filter_map(|s| Some((s.set.clone(), (s.written_revision.clone()?, s.written_at?))))
+        .collect();
+    if let Some(report) = &mut outcome.report {
+        fallback::observe_ready(&assigned, &report.status.pods, &mut state.fallback);
+        fallback::annotate(&mut report.status.pods, &state.fallback);
+    }
     hand_out(ctx, state, &outcome);
     if from_saved {
         log_saved_outcome(&outcome);
@@ -393,11 +429,79 @@ async fn sync_once(
     if let Some(built) = &outcome.report {
         report_status(ctx, api, &object, built, state, SystemTime::now()).await;
     }
-    pipeline::next_wakeup(
+    let wait = pipeline::next_wakeup(
         &outcome.deadlines,
         std::time::Instant::now(),
         SystemTime::now(),
         ctx.resync_interval,
+    );
+    match state.fallback_next {
+        Some(at) => wait.min(
+            at.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(10),
+        ),
+        None => wait,
+    }
+}
+
+/// Node-local fallback: for every set past its deadline whose new revision is not known healthy,
+/// asks the container runtime how the revision runs and, if it does not, whether the API server
+/// answers; puts the fallbacks it decides in force (see [`crate::fallback`]).
+async fn check_fallbacks(
+    ctx: &Context,
+    state: &mut LoopState,
+    assigned: &[crate::dir_plan::Assignment],
+) {
+    let now = SystemTime::now();
+    let (due, next) = fallback::due(
+        assigned,
+        &ctx.node_name,
+        &state.written,
+        &state.fallback,
+        now,
+    );
+    state.fallback_next = next;
+    if due.is_empty() {
+        return;
+    }
+    let Some(runtime) = state.runtime.clone() else {
+        // Without the runtime the agent cannot tell a failing pod from a healthy one: it never
+        // falls back blind.
+        debug!("node-local fallback needs the container runtime (--cri-socket); not judged");
+        return;
+    };
+    let mut api_reachable: Option<bool> = None;
+    for d in &due {
+        let health = match runtime
+            .pod(&d.set.namespace, &d.pod_name, FALLBACK_CALL_TIMEOUT)
+            .await
+        {
+            Ok(sandboxes) => {
+                fallback::health(&d.revision, &d.containers, &sandboxes, SystemTime::now())
+            }
+            Err(e) => {
+                warn!(set = %d.set, error = %e, "cannot ask the container runtime about the revision; no fallback judged");
+                continue;
+            }
+        };
+        if health.is_err() && api_reachable.is_none() {
+            api_reachable = Some(api_answers(&ctx.client).await);
+        }
+        let reachable = api_reachable.unwrap_or(true);
+        if let Some(f) = fallback::decide(d, &health, reachable, &mut state.fallback, now) {
+            ctx.metrics.fallbacks.inc();
+            warn!(set = %d.set, from = %f.from, to = %f.to, message = %f.message,
+                  "node-local fallback: revision given up, the last Ready one put back");
+        } else if let Err(why) = &health {
+            debug!(set = %d.set, revision = %d.revision, %why, "revision not healthy yet; the API server answers, so the operator judges it");
+        }
+    }
+}
+
+/// Whether the API server answers a request within [`FALLBACK_CALL_TIMEOUT`].
+async fn api_answers(client: &Client) -> bool {
+    matches!(
+        tokio::time::timeout(FALLBACK_CALL_TIMEOUT, client.apiserver_version()).await,
+        Ok(Ok(_))
     )
 }
 
@@ -511,8 +615,13 @@ async fn save_state(
         object,
         mode,
         state.revisions.saved(&object.spec.pods),
-        Vec::new(),
-        Vec::new(),
+        state
+            .fallback
+            .last_ready
+            .values()
+            .map(|r| (**r).clone())
+            .collect(),
+        state.fallback.fallbacks.values().cloned().collect(),
         SystemTime::now(),
     );
     if state
@@ -599,6 +708,8 @@ async fn observe(
         revision_retry: state.revisions.next_retry(),
         wall: SystemTime::now(),
         now: std::time::Instant::now(),
+        // Filled in once fallbacks are applied.
+        in_place: std::collections::BTreeSet::new(),
     }
 }
 

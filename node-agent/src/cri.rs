@@ -1,5 +1,6 @@
-//! The node's container runtime at the edge: the CRI ImageService over its unix socket, and the
-//! pull jobs [`crate::prepull`] asks for.
+//! The node's container runtime at the edge: the CRI ImageService over its unix socket and the
+//! pull jobs [`crate::prepull`] asks for, and the RuntimeService's view of one static pod that
+//! node-local fallback ([`crate::fallback`]) judges.
 //!
 //! The agent asks the runtime the kubelet uses (containerd's or CRI-O's socket), so an image it
 //! pulls is exactly what the kubelet finds: same image store, same registry configuration
@@ -16,10 +17,16 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::fallback::{ContainerView, SandboxView};
 use crate::metrics::Metrics;
 use crate::prepull::PullJob;
 use api::image_service_client::ImageServiceClient;
-use api::{ImageSpec, ImageStatusRequest, PullImageRequest};
+use api::runtime_service_client::RuntimeServiceClient;
+use api::{
+    ContainerFilter, ContainerState, ImageSpec, ImageStatusRequest, ListContainersRequest,
+    ListPodSandboxRequest, PodSandboxFilter, PodSandboxState, PullImageRequest,
+};
+use staticpodset_api::keys::ANNOTATION_REVISION;
 
 /// The CRI API (`runtime.v1`) as `build.rs` generates it from the vendored
 /// `proto/runtime/v1/api.proto`: its messages, and clients only.
@@ -56,6 +63,35 @@ pub enum CriError {
         /// The limit.
         timeout: Duration,
     },
+    /// A RuntimeService call about a pod failed or timed out.
+    #[error("CRI {call} for pod {pod} through {}: {why}", socket.display())]
+    Pod {
+        /// `ListPodSandbox` or `ListContainers`.
+        call: &'static str,
+        /// `<namespace>/<pod name>`.
+        pod: String,
+        /// The runtime's socket.
+        socket: PathBuf,
+        /// The runtime's answer, or the timeout.
+        why: String,
+    },
+}
+
+/// The runtime's unix socket as a path (`unix://` dropped), and a lazy channel to it.
+fn connect(socket: &Path) -> (PathBuf, Channel) {
+    let socket = socket
+        .to_str()
+        .and_then(|s| s.strip_prefix("unix://"))
+        .map_or_else(|| socket.to_path_buf(), PathBuf::from);
+    let path = socket.clone();
+    // The URI is a placeholder: every connection goes to the socket.
+    let channel = Endpoint::from_static("http://cri.invalid").connect_with_connector_lazy(
+        tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }),
+    );
+    (socket, channel)
 }
 
 /// A client of the runtime's ImageService. Cheap to clone; connects on first use and reconnects
@@ -78,24 +114,19 @@ pub enum Pulled {
 impl CriImages {
     /// A client for the CRI socket at `socket` (a path, or `unix://` + path). Makes no call.
     pub fn new(socket: &Path) -> Self {
-        let socket = socket
-            .to_str()
-            .and_then(|s| s.strip_prefix("unix://"))
-            .map_or_else(|| socket.to_path_buf(), PathBuf::from);
-        let path = socket.clone();
-        // The URI is a placeholder: every connection goes to the socket.
-        let channel =
-            Endpoint::from_static("http://cri.invalid").connect_with_connector_lazy(
-                tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }),
-            );
+        let (socket, channel) = connect(socket);
         Self {
             socket,
             client: ImageServiceClient::new(channel),
+        }
+    }
+
+    /// A RuntimeService client on the same socket.
+    pub fn runtime(&self) -> CriRuntime {
+        let (socket, channel) = connect(&self.socket);
+        CriRuntime {
+            socket,
+            client: RuntimeServiceClient::new(channel),
         }
     }
 
@@ -163,6 +194,113 @@ impl CriImages {
                 timeout,
             }),
         }
+    }
+}
+
+/// A client of the runtime's RuntimeService, read-only: what node-local fallback needs to judge a
+/// static pod while its mirror pod cannot be seen.
+#[derive(Debug, Clone)]
+pub struct CriRuntime {
+    socket: PathBuf,
+    client: RuntimeServiceClient<Channel>,
+}
+
+/// The labels the kubelet puts on every sandbox and container of a pod.
+const POD_NAME_LABEL: &str = "io.kubernetes.pod.name";
+const POD_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+
+impl CriRuntime {
+    /// The sandboxes of pod `namespace/name` (a static pod's name as the kubelet knows it,
+    /// `<name>-<node>`) with their containers. `timeout` bounds each call.
+    pub async fn pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Vec<SandboxView>, CriError> {
+        let labels: std::collections::HashMap<String, String> = [
+            (POD_NAME_LABEL.to_owned(), name.to_owned()),
+            (POD_NAMESPACE_LABEL.to_owned(), namespace.to_owned()),
+        ]
+        .into();
+        let failed = |call: &'static str, why: String| CriError::Pod {
+            call,
+            pod: format!("{namespace}/{name}"),
+            socket: self.socket.clone(),
+            why,
+        };
+        let mut client = self.client.clone();
+        let sandboxes = tokio::time::timeout(
+            timeout,
+            client.list_pod_sandbox(ListPodSandboxRequest {
+                filter: Some(PodSandboxFilter {
+                    label_selector: labels.clone(),
+                    ..PodSandboxFilter::default()
+                }),
+            }),
+        )
+        .await
+        .map_err(|_| {
+            failed(
+                "ListPodSandbox",
+                format!("no answer within {}s", timeout.as_secs()),
+            )
+        })?
+        .map_err(|status| {
+            failed(
+                "ListPodSandbox",
+                format!("{} ({:?})", status.message(), status.code()),
+            )
+        })?
+        .into_inner()
+        .items;
+        let mut client = self.client.clone();
+        let containers = tokio::time::timeout(
+            timeout,
+            client.list_containers(ListContainersRequest {
+                filter: Some(ContainerFilter {
+                    label_selector: labels,
+                    ..ContainerFilter::default()
+                }),
+            }),
+        )
+        .await
+        .map_err(|_| {
+            failed(
+                "ListContainers",
+                format!("no answer within {}s", timeout.as_secs()),
+            )
+        })?
+        .map_err(|status| {
+            failed(
+                "ListContainers",
+                format!("{} ({:?})", status.message(), status.code()),
+            )
+        })?
+        .into_inner()
+        .containers;
+        Ok(sandboxes
+            .into_iter()
+            .map(|sandbox| SandboxView {
+                ready: sandbox.state == PodSandboxState::SandboxReady as i32,
+                revision: sandbox.annotations.get(ANNOTATION_REVISION).cloned(),
+                containers: containers
+                    .iter()
+                    .filter(|c| c.pod_sandbox_id == sandbox.id)
+                    .map(|c| ContainerView {
+                        name: c
+                            .metadata
+                            .as_ref()
+                            .map(|m| m.name.clone())
+                            .unwrap_or_default(),
+                        attempt: c.metadata.as_ref().map_or(0, |m| m.attempt),
+                        running: c.state == ContainerState::ContainerRunning as i32,
+                        created: std::time::UNIX_EPOCH
+                            + Duration::from_nanos(u64::try_from(c.created_at).unwrap_or(0)),
+                    })
+                    .collect(),
+            })
+            .collect())
     }
 }
 
@@ -250,7 +388,7 @@ impl Puller {
                         Err(e) => {
                             let result = match e {
                                 CriError::Timeout { .. } => "timeout",
-                                CriError::Call { .. } => "error",
+                                CriError::Call { .. } | CriError::Pod { .. } => "error",
                             };
                             this.metrics.image_pulls.with_label_values(&[result]).inc();
                             warn!(error = %e, "image pre-pull failed");

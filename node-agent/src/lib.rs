@@ -2,7 +2,7 @@
 //! NodeStaticPods, and reports what the kubelet runs.
 //!
 //! One sync is one pipeline, [`pipeline`]: observe → plan → gates → execute. Pure decisions over
-//! plain data sit in the middle ([`dir_plan`], [`revisions`], [`config_files`], [`last_known`], [`prepull`],
+//! plain data sit in the middle ([`dir_plan`], [`revisions`], [`config_files`], [`last_known`], [`fallback`], [`prepull`],
 //! [`stop_first`], [`served_pods`], [`mirror_pods`], [`report`], [`manifest_yaml`]); I/O is at
 //! the edges ([`manifest_dir`], [`resources_dir`], [`dir_watcher`], [`api_reads`],
 //! [`config_bundles`], [`state_file`], [`cri`], [`url_mode`], [`url_source`], [`http`]); [`agent`] wires the loop.
@@ -17,6 +17,7 @@ pub mod config_files;
 pub mod cri;
 pub mod dir_plan;
 pub mod dir_watcher;
+pub mod fallback;
 pub mod http;
 pub mod last_known;
 pub mod manifest_dir;

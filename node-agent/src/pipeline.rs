@@ -19,7 +19,7 @@
 //! scan and the execution is a pure function of its inputs. The temp-directory tests run this
 //! same function, so they take the path production takes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use staticpodset_api::keys::parse_manifest_file_name;
@@ -82,6 +82,9 @@ pub struct Observed {
     pub wall: SystemTime,
     /// The monotonic clock, for the gates' waits.
     pub now: Instant,
+    /// Sets whose write replaces the running pod in place even with stop-first on: node-local
+    /// fallbacks, whose failing pod serves nothing and whose mirror pod cannot be seen.
+    pub in_place: BTreeSet<SetKey>,
 }
 
 impl Observed {
@@ -105,6 +108,7 @@ impl Observed {
             revision_retry: None,
             wall,
             now,
+            in_place: BTreeSet::new(),
         }
     }
 }
@@ -348,8 +352,10 @@ pub fn gate_files(
         stop_first.gate(
             plan,
             |decision| {
-                pods.zip(decision.pod.as_ref())
-                    .is_some_and(|(pods, pod)| pods.runs(&observed.node, &decision.set, pod))
+                !observed.in_place.contains(&decision.set)
+                    && pods
+                        .zip(decision.pod.as_ref())
+                        .is_some_and(|(pods, pod)| pods.runs(&observed.node, &decision.set, pod))
             },
             observed.now,
         )
