@@ -68,6 +68,11 @@ pub struct AssignedPod {
     /// set asks for, so a user sees per node what went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<RevisionFailure>,
+    /// Present when the set turns node-local fallback on (`spec.nodeFallback`): how long (seconds)
+    /// after writing `revision` the agent waits for it to become healthy before, with the API
+    /// server unreachable, it writes back the revision that last ran Ready on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_deadline_seconds: Option<i32>,
 }
 
 /// A revision that failed on a node.
@@ -148,6 +153,25 @@ pub struct PodReport {
     /// Why the pod is not where it should be, in words for a human.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Set when the agent gave up the entry's revision on its own and wrote back the revision
+    /// that last ran Ready here (node-local fallback); kept while the entry names that revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackReport>,
+}
+
+/// A node-local fallback: the agent put a revision back without the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackReport {
+    /// The revision given up: the one the node's entry names.
+    pub from_revision: String,
+    /// The revision written back: the one that last ran Ready on this node.
+    pub to_revision: String,
+    /// When the agent fell back.
+    pub time: Time,
+    /// Why, for a human: what the container runtime showed of the given-up revision.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// Through which kubelet source static pods reach a node.

@@ -81,7 +81,36 @@ pub struct StaticPodSetSpec {
     /// gets the last healthy one). Failures are still detected and reported.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+
+    /// Lets each node's agent put the previous revision back on its own when a new revision does
+    /// not become healthy on that node while the API server is unreachable: for pods the API
+    /// server itself depends on (an etcd or API server proxy, a VIP manager), whose failure keeps
+    /// the operator from rolling them back. Off by default. Health is judged from the container
+    /// runtime, since mirror pods cannot be seen then; see docs/rollouts.md for the exact rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_fallback: Option<NodeFallback>,
 }
+
+/// Node-local fallback of a set: what a node's agent does alone when a new revision fails there
+/// while the API server is unreachable.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFallback {
+    /// Whether the agent may fall back. Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long (seconds) after the agent wrote a new revision's manifest the revision has to
+    /// become healthy on the node. If it is not healthy then and the API server cannot be
+    /// reached, the agent writes back the revision that last ran Ready on the node and reports it
+    /// once the API server answers; the operator then counts the node as failed for the new
+    /// revision, as for progressDeadlineSeconds. Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10))]
+    pub deadline_seconds: Option<i32>,
+}
+
+/// The node fallback deadline when `spec.nodeFallback.deadlineSeconds` is not set.
+pub const DEFAULT_FALLBACK_DEADLINE_SECONDS: i32 = 60;
 
 /// How a new revision of a set is rolled out to its nodes.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
