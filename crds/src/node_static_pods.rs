@@ -160,7 +160,7 @@ pub struct PodReport {
 }
 
 /// A node-local fallback: the agent put a revision back without the operator.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FallbackReport {
     /// The revision given up: the one the node's entry names.

@@ -229,6 +229,7 @@ pub fn build(
             mirror_pod: mirror,
             message,
             source: outcome.source,
+            fallback: None,
         });
     }
     summary.problems += i32::try_from(removals.len()).unwrap_or(i32::MAX);

@@ -22,12 +22,13 @@ use staticpodset_api::{
 
 use crate::conditions::{
     Invalid, RollbackProblem, REASON_INVALID_NODE_SELECTOR, REASON_INVALID_TEMPLATE,
-    REASON_INVALID_UPDATE_STRATEGY,
+    REASON_INVALID_UPDATE_STRATEGY, REASON_TEMPLATE_TOO_LARGE,
 };
 use crate::config;
 use crate::node_match::NodeSelector;
 use crate::planner::{self, entry_of, report_of, MatchedNode, NodeWrite};
 use crate::render::{render, RenderError, Rendered};
+use crate::revision_size;
 use crate::revisions;
 use crate::rollout::{plan_rollout, NodeFacts, NodeFailure, RolloutInput, Strategy};
 use crate::rollout_state::{self, strategy_of};
@@ -56,7 +57,8 @@ pub struct Evaluation {
 /// (`staticpodset_api::validation`), shared with the CRD's CEL rules: a set that reached the
 /// cluster without them (an older CRD, one applied by hand) is reported here instead of being
 /// written to nodes whose kubelet would refuse it. A name breaking the naming rule is reported
-/// with the template's problems, under the same reason.
+/// with the template's problems, under the same reason. A pod too large to be stored as a
+/// revision ([`revision_size`]) is refused here too, so that nothing is written for it.
 pub fn evaluate(
     set: &StaticPodSet,
     namespace: &str,
@@ -107,6 +109,14 @@ pub fn evaluate(
             .map_err(|e| Invalid {
                 reason: REASON_INVALID_TEMPLATE,
                 problems: vec![e.to_string()],
+            })
+            .and_then(|rendered| {
+                revision_size::check(&rendered.manifest, &set.spec.template)
+                    .map(|()| rendered)
+                    .map_err(|e| Invalid {
+                        reason: REASON_TEMPLATE_TOO_LARGE,
+                        problems: vec![e.to_string()],
+                    })
             }),
         }
     };
@@ -266,8 +276,15 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
                 .filter_map(|(node, o)| Some((node.clone(), entry_of(o, namespace, name)?.clone())))
                 .collect();
             let digests = rollout_state::revision_digests(snapshot.history, rendered, &current);
-            let wanted =
-                rollout_state::desired_entries(rollout, namespace, name, &current, &digests, now);
+            let wanted = rollout_state::desired_entries(
+                rollout,
+                namespace,
+                name,
+                &current,
+                &digests,
+                rollout_state::fallback_deadline_of(&set.spec),
+                now,
+            );
             planner::writes(namespace, name, &matched, &wanted, nodes, objects)
         }
         _ => Vec::new(),

@@ -715,6 +715,7 @@ mod tests {
             }),
             message: None,
             source: None,
+            fallback: None,
         };
         let obj = |node: &str, entries: Vec<AssignedPod>, reports: Vec<PodReport>| {
             let mut o = NodeStaticPods::new(node, NodeStaticPodsSpec { pods: entries });

@@ -5,6 +5,10 @@
 //! in the operator's memory, so a new leader continues a rollout where the old one left it:
 //! `assignedTime` (when the node was handed its revision: the start of its progress deadline) and
 //! `lastFailure` (the revision the node last failed, and why).
+//!
+//! The entry also carries `fallbackDeadlineSeconds` for sets that turn node-local fallback on:
+//! it is read by the agent only, and is not part of the pod, so changing it rewrites entries but
+//! never makes a new revision.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,15 +20,15 @@ use staticpodset_api::digest::is_full_digest;
 use staticpodset_api::keys::{manifest_file_name, revision_object_name};
 use staticpodset_api::{
     AssignedPod, NodeStaticPods, RevisionFailure, StaticPodRevision, StaticPodSetSpec,
-    DEFAULT_PROGRESS_DEADLINE_SECONDS,
+    DEFAULT_FALLBACK_DEADLINE_SECONDS, DEFAULT_PROGRESS_DEADLINE_SECONDS,
 };
 
-use crate::conditions::REASON_PROGRESS_DEADLINE_EXCEEDED;
+use crate::conditions::failure_reason;
 use crate::node_match::ready_condition;
 use crate::planner::{entry_of, report_of};
 use crate::render::Rendered;
 use crate::rollout::{
-    Assignment, InvalidMaxUnavailable, MaxUnavailable, MirrorPod, NodeFacts, NodeFailure,
+    Assignment, Fallback, InvalidMaxUnavailable, MaxUnavailable, MirrorPod, NodeFacts, NodeFailure,
     NodeHealth, RolloutPlan, Strategy,
 };
 
@@ -57,6 +61,18 @@ pub fn strategy_of(spec: &StaticPodSetSpec) -> Result<Strategy, InvalidMaxUnavai
         paused: spec.paused,
         auto_rollback: rolling.is_some_and(|r| r.auto_rollback),
     })
+}
+
+/// The `fallbackDeadlineSeconds` every entry of a set carries: the set's
+/// `spec.nodeFallback.deadlineSeconds` (or the default) when node-local fallback is on, `None`
+/// when it is off, which tells the agent never to fall back.
+pub fn fallback_deadline_of(spec: &StaticPodSetSpec) -> Option<i32> {
+    let fallback = spec.node_fallback.as_ref().filter(|f| f.enabled)?;
+    Some(
+        fallback
+            .deadline_seconds
+            .unwrap_or(DEFAULT_FALLBACK_DEADLINE_SECONDS),
+    )
 }
 
 /// What the planner needs to know about node `node_name` for set `namespace/name`.
@@ -104,6 +120,12 @@ pub fn node_facts(
         failed_revision: entry
             .and_then(|e| e.last_failure.as_ref())
             .map(|f| f.revision.clone()),
+        fallback: report.and_then(|r| r.fallback.as_ref()).map(|f| Fallback {
+            from_revision: f.from_revision.clone(),
+            to_revision: f.to_revision.clone(),
+            time: f.time.0,
+            message: f.message.clone(),
+        }),
     }
 }
 
@@ -144,7 +166,7 @@ pub fn revision_digests(
 /// The entry each planned node must carry, by node name: the planned revision with its digest
 /// from `digests` (see [`revision_digests`]), the time it was handed (kept while the revision
 /// stays), and the last failure (a new one from this plan, or the one recorded before: it is
-/// history, never cleared).
+/// history, never cleared), and the set's `fallback_deadline` (see [`fallback_deadline_of`]).
 ///
 /// Nodes the plan leaves without a revision get no entry.
 pub fn desired_entries(
@@ -153,6 +175,7 @@ pub fn desired_entries(
     name: &str,
     current: &BTreeMap<String, AssignedPod>,
     digests: &BTreeMap<String, String>,
+    fallback_deadline: Option<i32>,
     now: Timestamp,
 ) -> BTreeMap<String, AssignedPod> {
     let failures: BTreeMap<&str, &NodeFailure> = plan
@@ -172,7 +195,7 @@ pub fn desired_entries(
             let last_failure = match failures.get(node.name.as_str()) {
                 Some(failure) => Some(RevisionFailure {
                     revision: failure.revision.clone(),
-                    reason: REASON_PROGRESS_DEADLINE_EXCEEDED.to_string(),
+                    reason: failure_reason(failure.cause).to_string(),
                     message: failure.message.clone(),
                     time: Time(now),
                 }),
@@ -187,6 +210,7 @@ pub fn desired_entries(
                 file_name: manifest_file_name(namespace, name),
                 assigned_time: Some(assigned_time),
                 last_failure,
+                fallback_deadline_seconds: fallback_deadline,
             };
             Some((node.name.clone(), entry))
         })
@@ -336,6 +360,7 @@ mod tests {
                 message: String::new(),
                 time: Time(at(1)),
             }),
+            fallback_deadline_seconds: None,
         }
     }
 
@@ -397,7 +422,7 @@ mod tests {
             now,
         });
         let current = BTreeMap::from([("n1".to_string(), entry("r2", None, None))]);
-        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), now);
+        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), None, now);
         assert_eq!(desired["n1"].assigned_time, Some(Time(now)));
     }
 
@@ -443,7 +468,15 @@ mod tests {
             .iter()
             .map(|(n, o)| (n.clone(), o.spec.pods[0].clone()))
             .collect();
-        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), at(100));
+        let desired = desired_entries(
+            &plan,
+            "ns",
+            "set",
+            &current,
+            &BTreeMap::new(),
+            None,
+            at(100),
+        );
         assert_eq!(desired["n1"].revision, "r2");
         assert_eq!(desired["n1"].revision_name, "set-r2");
         assert_eq!(desired["n1"].assigned_time, Some(Time(at(100))));
@@ -473,7 +506,15 @@ mod tests {
         let late = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(161));
         let plan = plan_rollout(&input(vec![late], 161, strategy));
         let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
-        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), at(161));
+        let desired = desired_entries(
+            &plan,
+            "ns",
+            "set",
+            &current,
+            &BTreeMap::new(),
+            None,
+            at(161),
+        );
         let failure = desired["n1"].last_failure.as_ref().unwrap();
         assert_eq!(failure.revision, "r2");
         assert_eq!(failure.reason, "ProgressDeadlineExceeded");
@@ -545,11 +586,19 @@ mod tests {
         let plan = plan_rollout(&input(vec![f], 100, Strategy::default()));
         let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
         let digests = BTreeMap::from([("r2".to_string(), digest_of("r2", '2'))]);
-        let desired = desired_entries(&plan, "ns", "set", &current, &digests, at(100));
+        let desired = desired_entries(&plan, "ns", "set", &current, &digests, None, at(100));
         assert_eq!(desired["n1"].revision, "r2");
         assert_eq!(desired["n1"].digest, Some(digest_of("r2", '2')));
         // A revision with no known digest is handed out without one.
-        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), at(100));
+        let desired = desired_entries(
+            &plan,
+            "ns",
+            "set",
+            &current,
+            &BTreeMap::new(),
+            None,
+            at(100),
+        );
         assert_eq!(desired["n1"].digest, None);
     }
 

@@ -28,6 +28,7 @@ fn healthy(name: &str, rev: &str) -> NodeFacts {
             since: Some(t(LONG_AGO)),
         },
         failed_revision: None,
+        fallback: None,
     }
 }
 
