@@ -261,10 +261,12 @@ pub fn next_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions::REASON_NODE_FALLBACK;
     use crate::rollout::{plan_rollout, RolloutInput};
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use staticpodset_api::{
-        MirrorPodReport, NodeStaticPodsStatus, PodReport, RollingUpdate, UpdateStrategy,
+        FallbackReport, MirrorPodReport, NodeFallback, NodeStaticPodsStatus, PodReport,
+        RollingUpdate, UpdateStrategy,
     };
 
     fn at(secs: i64) -> Timestamp {
@@ -523,6 +525,85 @@ mod tests {
             desired["n1"].assigned_time,
             Some(Time(at(100))),
             "deadline start kept"
+        );
+    }
+
+    #[test]
+    fn the_fallback_deadline_follows_the_spec() {
+        let with = |fallback: Option<NodeFallback>| {
+            fallback_deadline_of(&StaticPodSetSpec {
+                node_fallback: fallback,
+                ..Default::default()
+            })
+        };
+        assert_eq!(with(None), None);
+        let off = NodeFallback {
+            enabled: false,
+            deadline_seconds: Some(30),
+        };
+        assert_eq!(with(Some(off)), None, "a deadline alone turns nothing on");
+        let on = NodeFallback {
+            enabled: true,
+            deadline_seconds: None,
+        };
+        assert_eq!(
+            with(Some(on.clone())),
+            Some(DEFAULT_FALLBACK_DEADLINE_SECONDS)
+        );
+        let thirty = NodeFallback {
+            deadline_seconds: Some(30),
+            ..on
+        };
+        assert_eq!(with(Some(thirty)), Some(30));
+    }
+
+    #[test]
+    fn a_reported_fallback_is_read_and_recorded_as_node_fallback() {
+        let mut o = object(Some(entry("r2", Some(100), None)), Some(("r1", true, 130)));
+        o.status.as_mut().unwrap().pods[0].fallback = Some(FallbackReport {
+            from_revision: "r2".into(),
+            to_revision: "r1".into(),
+            time: Time(at(125)),
+            message: "container c: CrashLoopBackOff".into(),
+        });
+        let f = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(140));
+        assert_eq!(
+            f.fallback,
+            Some(Fallback {
+                from_revision: "r2".into(),
+                to_revision: "r1".into(),
+                time: at(125),
+                message: "container c: CrashLoopBackOff".into(),
+            })
+        );
+        let plan = plan_rollout(&input(vec![f], 140, Strategy::default()));
+        let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
+        let desired = desired_entries(
+            &plan,
+            "ns",
+            "set",
+            &current,
+            &BTreeMap::new(),
+            Some(45),
+            at(140),
+        );
+        let entry = &desired["n1"];
+        let failure = entry.last_failure.as_ref().unwrap();
+        assert_eq!(
+            (failure.revision.as_str(), failure.reason.as_str()),
+            ("r2", REASON_NODE_FALLBACK)
+        );
+        assert!(
+            failure.message.contains("put back revision r1"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(failure.time, Time(at(140)));
+        assert_eq!(entry.fallback_deadline_seconds, Some(45));
+        assert_eq!(
+            (entry.revision.as_str(), &entry.assigned_time),
+            ("r2", &Some(Time(at(100)))),
+            "without autoRollback the entry keeps the revision, and its clock"
         );
     }
 
