@@ -124,8 +124,9 @@ pub const REASON_UNTOLERATED_TAINTS: &str = "UntoleratedTaints";
 
 /// Writing an entry into a node's NodeStaticPods was refused.
 pub const REASON_NODE_WRITE_FAILED: &str = "NodeWriteFailed";
-/// Creating, renumbering or listing the set's StaticPodRevisions was refused (for example a
-/// revision too large for etcd).
+/// Creating, renumbering or listing the set's StaticPodRevisions was refused (a quota, a
+/// webhook, RBAC; a revision too large for etcd is refused earlier, as
+/// [`REASON_TEMPLATE_TOO_LARGE`]).
 pub const REASON_REVISION_WRITE_FAILED: &str = "RevisionWriteFailed";
 /// The set's history cannot be trusted: a revision object of the set holds content the operator
 /// did not render, or numbers collide.
