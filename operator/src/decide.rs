@@ -159,7 +159,8 @@ pub struct Snapshot<'a> {
 pub struct Decision {
     /// Node-object writes, sorted by node; none while the spec is invalid.
     pub writes: Vec<NodeWrite>,
-    /// Nodes that failed the update revision just now (each gets a Warning Event).
+    /// Nodes that failed a revision just now, by its progress deadline or by falling back
+    /// (each gets a Warning Event of [`crate::conditions::failure_reason`]).
     pub newly_failed: Vec<NodeFailure>,
     /// The status the set should show.
     pub status: StaticPodSetStatus,
