@@ -8,7 +8,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use staticpodset_api::StaticPodSetStatus;
 
-use crate::rollout::{Counts, RolloutPlan, Unavailable};
+use crate::rollout::{Counts, FailureCause, NodePlan, RolloutPlan, Unavailable};
 
 // --- Condition types ---
 
@@ -53,8 +53,9 @@ pub const REASON_NODES_UNAVAILABLE: &str = "NodesUnavailable";
 pub const REASON_ROLLING_UPDATE: &str = "RollingUpdate";
 /// Reason of `Progressing=Unknown` while `spec.paused` is set.
 pub const REASON_PAUSED: &str = "Paused";
-/// Reason of `Progressing=False` when a node failed the update revision; also the reason of the
-/// failure recorded on that node's entry and of the Warning Event about it.
+/// Reason of `Progressing=False` when a node failed the update revision, however it failed (the
+/// rollout halts the same way); also the reason of the failure recorded on a node's entry, and
+/// of the Warning Event about it, when its progress deadline passed.
 pub const REASON_PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 /// Reason of `Progressing=False` when every targeted node is updated (or none is targeted).
 pub const REASON_ROLLOUT_COMPLETE: &str = "RolloutComplete";
@@ -89,11 +90,29 @@ pub const REASON_INVALID_NODE_SELECTOR: &str = "InvalidNodeSelector";
 /// ValidatingAdmissionPolicies, webhooks, LimitRanger, ResourceQuota, Pod validation) refuses
 /// the set's mirror pod in a server-side dry run; the message is the API server's.
 pub const REASON_ADMISSION_DENIED: &str = "AdmissionDenied";
+/// Reason of `Valid=False` when the rendered pod and its template are too large to be stored as
+/// a StaticPodRevision (see [`crate::revision_size`]).
+pub const REASON_TEMPLATE_TOO_LARGE: &str = "TemplateTooLarge";
 /// Reason of `Valid=False` when a ConfigMap or Secret a set needs does not exist.
 pub const REASON_CONFIG_NOT_FOUND: &str = "ConfigNotFound";
 /// Reason of `Valid=False` when a ConfigMap or Secret cannot become files (a key or the total
 /// size).
 pub const REASON_INVALID_CONFIG: &str = "InvalidConfig";
+
+// --- Reasons of a node's failure record (`lastFailure`) and its Warning Event ---
+
+/// A node's agent gave up the revision its entry names and wrote back the one that last ran
+/// Ready on the node, while the API server was unreachable (node-local fallback). The rollout
+/// treats it as [`REASON_PROGRESS_DEADLINE_EXCEEDED`].
+pub const REASON_NODE_FALLBACK: &str = "NodeFallback";
+
+/// The reason a node's failure is recorded and announced with.
+pub fn failure_reason(cause: FailureCause) -> &'static str {
+    match cause {
+        FailureCause::ProgressDeadline => REASON_PROGRESS_DEADLINE_EXCEEDED,
+        FailureCause::NodeFallback => REASON_NODE_FALLBACK,
+    }
+}
 
 // --- Reasons of NodesExcluded ---
 
@@ -105,8 +124,9 @@ pub const REASON_UNTOLERATED_TAINTS: &str = "UntoleratedTaints";
 
 /// Writing an entry into a node's NodeStaticPods was refused.
 pub const REASON_NODE_WRITE_FAILED: &str = "NodeWriteFailed";
-/// Creating, renumbering or listing the set's StaticPodRevisions was refused (for example a
-/// revision too large for etcd).
+/// Creating, renumbering or listing the set's StaticPodRevisions was refused (a quota, a
+/// webhook, RBAC; a revision too large for etcd is refused earlier, as
+/// [`REASON_TEMPLATE_TOO_LARGE`]).
 pub const REASON_REVISION_WRITE_FAILED: &str = "RevisionWriteFailed";
 /// The set's history cannot be trusted: a revision object of the set holds content the operator
 /// did not render, or numbers collide.
@@ -537,13 +557,7 @@ impl View<'_> {
     fn progressing_condition(&self) -> PlannedCondition {
         let update = self.update();
         let (status, reason, message) = if self.plan.halted {
-            let failed = list(
-                self.plan
-                    .nodes
-                    .iter()
-                    .filter(|n| n.failed)
-                    .map(|n| n.name.clone()),
-            );
+            let failed = list(self.plan.nodes.iter().filter(|n| n.failed).map(failed_node));
             let after = match self.plan.last_healthy_revision.as_deref() {
                 _ if !self.plan.auto_rollback => {
                     format!("failed nodes keep revision {update} (autoRollback is off)")
@@ -647,7 +661,7 @@ impl View<'_> {
             .nodes
             .iter()
             .filter(|n| n.failed && n.unavailable.is_some())
-            .map(|n| n.name.clone())
+            .map(failed_node)
             .collect();
         let down: Vec<String> = self
             .plan
@@ -699,6 +713,15 @@ impl View<'_> {
             reason,
             message,
         }
+    }
+}
+
+/// A failed node as condition messages name it: with the revision its agent put back, when it
+/// fell back on its own.
+fn failed_node(n: &NodePlan) -> String {
+    match &n.fell_back_to {
+        Some(to) => format!("{} (its agent fell back to revision {to})", n.name),
+        None => n.name.clone(),
     }
 }
 

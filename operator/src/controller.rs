@@ -35,9 +35,7 @@ use tracing::Instrument;
 use crate::admission::{self, Verdict};
 use crate::admission_check;
 use crate::conditions;
-use crate::conditions::{
-    Invalid, EVENT_SKIPPED_NODES, REASON_ADMISSION_DENIED, REASON_PROGRESS_DEADLINE_EXCEEDED,
-};
+use crate::conditions::{failure_reason, Invalid, EVENT_SKIPPED_NODES, REASON_ADMISSION_DENIED};
 use crate::config;
 use crate::context::{Context, Settings};
 use crate::decide::{decide, evaluate, Snapshot};
@@ -567,14 +565,9 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
         tracing::info!(problems = ?invalid.problems, "spec is invalid; nothing is written to nodes");
     }
     for failure in &decision.newly_failed {
-        tracing::warn!(node = %failure.node, revision = %failure.revision, "{}", failure.message);
-        ctx.publish(
-            set,
-            true,
-            REASON_PROGRESS_DEADLINE_EXCEEDED,
-            &failure.message,
-        )
-        .await;
+        let reason = failure_reason(failure.cause);
+        tracing::warn!(node = %failure.node, revision = %failure.revision, reason, "{}", failure.message);
+        ctx.publish(set, true, reason, &failure.message).await;
     }
     let write_result = execute(ctx, key, decision.writes).await;
     if decision.status_changed {

@@ -22,12 +22,13 @@ use staticpodset_api::{
 
 use crate::conditions::{
     Invalid, RollbackProblem, REASON_INVALID_NODE_SELECTOR, REASON_INVALID_TEMPLATE,
-    REASON_INVALID_UPDATE_STRATEGY,
+    REASON_INVALID_UPDATE_STRATEGY, REASON_TEMPLATE_TOO_LARGE,
 };
 use crate::config;
 use crate::node_match::NodeSelector;
 use crate::planner::{self, entry_of, report_of, MatchedNode, NodeWrite};
 use crate::render::{render, RenderError, Rendered};
+use crate::revision_size;
 use crate::revisions;
 use crate::rollout::{plan_rollout, NodeFacts, NodeFailure, RolloutInput, Strategy};
 use crate::rollout_state::{self, strategy_of};
@@ -56,7 +57,8 @@ pub struct Evaluation {
 /// (`staticpodset_api::validation`), shared with the CRD's CEL rules: a set that reached the
 /// cluster without them (an older CRD, one applied by hand) is reported here instead of being
 /// written to nodes whose kubelet would refuse it. A name breaking the naming rule is reported
-/// with the template's problems, under the same reason.
+/// with the template's problems, under the same reason. A pod too large to be stored as a
+/// revision ([`revision_size`]) is refused here too, so that nothing is written for it.
 pub fn evaluate(
     set: &StaticPodSet,
     namespace: &str,
@@ -107,6 +109,14 @@ pub fn evaluate(
             .map_err(|e| Invalid {
                 reason: REASON_INVALID_TEMPLATE,
                 problems: vec![e.to_string()],
+            })
+            .and_then(|rendered| {
+                revision_size::check(&rendered.manifest, &set.spec.template)
+                    .map(|()| rendered)
+                    .map_err(|e| Invalid {
+                        reason: REASON_TEMPLATE_TOO_LARGE,
+                        problems: vec![e.to_string()],
+                    })
             }),
         }
     };
@@ -149,7 +159,8 @@ pub struct Snapshot<'a> {
 pub struct Decision {
     /// Node-object writes, sorted by node; none while the spec is invalid.
     pub writes: Vec<NodeWrite>,
-    /// Nodes that failed the update revision just now (each gets a Warning Event).
+    /// Nodes that failed a revision just now, by its progress deadline or by falling back
+    /// (each gets a Warning Event of [`crate::conditions::failure_reason`]).
     pub newly_failed: Vec<NodeFailure>,
     /// The status the set should show.
     pub status: StaticPodSetStatus,
@@ -266,8 +277,15 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
                 .filter_map(|(node, o)| Some((node.clone(), entry_of(o, namespace, name)?.clone())))
                 .collect();
             let digests = rollout_state::revision_digests(snapshot.history, rendered, &current);
-            let wanted =
-                rollout_state::desired_entries(rollout, namespace, name, &current, &digests, now);
+            let wanted = rollout_state::desired_entries(
+                rollout,
+                namespace,
+                name,
+                &current,
+                &digests,
+                rollout_state::fallback_deadline_of(&set.spec),
+                now,
+            );
             planner::writes(namespace, name, &matched, &wanted, nodes, objects)
         }
         _ => Vec::new(),
@@ -337,6 +355,7 @@ mod tests {
     use super::*;
     use crate::conditions::*;
     use crate::planner::tests::object;
+    use crate::rollout::FailureCause;
     use k8s_openapi::api::core::v1::{
         Container, NodeCondition, NodeStatus, PodSpec, PodTemplateSpec,
     };
@@ -344,7 +363,8 @@ mod tests {
         LabelSelector, LabelSelectorRequirement, ObjectMeta,
     };
     use staticpodset_api::{
-        ManifestPhase, MirrorPodReport, NodeStaticPodsStatus, PodReport, StaticPodSetSpec,
+        FallbackReport, ManifestPhase, MirrorPodReport, NodeStaticPodsStatus, PodReport,
+        StaticPodSetSpec, DEFAULT_FALLBACK_DEADLINE_SECONDS,
     };
 
     fn set(spec: Option<PodSpec>, selector: Option<LabelSelector>) -> StaticPodSet {
@@ -658,6 +678,229 @@ mod tests {
             .iter()
             .any(|n| n.warning && n.reason == REASON_INVALID_TEMPLATE));
         assert_eq!(d.requeue, RESYNC);
+    }
+
+    #[test]
+    fn a_template_too_large_for_a_revision_is_refused_before_anything_is_written() {
+        let nodes = vec![ready_node("a")];
+        let mut set = named_set("img:1");
+        let big = "x".repeat(crate::revision_size::MAX_REVISION_CONTENT_BYTES / 2);
+        set.spec.template.spec.as_mut().unwrap().containers[0].args = Some(vec![big]);
+        let (evaluation, d) = decide_for(&set, &nodes, &BTreeMap::new());
+        let invalid = evaluation.rendered.unwrap_err();
+        assert_eq!(invalid.reason, REASON_TEMPLATE_TOO_LARGE);
+        assert!(
+            invalid.problems[0].contains(&format!(
+                "over the {} bytes",
+                crate::revision_size::MAX_REVISION_CONTENT_BYTES
+            )),
+            "{:?}",
+            invalid.problems
+        );
+        assert!(d.writes.is_empty() && d.history.is_none());
+        assert_eq!(condition(&d.status, VALID), REASON_TEMPLATE_TOO_LARGE);
+        let warnings: Vec<&str> = d
+            .notices
+            .iter()
+            .filter(|n| n.warning)
+            .map(|n| n.reason.as_str())
+            .collect();
+        assert_eq!(warnings, [REASON_TEMPLATE_TOO_LARGE]);
+        // The next reconcile of the same spec says nothing new.
+        let mut seen = set.clone();
+        seen.status = Some(d.status.clone());
+        let (_, again) = decide_for(&seen, &nodes, &BTreeMap::new());
+        assert!(!again.status_changed && again.notices.is_empty());
+
+        // Just under the bound it is distributed.
+        let fits = "x".repeat(crate::revision_size::MAX_REVISION_CONTENT_BYTES / 2 - 4096);
+        set.spec.template.spec.as_mut().unwrap().containers[0].args = Some(vec![fits]);
+        let (evaluation, d) = decide_for(&set, &nodes, &BTreeMap::new());
+        assert!(evaluation.rendered.is_ok() && d.writes.len() == 1);
+    }
+
+    fn with_fallback(mut set: StaticPodSet, deadline: Option<i32>) -> StaticPodSet {
+        set.spec.node_fallback = Some(staticpodset_api::NodeFallback {
+            enabled: true,
+            deadline_seconds: deadline,
+        });
+        set
+    }
+
+    #[test]
+    fn the_fallback_deadline_reaches_every_entry_without_a_new_revision() {
+        let nodes = vec![ready_node("a"), ready_node("b")];
+        let plain = named_set("img:1");
+        let rendered = evaluate(&plain, "ns", "vip", &Ok(None)).rendered.unwrap();
+        let objects: BTreeMap<String, Arc<NodeStaticPods>> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    running(n, rendered.assigned_pod("ns", "vip")),
+                )
+            })
+            .collect();
+        let (_, d) = decide_for(&plain, &nodes, &objects);
+        assert!(d.writes.is_empty());
+
+        for (deadline, expected) in [(None, DEFAULT_FALLBACK_DEADLINE_SECONDS), (Some(30), 30)] {
+            let set = with_fallback(named_set("img:1"), deadline);
+            let (evaluation, d) = decide_for(&set, &nodes, &objects);
+            assert_eq!(evaluation.rendered.unwrap().revision, rendered.revision);
+            assert_eq!(d.writes.len(), 2, "both entries are rewritten");
+            for write in &d.writes {
+                let entry = write.entry.as_ref().unwrap();
+                assert_eq!(entry.revision, rendered.revision);
+                assert_eq!(entry.fallback_deadline_seconds, Some(expected));
+                assert_eq!(
+                    entry.assigned_time,
+                    Some(Time(Timestamp::from_second(1).unwrap())),
+                    "the same revision keeps its clock"
+                );
+                assert!(!write.repair, "bookkeeping, not an edit");
+            }
+            assert_eq!(condition(&d.status, PROGRESSING), REASON_ROLLOUT_COMPLETE);
+        }
+    }
+
+    /// Nodes a and b ran `old` under a set with node-local fallback on; a was handed `new`, and
+    /// its agent put `old` back.
+    fn after_fallback(old: &Rendered, new: &Rendered) -> BTreeMap<String, Arc<NodeStaticPods>> {
+        let entry = |r: &Rendered| AssignedPod {
+            fallback_deadline_seconds: Some(DEFAULT_FALLBACK_DEADLINE_SECONDS),
+            ..r.assigned_pod("ns", "vip")
+        };
+        let mut a = (*running("a", entry(old))).clone();
+        a.spec.pods[0] = AssignedPod {
+            assigned_time: Some(Time(Timestamp::from_second(999_900).unwrap())),
+            ..entry(new)
+        };
+        a.status.as_mut().unwrap().pods[0].fallback = Some(FallbackReport {
+            from_revision: new.revision.clone(),
+            to_revision: old.revision.clone(),
+            time: Time(Timestamp::from_second(999_960).unwrap()),
+            message: "container c: CrashLoopBackOff".into(),
+        });
+        BTreeMap::from([
+            ("a".to_string(), Arc::new(a)),
+            ("b".to_string(), running("b", entry(old))),
+        ])
+    }
+
+    #[test]
+    fn a_node_that_fell_back_fails_the_revision_and_halts_the_rollout() {
+        let nodes = vec![ready_node("a"), ready_node("b")];
+        let old = evaluate(&named_set("img:1"), "ns", "vip", &Ok(None))
+            .rendered
+            .unwrap();
+        let mut set = with_fallback(named_set("img:2"), None);
+        set.status = Some(StaticPodSetStatus {
+            current_revision: Some(old.revision.clone()),
+            ..Default::default()
+        });
+        let new = evaluate(&set, "ns", "vip", &Ok(None)).rendered.unwrap();
+        let objects = after_fallback(&old, &new);
+        let (_, d) = decide_for(&set, &nodes, &objects);
+
+        assert_eq!(d.newly_failed.len(), 1);
+        assert_eq!(
+            (d.newly_failed[0].node.as_str(), d.newly_failed[0].cause),
+            ("a", FailureCause::NodeFallback)
+        );
+        // Only a's entry is written (its failure); b is not handed the revision.
+        assert_eq!(d.writes.len(), 1, "{:?}", d.writes);
+        let entry = d.writes[0].entry.as_ref().unwrap();
+        assert_eq!(entry.revision, new.revision);
+        let failure = entry.last_failure.as_ref().unwrap();
+        assert_eq!(
+            (failure.revision.as_str(), failure.reason.as_str()),
+            (new.revision.as_str(), REASON_NODE_FALLBACK)
+        );
+        assert_eq!(
+            condition(&d.status, PROGRESSING),
+            REASON_PROGRESS_DEADLINE_EXCEEDED
+        );
+        let degraded = find_condition(Some(&d.status), DEGRADED).unwrap();
+        assert_eq!(degraded.reason, REASON_REVISION_FAILED);
+        assert!(
+            degraded.message.contains(&format!(
+                "a (its agent fell back to revision {})",
+                old.revision
+            )),
+            "{}",
+            degraded.message
+        );
+
+        // Once recorded, the same report fails nothing again.
+        let mut recorded = (*objects["a"]).clone();
+        recorded.spec.pods[0] = entry.clone();
+        let mut objects = objects;
+        objects.insert("a".into(), Arc::new(recorded));
+        let (_, again) = decide_for(&set, &nodes, &objects);
+        assert!(again.newly_failed.is_empty() && again.writes.is_empty());
+    }
+
+    #[test]
+    fn with_auto_rollback_the_fallen_back_node_is_returned_to_the_healthy_revision() {
+        let nodes = vec![ready_node("a"), ready_node("b")];
+        let old = evaluate(&named_set("img:1"), "ns", "vip", &Ok(None))
+            .rendered
+            .unwrap();
+        let mut set = with_fallback(named_set("img:2"), None);
+        set.spec.update_strategy = Some(staticpodset_api::UpdateStrategy {
+            rolling_update: Some(staticpodset_api::RollingUpdate {
+                auto_rollback: true,
+                ..Default::default()
+            }),
+        });
+        set.status = Some(StaticPodSetStatus {
+            current_revision: Some(old.revision.clone()),
+            ..Default::default()
+        });
+        let new = evaluate(&set, "ns", "vip", &Ok(None)).rendered.unwrap();
+        let (_, d) = decide_for(&set, &nodes, &after_fallback(&old, &new));
+        assert_eq!(d.newly_failed.len(), 1);
+        assert_eq!(d.writes.len(), 1, "{:?}", d.writes);
+        let entry = d.writes[0].entry.as_ref().unwrap();
+        assert_eq!(
+            (d.writes[0].node.as_str(), entry.revision.as_str()),
+            ("a", old.revision.as_str())
+        );
+        assert_eq!(
+            entry.last_failure.as_ref().map(|f| f.reason.as_str()),
+            Some(REASON_NODE_FALLBACK)
+        );
+    }
+
+    #[test]
+    fn a_fallback_report_for_an_older_revision_is_ignored() {
+        let nodes = vec![ready_node("a"), ready_node("b")];
+        let old = evaluate(&named_set("img:1"), "ns", "vip", &Ok(None))
+            .rendered
+            .unwrap();
+        let given_up = evaluate(&named_set("img:2"), "ns", "vip", &Ok(None))
+            .rendered
+            .unwrap();
+        // The template moved on to img:3 and a's entry with it; the report is about img:2.
+        let mut set = with_fallback(named_set("img:3"), None);
+        set.status = Some(StaticPodSetStatus {
+            current_revision: Some(old.revision.clone()),
+            ..Default::default()
+        });
+        let new = evaluate(&set, "ns", "vip", &Ok(None)).rendered.unwrap();
+        let mut objects = after_fallback(&old, &given_up);
+        let mut a = (*objects["a"]).clone();
+        a.spec.pods[0].revision = new.revision.clone();
+        a.spec.pods[0].revision_name = new.assigned_pod("ns", "vip").revision_name;
+        objects.insert("a".into(), Arc::new(a));
+        let (_, d) = decide_for(&set, &nodes, &objects);
+        assert!(d.newly_failed.is_empty());
+        assert_eq!(condition(&d.status, PROGRESSING), REASON_ROLLING_UPDATE);
+        assert!(d
+            .writes
+            .iter()
+            .all(|w| w.entry.as_ref().is_some_and(|e| e.last_failure.is_none())));
     }
 
     #[test]

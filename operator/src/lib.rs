@@ -8,6 +8,7 @@
 //! Pure logic (tested without a server): [`decide`] (one reconcile), [`admission`] (the mirror pod the cluster must admit), [`rollout`] (the rolling-update
 //! planner) with [`rollout_state`] (its input and output), [`planner`] (node-object writes),
 //! [`conditions`] (every condition and reason the set shows), [`status`], [`render`],
+//! [`revision_size`] (how large a pod may be),
 //! [`revisions`], [`node_match`], [`taints`], [`deletion`], [`triggers`]. What a static pod may contain is
 //! decided by the API crate's `validation` module, shared with the CRD's CEL rules. I/O, kept
 //! thin: [`controller`] (watches, reconcile, error policy), [`admission_check`], [`node_writes`], [`revision_writes`],
@@ -34,6 +35,7 @@ pub mod node_objects;
 pub mod node_writes;
 pub mod planner;
 pub mod render;
+pub mod revision_size;
 pub mod revision_writes;
 pub mod revisions;
 pub mod rollback;

@@ -125,10 +125,16 @@ pub fn writes(
 /// The entry is there at the wanted revision but differs in what the set always writes whole,
 /// so the difference can only be an edit that did not go through the set. The rollout's
 /// bookkeeping (`assignedTime`, `lastFailure`) changes by server-side apply and is no edit.
+///
+/// A `fallbackDeadlineSeconds` the set does not want is replaced too: apply removes it only if
+/// the set's own manager wrote it, and one left behind by anyone else would let the agent fall
+/// back for a set that has not opted in.
 fn edited(current: &AssignedPod, want: &AssignedPod) -> bool {
     current.revision == want.revision
         && current.file_name == want.file_name
-        && current.revision_name != want.revision_name
+        && (current.revision_name != want.revision_name
+            || (current.fallback_deadline_seconds.is_some()
+                && want.fallback_deadline_seconds.is_none()))
 }
 
 /// Removals of set `namespace/name` from every node object that still carries its entry: what a
@@ -270,6 +276,50 @@ pub(crate) mod tests {
             p.writes.iter().all(|w| !w.repair),
             "new revisions and removals are no repairs"
         );
+    }
+
+    #[test]
+    fn a_fallback_deadline_the_set_does_not_want_is_replaced_whole() {
+        let v1 = rendered("img:1");
+        let nodes = vec![
+            node("a", &[("role", "edge")]),
+            node("b", &[("role", "edge")]),
+        ];
+        let with_deadline = AssignedPod {
+            fallback_deadline_seconds: Some(60),
+            ..v1.assigned_pod("ns", "set")
+        };
+        let objs = objects(vec![
+            object("a", vec![with_deadline.clone()]),
+            object("b", vec![v1.assigned_pod("ns", "set")]),
+        ]);
+        // Fallback off: a's deadline must go, whoever wrote it.
+        let p = plan(
+            "ns",
+            "set",
+            &edge_selector(),
+            Some(&everywhere(&v1, &nodes)),
+            &nodes,
+            &objs,
+        );
+        let writes: Vec<(&str, bool)> = p
+            .writes
+            .iter()
+            .map(|w| (w.node.as_str(), w.repair))
+            .collect();
+        assert_eq!(writes, [("a", true)]);
+        // Fallback on: b gains the deadline by apply, a is as wanted.
+        let wanted: BTreeMap<String, AssignedPod> = ["a", "b"]
+            .iter()
+            .map(|n| (n.to_string(), with_deadline.clone()))
+            .collect();
+        let p = plan("ns", "set", &edge_selector(), Some(&wanted), &nodes, &objs);
+        let writes: Vec<(&str, bool)> = p
+            .writes
+            .iter()
+            .map(|w| (w.node.as_str(), w.repair))
+            .collect();
+        assert_eq!(writes, [("b", false)]);
     }
 
     #[test]

@@ -59,6 +59,14 @@
 //!   it down would be harm, not safety. No rollback while paused.
 //! - **Paused**: no node is handed anything, except new nodes (see above). Failures are still
 //!   detected and reported: the kubelet keeps trying while the rollout is paused.
+//! - **Node-local fallback**: an agent that gave up the revision its entry names and put back
+//!   the one that last ran Ready on the node (it does so only while the API server is
+//!   unreachable, for sets that allow it) has failed that revision there, exactly as if the
+//!   progress deadline had passed: the failure is recorded, the rollout halts if it is the update
+//!   revision, and autoRollback applies. A report of a fallback from a revision the entry no
+//!   longer names is history the entry has moved past, and is ignored. A revision the node's
+//!   record already says it failed is not failed again, so each node fails each revision once,
+//!   whichever way it failed first.
 //! - **Conditions**: `Available` means minimum availability as for a Deployment (at most
 //!   maxUnavailable nodes unavailable), and at least one node available, so that waiting for
 //!   `Available` on a new set waits for a pod. `Progressing` is False with `RolloutComplete` when
@@ -209,6 +217,20 @@ pub struct MirrorPod {
     pub ready_since: Option<Timestamp>,
 }
 
+/// What a node's agent reported of a node-local fallback: it gave up `from_revision` on its own
+/// and wrote back `to_revision`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    /// The revision given up.
+    pub from_revision: String,
+    /// The revision written back: the one that last ran Ready on the node.
+    pub to_revision: String,
+    /// When the agent fell back.
+    pub time: Timestamp,
+    /// The agent's words, possibly empty.
+    pub message: String,
+}
+
 /// The Node's Ready condition, or its absence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeHealth {
@@ -240,6 +262,8 @@ pub struct NodeFacts {
     /// The revision this node last failed, if any (the per-node failure record the caller keeps
     /// from [`RolloutPlan::newly_failed`]).
     pub failed_revision: Option<String>,
+    /// The node-local fallback its agent reports, if any.
+    pub fallback: Option<Fallback>,
 }
 
 /// Everything one planning pass of one set looks at.
@@ -332,6 +356,9 @@ pub struct NodePlan {
     pub running: bool,
     /// The node failed the update revision (recorded before, or in this plan).
     pub failed: bool,
+    /// The revision the node's agent put back after giving up the update revision it is
+    /// assigned (node-local fallback); `None` when it did not fall back.
+    pub fell_back_to: Option<String>,
 }
 
 /// Counts over the targeted nodes, as a DaemonSet's status has them.
@@ -351,14 +378,25 @@ pub struct Counts {
     pub unavailable: usize,
 }
 
-/// A node that failed the update revision in this plan; the caller records it on the node.
+/// How a node failed a revision; [`crate::conditions::failure_reason`] tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureCause {
+    /// The pod was not Ready at the revision within progressDeadlineSeconds.
+    ProgressDeadline,
+    /// The node's agent gave the revision up and wrote back the one that last ran Ready there.
+    NodeFallback,
+}
+
+/// A node that failed a revision in this plan; the caller records it on the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeFailure {
     /// Node name.
     pub node: String,
-    /// The revision that failed (its progress deadline passed; the reason told is
-    /// `crate::conditions::REASON_PROGRESS_DEADLINE_EXCEEDED`).
+    /// The revision that failed: the update revision, or for a node-local fallback whichever
+    /// revision the node's entry names.
     pub revision: String,
+    /// How it failed.
+    pub cause: FailureCause,
     /// What happened, for a human.
     pub message: String,
 }
@@ -374,7 +412,8 @@ pub struct RolloutPlan {
     pub writes: BTreeMap<String, String>,
     /// Status counts, after this plan's writes.
     pub counts: Counts,
-    /// Nodes that failed the update revision in this pass.
+    /// Nodes that failed a revision in this pass: the update revision, or (node-local
+    /// fallback) the revision their entry names.
     pub newly_failed: Vec<NodeFailure>,
     /// The revision every node should end up running (the input's).
     pub update_revision: String,
@@ -415,12 +454,15 @@ pub fn plan_rollout(input: &RolloutInput) -> RolloutPlan {
     let failures: Vec<Option<NodeFailure>> = facts
         .iter()
         .zip(&observed)
-        .map(|(f, o)| deadline_failure(input, f, o.as_ref()))
+        .map(|(f, o)| fallback_failure(f).or_else(|| deadline_failure(input, f, o.as_ref())))
         .collect();
     let failed: Vec<bool> = facts
         .iter()
         .zip(&failures)
-        .map(|(f, new)| new.is_some() || f.failed_revision.as_deref() == Some(update))
+        .map(|(f, new)| {
+            new.as_ref().is_some_and(|n| n.revision == update)
+                || f.failed_revision.as_deref() == Some(update)
+        })
         .collect();
     // Nothing this pass hands out can make an updated node stop being updated, so "every node is
     // updated now" is also the state after the plan.
@@ -506,6 +548,9 @@ pub fn plan_rollout(input: &RolloutInput) -> RolloutPlan {
                 updated,
                 unavailable,
                 failed: failed[i],
+                fell_back_to: fell_back(f)
+                    .filter(|fb| fb.from_revision == update)
+                    .map(|fb| fb.to_revision.clone()),
             }
         })
         .collect();
@@ -578,6 +623,43 @@ fn observe(f: &NodeFacts, min_ready_seconds: u32, now: Timestamp) -> Option<Unav
     None
 }
 
+/// The agent's fallback report, if it gave up the revision the node's entry names now.
+fn fell_back(f: &NodeFacts) -> Option<&Fallback> {
+    f.fallback
+        .as_ref()
+        .filter(|fb| assigned(f) == Some(fb.from_revision.as_str()))
+}
+
+/// The failure of the revision the node's entry names, if the node's agent fell back from it
+/// and the node's record does not say so yet.
+fn fallback_failure(f: &NodeFacts) -> Option<NodeFailure> {
+    let fallback = fell_back(f)?;
+    // A gone Node's object is never written, so the failure could never be recorded and would
+    // be reported again on every pass.
+    if f.health == NodeHealth::Gone {
+        return None;
+    }
+    let given_up = fallback.from_revision.as_str();
+    if f.failed_revision.as_deref() == Some(given_up) {
+        return None;
+    }
+    let why = if fallback.message.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", fallback.message)
+    };
+    Some(NodeFailure {
+        node: f.name.clone(),
+        revision: given_up.to_string(),
+        cause: FailureCause::NodeFallback,
+        message: format!(
+            "revision {given_up} did not become healthy on node {} and the API server was \
+             unreachable, so the node's agent put back revision {} at {}{why}",
+            f.name, fallback.to_revision, fallback.time
+        ),
+    })
+}
+
 /// The failure of the update revision on this node, if its deadline passed in this pass.
 fn deadline_failure(
     input: &RolloutInput,
@@ -615,6 +697,7 @@ fn deadline_failure(
     Some(NodeFailure {
         node: f.name.clone(),
         revision: update.to_string(),
+        cause: FailureCause::ProgressDeadline,
         message: format!(
             "revision {update} did not become Ready on node {} within {deadline}s of when {from} \
              ({start}): {observed}",

@@ -5,6 +5,10 @@
 //! in the operator's memory, so a new leader continues a rollout where the old one left it:
 //! `assignedTime` (when the node was handed its revision: the start of its progress deadline) and
 //! `lastFailure` (the revision the node last failed, and why).
+//!
+//! The entry also carries `fallbackDeadlineSeconds` for sets that turn node-local fallback on:
+//! it is read by the agent only, and is not part of the pod, so changing it rewrites entries but
+//! never makes a new revision.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,15 +20,15 @@ use staticpodset_api::digest::is_full_digest;
 use staticpodset_api::keys::{manifest_file_name, revision_object_name};
 use staticpodset_api::{
     AssignedPod, NodeStaticPods, RevisionFailure, StaticPodRevision, StaticPodSetSpec,
-    DEFAULT_PROGRESS_DEADLINE_SECONDS,
+    DEFAULT_FALLBACK_DEADLINE_SECONDS, DEFAULT_PROGRESS_DEADLINE_SECONDS,
 };
 
-use crate::conditions::REASON_PROGRESS_DEADLINE_EXCEEDED;
+use crate::conditions::failure_reason;
 use crate::node_match::ready_condition;
 use crate::planner::{entry_of, report_of};
 use crate::render::Rendered;
 use crate::rollout::{
-    Assignment, InvalidMaxUnavailable, MaxUnavailable, MirrorPod, NodeFacts, NodeFailure,
+    Assignment, Fallback, InvalidMaxUnavailable, MaxUnavailable, MirrorPod, NodeFacts, NodeFailure,
     NodeHealth, RolloutPlan, Strategy,
 };
 
@@ -57,6 +61,18 @@ pub fn strategy_of(spec: &StaticPodSetSpec) -> Result<Strategy, InvalidMaxUnavai
         paused: spec.paused,
         auto_rollback: rolling.is_some_and(|r| r.auto_rollback),
     })
+}
+
+/// The `fallbackDeadlineSeconds` every entry of a set carries: the set's
+/// `spec.nodeFallback.deadlineSeconds` (or the default) when node-local fallback is on, `None`
+/// when it is off, which tells the agent never to fall back.
+pub fn fallback_deadline_of(spec: &StaticPodSetSpec) -> Option<i32> {
+    let fallback = spec.node_fallback.as_ref().filter(|f| f.enabled)?;
+    Some(
+        fallback
+            .deadline_seconds
+            .unwrap_or(DEFAULT_FALLBACK_DEADLINE_SECONDS),
+    )
 }
 
 /// What the planner needs to know about node `node_name` for set `namespace/name`.
@@ -104,6 +120,12 @@ pub fn node_facts(
         failed_revision: entry
             .and_then(|e| e.last_failure.as_ref())
             .map(|f| f.revision.clone()),
+        fallback: report.and_then(|r| r.fallback.as_ref()).map(|f| Fallback {
+            from_revision: f.from_revision.clone(),
+            to_revision: f.to_revision.clone(),
+            time: f.time.0,
+            message: f.message.clone(),
+        }),
     }
 }
 
@@ -144,7 +166,7 @@ pub fn revision_digests(
 /// The entry each planned node must carry, by node name: the planned revision with its digest
 /// from `digests` (see [`revision_digests`]), the time it was handed (kept while the revision
 /// stays), and the last failure (a new one from this plan, or the one recorded before: it is
-/// history, never cleared).
+/// history, never cleared), and the set's `fallback_deadline` (see [`fallback_deadline_of`]).
 ///
 /// Nodes the plan leaves without a revision get no entry.
 pub fn desired_entries(
@@ -153,6 +175,7 @@ pub fn desired_entries(
     name: &str,
     current: &BTreeMap<String, AssignedPod>,
     digests: &BTreeMap<String, String>,
+    fallback_deadline: Option<i32>,
     now: Timestamp,
 ) -> BTreeMap<String, AssignedPod> {
     let failures: BTreeMap<&str, &NodeFailure> = plan
@@ -172,7 +195,7 @@ pub fn desired_entries(
             let last_failure = match failures.get(node.name.as_str()) {
                 Some(failure) => Some(RevisionFailure {
                     revision: failure.revision.clone(),
-                    reason: REASON_PROGRESS_DEADLINE_EXCEEDED.to_string(),
+                    reason: failure_reason(failure.cause).to_string(),
                     message: failure.message.clone(),
                     time: Time(now),
                 }),
@@ -187,7 +210,7 @@ pub fn desired_entries(
                 file_name: manifest_file_name(namespace, name),
                 assigned_time: Some(assigned_time),
                 last_failure,
-                fallback_deadline_seconds: None,
+                fallback_deadline_seconds: fallback_deadline,
             };
             Some((node.name.clone(), entry))
         })
@@ -238,10 +261,12 @@ pub fn next_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions::REASON_NODE_FALLBACK;
     use crate::rollout::{plan_rollout, RolloutInput};
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use staticpodset_api::{
-        MirrorPodReport, NodeStaticPodsStatus, PodReport, RollingUpdate, UpdateStrategy,
+        FallbackReport, MirrorPodReport, NodeFallback, NodeStaticPodsStatus, PodReport,
+        RollingUpdate, UpdateStrategy,
     };
 
     fn at(secs: i64) -> Timestamp {
@@ -331,13 +356,13 @@ mod tests {
             digest: None,
             file_name: manifest_file_name("ns", "set"),
             assigned_time: assigned.map(|s| Time(at(s))),
-            fallback_deadline_seconds: None,
             last_failure: failed.map(|r| RevisionFailure {
                 revision: r.into(),
                 reason: "ProgressDeadlineExceeded".into(),
                 message: String::new(),
                 time: Time(at(1)),
             }),
+            fallback_deadline_seconds: None,
         }
     }
 
@@ -399,7 +424,7 @@ mod tests {
             now,
         });
         let current = BTreeMap::from([("n1".to_string(), entry("r2", None, None))]);
-        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), now);
+        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), None, now);
         assert_eq!(desired["n1"].assigned_time, Some(Time(now)));
     }
 
@@ -445,7 +470,15 @@ mod tests {
             .iter()
             .map(|(n, o)| (n.clone(), o.spec.pods[0].clone()))
             .collect();
-        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), at(100));
+        let desired = desired_entries(
+            &plan,
+            "ns",
+            "set",
+            &current,
+            &BTreeMap::new(),
+            None,
+            at(100),
+        );
         assert_eq!(desired["n1"].revision, "r2");
         assert_eq!(desired["n1"].revision_name, "set-r2");
         assert_eq!(desired["n1"].assigned_time, Some(Time(at(100))));
@@ -475,7 +508,15 @@ mod tests {
         let late = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(161));
         let plan = plan_rollout(&input(vec![late], 161, strategy));
         let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
-        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), at(161));
+        let desired = desired_entries(
+            &plan,
+            "ns",
+            "set",
+            &current,
+            &BTreeMap::new(),
+            None,
+            at(161),
+        );
         let failure = desired["n1"].last_failure.as_ref().unwrap();
         assert_eq!(failure.revision, "r2");
         assert_eq!(failure.reason, "ProgressDeadlineExceeded");
@@ -484,6 +525,85 @@ mod tests {
             desired["n1"].assigned_time,
             Some(Time(at(100))),
             "deadline start kept"
+        );
+    }
+
+    #[test]
+    fn the_fallback_deadline_follows_the_spec() {
+        let with = |fallback: Option<NodeFallback>| {
+            fallback_deadline_of(&StaticPodSetSpec {
+                node_fallback: fallback,
+                ..Default::default()
+            })
+        };
+        assert_eq!(with(None), None);
+        let off = NodeFallback {
+            enabled: false,
+            deadline_seconds: Some(30),
+        };
+        assert_eq!(with(Some(off)), None, "a deadline alone turns nothing on");
+        let on = NodeFallback {
+            enabled: true,
+            deadline_seconds: None,
+        };
+        assert_eq!(
+            with(Some(on.clone())),
+            Some(DEFAULT_FALLBACK_DEADLINE_SECONDS)
+        );
+        let thirty = NodeFallback {
+            deadline_seconds: Some(30),
+            ..on
+        };
+        assert_eq!(with(Some(thirty)), Some(30));
+    }
+
+    #[test]
+    fn a_reported_fallback_is_read_and_recorded_as_node_fallback() {
+        let mut o = object(Some(entry("r2", Some(100), None)), Some(("r1", true, 130)));
+        o.status.as_mut().unwrap().pods[0].fallback = Some(FallbackReport {
+            from_revision: "r2".into(),
+            to_revision: "r1".into(),
+            time: Time(at(125)),
+            message: "container c: CrashLoopBackOff".into(),
+        });
+        let f = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(140));
+        assert_eq!(
+            f.fallback,
+            Some(Fallback {
+                from_revision: "r2".into(),
+                to_revision: "r1".into(),
+                time: at(125),
+                message: "container c: CrashLoopBackOff".into(),
+            })
+        );
+        let plan = plan_rollout(&input(vec![f], 140, Strategy::default()));
+        let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
+        let desired = desired_entries(
+            &plan,
+            "ns",
+            "set",
+            &current,
+            &BTreeMap::new(),
+            Some(45),
+            at(140),
+        );
+        let entry = &desired["n1"];
+        let failure = entry.last_failure.as_ref().unwrap();
+        assert_eq!(
+            (failure.revision.as_str(), failure.reason.as_str()),
+            ("r2", REASON_NODE_FALLBACK)
+        );
+        assert!(
+            failure.message.contains("put back revision r1"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(failure.time, Time(at(140)));
+        assert_eq!(entry.fallback_deadline_seconds, Some(45));
+        assert_eq!(
+            (entry.revision.as_str(), &entry.assigned_time),
+            ("r2", &Some(Time(at(100)))),
+            "without autoRollback the entry keeps the revision, and its clock"
         );
     }
 
@@ -547,11 +667,19 @@ mod tests {
         let plan = plan_rollout(&input(vec![f], 100, Strategy::default()));
         let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
         let digests = BTreeMap::from([("r2".to_string(), digest_of("r2", '2'))]);
-        let desired = desired_entries(&plan, "ns", "set", &current, &digests, at(100));
+        let desired = desired_entries(&plan, "ns", "set", &current, &digests, None, at(100));
         assert_eq!(desired["n1"].revision, "r2");
         assert_eq!(desired["n1"].digest, Some(digest_of("r2", '2')));
         // A revision with no known digest is handed out without one.
-        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), at(100));
+        let desired = desired_entries(
+            &plan,
+            "ns",
+            "set",
+            &current,
+            &BTreeMap::new(),
+            None,
+            at(100),
+        );
         assert_eq!(desired["n1"].digest, None);
     }
 

@@ -326,6 +326,7 @@ mod tests {
                     }),
                 health: NodeHealth::Ready { since: None },
                 failed_revision: None,
+                fallback: None,
             })
             .collect();
         Some(plan_rollout(&RolloutInput {

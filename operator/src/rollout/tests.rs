@@ -28,6 +28,7 @@ fn healthy(name: &str, rev: &str) -> NodeFacts {
             since: Some(t(LONG_AGO)),
         },
         failed_revision: None,
+        fallback: None,
     }
 }
 
@@ -564,6 +565,152 @@ fn a_failure_holds_until_every_node_is_updated() {
     assert!(plan.complete && !plan.halted);
     assert_eq!(cond(&plan, PROGRESSING).1, REASON_ROLLOUT_COMPLETE);
     assert_eq!(cond(&plan, DEGRADED).0, ConditionStatus::False);
+}
+
+// --- node-local fallback ---
+
+/// A node handed `from` whose agent gave it up and put `to` back, which now runs Ready.
+fn fallen_back(name: &str, from: &str, to: &str) -> NodeFacts {
+    NodeFacts {
+        fallback: Some(Fallback {
+            from_revision: from.into(),
+            to_revision: to.into(),
+            time: t(NOW - 20),
+            message: "container c: CrashLoopBackOff".into(),
+        }),
+        ..handed(name, from, NOW - 90, Some((to, true)))
+    }
+}
+
+#[test]
+fn a_node_that_fell_back_fails_the_revision_and_halts_the_rollout() {
+    let mut i = input(
+        "r2",
+        vec![
+            fallen_back("a", "r2", "r1"),
+            healthy("b", "r1"),
+            healthy("c", "r1"),
+        ],
+    );
+    i.strategy.max_unavailable = MaxUnavailable::Count(2);
+    let plan = plan_rollout(&i);
+    assert_eq!(
+        plan.newly_failed.len(),
+        1,
+        "well inside the progress deadline"
+    );
+    let failure = &plan.newly_failed[0];
+    assert_eq!(
+        (
+            failure.node.as_str(),
+            failure.revision.as_str(),
+            failure.cause
+        ),
+        ("a", "r2", FailureCause::NodeFallback)
+    );
+    assert_eq!(failure_reason(failure.cause), REASON_NODE_FALLBACK);
+    for part in ["put back revision r1", "CrashLoopBackOff", "API server"] {
+        assert!(
+            failure.message.contains(part),
+            "{part}: {}",
+            failure.message
+        );
+    }
+    assert!(plan.halted);
+    assert!(
+        plan.writes.is_empty(),
+        "no other node is handed r2, budget or not"
+    );
+    assert_eq!(node(&plan, "a").fell_back_to.as_deref(), Some("r1"));
+    let (status, reason, message) = cond(&plan, PROGRESSING);
+    assert_eq!(
+        (status, reason),
+        (ConditionStatus::False, REASON_PROGRESS_DEADLINE_EXCEEDED)
+    );
+    assert!(
+        message.contains("failed on a (its agent fell back to revision r1)"),
+        "{message}"
+    );
+    let (status, reason, message) = cond(&plan, DEGRADED);
+    assert_eq!(
+        (status, reason),
+        (ConditionStatus::True, REASON_REVISION_FAILED)
+    );
+    assert!(
+        message.contains("a (its agent fell back to revision r1)"),
+        "{message}"
+    );
+
+    // Recorded: not reported again, still halted, still named.
+    i.nodes[0].failed_revision = Some("r2".into());
+    let plan = plan_rollout(&i);
+    assert!(plan.newly_failed.is_empty() && plan.halted && plan.writes.is_empty());
+    assert!(cond(&plan, DEGRADED).2.contains("fell back"));
+}
+
+#[test]
+fn with_auto_rollback_the_fallen_back_node_is_returned_to_the_healthy_revision() {
+    let mut i = input("r2", vec![fallen_back("a", "r2", "r1"), healthy("b", "r1")]);
+    i.strategy.auto_rollback = true;
+    let plan = plan_rollout(&i);
+    assert_eq!(plan.newly_failed.len(), 1);
+    assert_eq!(writes(&plan), [("a", "r1")], "free: a does not run r2");
+    assert!(cond(&plan, PROGRESSING)
+        .2
+        .contains("failed nodes are returned to revision r1"));
+}
+
+#[test]
+fn a_fallback_report_for_an_older_revision_is_ignored() {
+    // a fell back from r2 earlier; its entry has since moved on to r3.
+    let mut moved_on = fallen_back("a", "r2", "r1");
+    moved_on.assignment = Some(Assignment {
+        revision: "r3".into(),
+        since: t(NOW - 10),
+    });
+    let plan = plan_rollout(&input("r3", vec![moved_on, healthy("b", "r1")]));
+    assert!(plan.newly_failed.is_empty() && !plan.halted, "{plan:#?}");
+    assert_eq!(node(&plan, "a").fell_back_to, None);
+    assert_eq!(cond(&plan, DEGRADED).0, ConditionStatus::False);
+}
+
+#[test]
+fn a_fallback_from_an_older_revision_the_entry_still_names_is_recorded_without_halting() {
+    // Below the partition, a keeps r1 while r2 rolls out, and its agent gave r1 up.
+    let mut i = input("r2", vec![fallen_back("a", "r1", "r0"), healthy("b", "r1")]);
+    i.strategy.partition = 1;
+    i.strategy.max_unavailable = MaxUnavailable::Count(2);
+    let plan = plan_rollout(&i);
+    let failed: Vec<(&str, &str)> = plan
+        .newly_failed
+        .iter()
+        .map(|f| (f.node.as_str(), f.revision.as_str()))
+        .collect();
+    assert_eq!(failed, [("a", "r1")]);
+    assert!(!plan.halted && !node(&plan, "a").failed);
+    assert_eq!(writes(&plan), [("b", "r2")]);
+}
+
+#[test]
+fn a_fallback_fails_the_revision_whatever_the_deadline_and_node_state() {
+    // No progress deadline, the rollout paused, the Node NotReady: the agent's report is a fact.
+    let mut i = input(
+        "r2",
+        vec![
+            not_ready(fallen_back("a", "r2", "r1"), NOW - 5),
+            healthy("b", "r1"),
+        ],
+    );
+    i.strategy.progress_deadline_seconds = None;
+    i.strategy.paused = true;
+    assert_eq!(plan_rollout(&i).newly_failed.len(), 1);
+    // But a gone Node's entry is never written, so its failure could never be recorded.
+    i.nodes[0].health = NodeHealth::Gone;
+    assert!(plan_rollout(&i).newly_failed.is_empty());
+    // A deadline failure already recorded for the revision is not repeated as a fallback.
+    i.nodes[0].health = NodeHealth::Ready { since: None };
+    i.nodes[0].failed_revision = Some("r2".into());
+    assert!(plan_rollout(&i).newly_failed.is_empty());
 }
 
 // --- Nodes that are down, gone, joining, leaving ---
