@@ -67,6 +67,7 @@ install_product() {
     --set image.tag=dev --set image.pullPolicy=Never \
     --set agent.manifestDir="$MANIFESTS_ROOT" --set agent.manifestSubPathExpr='$(NODE_NAME)' \
     --set agent.resourcesDir="$RESOURCES_ROOT" --set agent.resourcesSubPathExpr='$(NODE_NAME)' \
+    --set agent.stateDir="$AGENT_STATE_DIR" \
     --set agent.manifestDirType=DirectoryOrCreate --set agent.resyncInterval=10s \
     --set agent.criSocket="$RUN_DIR/nodes/containerd.sock" \
     --set agent.criSocketSubPathExpr='$(NODE_NAME)/containerd' \

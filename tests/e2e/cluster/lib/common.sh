@@ -76,6 +76,8 @@ MANIFESTS_ROOT=$RUN_DIR/manifests
 static_pod_dir() { echo "$MANIFESTS_ROOT/$1"; }
 # Each node's configuration files (the agent's --resources-host-dir): <root>/<node>.
 RESOURCES_ROOT=$RUN_DIR/static-pod-resources
+# The agents' last-known state (chart agent.stateDir): one file per node, <node>.json.
+AGENT_STATE_DIR=$RUN_DIR/agent-state
 resources_dir() { echo "$RESOURCES_ROOT/$1"; }
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
