@@ -25,8 +25,9 @@ use crate::config_files;
 use crate::cri::{CriImages, CriRuntime, PullResult, Puller};
 use crate::dir_watcher::DirWatcher;
 use crate::fallback::{self, FallbackMemory};
+use crate::fallback_check;
 use crate::http::Readiness;
-use crate::last_known::{from_epoch_seconds, LastKnown};
+use crate::last_known::LastKnown;
 use crate::manifest_dir::ManifestDir;
 use crate::metrics::Metrics;
 use crate::mirror_pods::{self, NodePods};
@@ -35,7 +36,7 @@ use crate::prepull::PrePull;
 use crate::report::{self, LastPatch};
 use crate::resources_dir::ResourcesDir;
 use crate::revisions::RevisionCache;
-use crate::state_file::{Loaded, StateFile};
+use crate::state_file::{StateFile, StateStore};
 use crate::url_mode;
 use crate::url_source::{UrlResponse, UrlSource};
 
@@ -44,9 +45,6 @@ pub const FIELD_MANAGER: &str = "staticpodset-node-agent";
 
 /// How soon a failed image pre-pull is tried again (within the pre-pull timeout).
 const PULL_RETRY: Duration = Duration::from_secs(5);
-
-/// How long each question to the container runtime or the API server about a fallback may take.
-const FALLBACK_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a starting agent waits for the API server's first list before it acts on its saved
 /// state, unless the watch fails sooner: with the API server up, a state saved before a long
@@ -125,8 +123,10 @@ struct LoopState {
     mode_warning: Option<String>,
     /// The state loaded on start, until the API server's first list replaces it.
     saved: Option<Arc<LastKnown>>,
-    /// What was saved last, so that only a change is written.
-    last_saved: Option<LastKnown>,
+    /// Where the node's state is saved.
+    store: StateStore,
+    /// The sets' phases last logged while acting on the saved state.
+    saved_phases: Vec<(SetKey, String)>,
     /// Whether the agent has acted on the saved state yet (logged once).
     acting_on_saved: bool,
     /// When the loop started: the saved state waits [`SAVED_STATE_GRACE`] for the API server.
@@ -221,7 +221,8 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
               "image pre-pull on: writes that change a revision wait for their images");
         Puller::new(cri, ctx.prepull_timeout, wake.clone(), ctx.metrics.clone())
     });
-    let saved = load_state(&ctx).await;
+    let store = StateStore::new(ctx.state_file.clone(), ctx.metrics.clone());
+    let saved = store.load().await;
     let mut state = LoopState {
         last_patch: None,
         last_reports: Vec::new(),
@@ -238,7 +239,8 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) {
         memory: fresh_memory(&ctx),
         mode_warning: None,
         saved: None,
-        last_saved: None,
+        store,
+        saved_phases: Vec::new(),
         acting_on_saved: false,
         started: Instant::now(),
         fallback: FallbackMemory::default(),
@@ -403,7 +405,26 @@ async fn sync_once(
     ctx.metrics.syncs.inc();
 
     let mut observed = observe(ctx, caches, state, &object, mode).await;
-    check_fallbacks(ctx, state, &observed.assigned).await;
+    let now = SystemTime::now();
+    let (due, next) = fallback::due(
+        &observed.assigned,
+        &ctx.node_name,
+        &state.written,
+        &state.fallback,
+        now,
+    );
+    state.fallback_next = next;
+    if let (false, Some(runtime)) = (due.is_empty(), &state.runtime) {
+        fallback_check::judge(
+            &ctx.client,
+            runtime,
+            &ctx.metrics,
+            &due,
+            &mut state.fallback,
+            now,
+        )
+        .await;
+    }
     let (assigned, in_place) =
         fallback::apply(std::mem::take(&mut observed.assigned), &mut state.fallback);
     observed.assigned = assigned.clone();
@@ -422,9 +443,18 @@ async fn sync_once(
     }
     hand_out(ctx, state, &outcome);
     if from_saved {
-        log_saved_outcome(&outcome);
+        log_saved_outcome(&outcome, &mut state.saved_phases);
     } else {
-        save_state(ctx, state, &object, mode).await;
+        let current = LastKnown::capture(
+            &ctx.node_name,
+            &object,
+            mode,
+            state.revisions.saved(&object.spec.pods),
+            state.fallback.ready_revisions(),
+            state.fallback.fallbacks.values().cloned().collect(),
+            SystemTime::now(),
+        );
+        state.store.save(current).await;
     }
     if let Some(built) = &outcome.report {
         report_status(ctx, api, &object, built, state, SystemTime::now()).await;
@@ -443,68 +473,6 @@ async fn sync_once(
     }
 }
 
-/// Node-local fallback: for every set past its deadline whose new revision is not known healthy,
-/// asks the container runtime how the revision runs and, if it does not, whether the API server
-/// answers; puts the fallbacks it decides in force (see [`crate::fallback`]).
-async fn check_fallbacks(
-    ctx: &Context,
-    state: &mut LoopState,
-    assigned: &[crate::dir_plan::Assignment],
-) {
-    let now = SystemTime::now();
-    let (due, next) = fallback::due(
-        assigned,
-        &ctx.node_name,
-        &state.written,
-        &state.fallback,
-        now,
-    );
-    state.fallback_next = next;
-    if due.is_empty() {
-        return;
-    }
-    let Some(runtime) = state.runtime.clone() else {
-        // Without the runtime the agent cannot tell a failing pod from a healthy one: it never
-        // falls back blind.
-        debug!("node-local fallback needs the container runtime (--cri-socket); not judged");
-        return;
-    };
-    let mut api_reachable: Option<bool> = None;
-    for d in &due {
-        let health = match runtime
-            .pod(&d.set.namespace, &d.pod_name, FALLBACK_CALL_TIMEOUT)
-            .await
-        {
-            Ok(sandboxes) => {
-                fallback::health(&d.revision, &d.containers, &sandboxes, SystemTime::now())
-            }
-            Err(e) => {
-                warn!(set = %d.set, error = %e, "cannot ask the container runtime about the revision; no fallback judged");
-                continue;
-            }
-        };
-        if health.is_err() && api_reachable.is_none() {
-            api_reachable = Some(api_answers(&ctx.client).await);
-        }
-        let reachable = api_reachable.unwrap_or(true);
-        if let Some(f) = fallback::decide(d, &health, reachable, &mut state.fallback, now) {
-            ctx.metrics.fallbacks.inc();
-            warn!(set = %d.set, from = %f.from, to = %f.to, message = %f.message,
-                  "node-local fallback: revision given up, the last Ready one put back");
-        } else if let Err(why) = &health {
-            debug!(set = %d.set, revision = %d.revision, %why, "revision not healthy yet; the API server answers, so the operator judges it");
-        }
-    }
-}
-
-/// Whether the API server answers a request within [`FALLBACK_CALL_TIMEOUT`].
-async fn api_answers(client: &Client) -> bool {
-    matches!(
-        tokio::time::timeout(FALLBACK_CALL_TIMEOUT, client.apiserver_version()).await,
-        Ok(Ok(_))
-    )
-}
-
 /// The node's NodeStaticPods and mode, once the agent knows them, and whether they come from the
 /// saved state; otherwise why the manifest directory is left as it is.
 fn known_state(
@@ -521,7 +489,7 @@ fn known_state(
             if !state.acting_on_saved {
                 state.acting_on_saved = true;
                 ctx.metrics.saved_state_in_use.set(1);
-                info!(saved_at = %humantime_utc(saved.saved_at), generation = ?saved.generation,
+                info!(saved_at = %saved.saved_at_text(), generation = ?saved.generation,
                       pods = saved.pods.len(), revisions = saved.revisions.len(), mode = ?saved.mode,
                       "no answer from the API server: acting on the last-known state until it answers");
             }
@@ -561,116 +529,32 @@ fn known_state(
 
 /// The manifest source of the last saved state, while the Node that chooses it cannot be read.
 fn saved_mode(state: &LoopState) -> Option<ManifestSource> {
-    state.last_saved.as_ref().map(|s| s.mode)
-}
-
-/// Loads the node's last-known state, reporting what was found. A state that cannot be used is
-/// no state: the agent then waits for the API server and leaves the directory as it is.
-async fn load_state(ctx: &Context) -> Option<Box<LastKnown>> {
-    let file = ctx.state_file.clone()?;
-    let path = file.path();
-    let loaded = tokio::task::spawn_blocking(move || file.load())
-        .await
-        .unwrap_or_else(|e| Loaded::Invalid(format!("the load did not complete: {e}")));
-    let (result, state) = match loaded {
-        Loaded::State(state) => {
-            let tampered = state.tampered_revisions();
-            info!(path = %path.display(), saved_at = %humantime_utc(state.saved_at),
-                  pods = state.pods.len(), revisions = state.revisions.len(),
-                  "loaded the last-known state");
-            if !tampered.is_empty() {
-                warn!(path = %path.display(), ?tampered,
-                      "last-known state: these revisions do not hash to their digest and are not used");
-            }
-            ("loaded", Some(state))
-        }
-        Loaded::Missing => {
-            info!(path = %path.display(), "no last-known state; the agent waits for the API server");
-            ("missing", None)
-        }
-        Loaded::Invalid(why) => {
-            warn!(path = %path.display(), error = %why,
-                  "last-known state unusable: treated as no state (nothing is removed); the agent \
-                   waits for the API server");
-            ("invalid", None)
-        }
-    };
-    ctx.metrics.state_loads.with_label_values(&[result]).inc();
     state
-}
-
-/// Saves the node's state when it changed since the last save. A failure is logged and retried
-/// on the next sync; the node's pods do not depend on it while the API server answers.
-async fn save_state(
-    ctx: &Context,
-    state: &mut LoopState,
-    object: &NodeStaticPods,
-    mode: ManifestSource,
-) {
-    let Some(file) = ctx.state_file.clone() else {
-        return;
-    };
-    let current = LastKnown::capture(
-        &ctx.node_name,
-        object,
-        mode,
-        state.revisions.saved(&object.spec.pods),
-        state
-            .fallback
-            .last_ready
-            .values()
-            .map(|r| (**r).clone())
-            .collect(),
-        state.fallback.fallbacks.values().cloned().collect(),
-        SystemTime::now(),
-    );
-    if state
-        .last_saved
+        .saved
         .as_ref()
-        .is_some_and(|last| last.same_as(&current))
-    {
-        return;
-    }
-    let bytes = match crate::last_known::encode(&current) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            warn!(error = %e, "cannot encode the last-known state");
-            ctx.metrics.state_saves.with_label_values(&["failed"]).inc();
-            return;
-        }
-    };
-    match blocking::in_span(move || file.save(&bytes)).await {
-        Ok(Ok(())) => {
-            ctx.metrics.state_saves.with_label_values(&["ok"]).inc();
-            debug!(
-                pods = current.pods.len(),
-                revisions = current.revisions.len(),
-                "saved the last-known state"
-            );
-            state.last_saved = Some(current);
-        }
-        Ok(Err(e)) => {
-            warn!(error = %e, "cannot save the last-known state; retrying on the next sync");
-            ctx.metrics.state_saves.with_label_values(&["failed"]).inc();
-        }
-        Err(e) => {
-            warn!(error = %e, "the state save did not complete; retrying on the next sync");
-            ctx.metrics.state_saves.with_label_values(&["failed"]).inc();
-        }
-    }
+        .map(|s| s.mode)
+        .or_else(|| state.store.last_mode())
 }
 
 /// The local report while the agent acts on its saved state: there is no API server to patch,
 /// and no pod list to build a status from, so each set's phase goes to the log when it changes.
-fn log_saved_outcome(outcome: &pipeline::SyncOutcome) {
-    for set in &outcome.sets {
-        debug!(set = %set.set, phase = ?set.phase, message = ?set.message, "set on the saved state");
+fn log_saved_outcome(outcome: &pipeline::SyncOutcome, last: &mut Vec<(SetKey, String)>) {
+    let now: Vec<(SetKey, String)> = outcome
+        .sets
+        .iter()
+        .map(|o| {
+            (
+                o.set.clone(),
+                format!("{:?} {}", o.phase, o.message.as_deref().unwrap_or("")),
+            )
+        })
+        .collect();
+    for (set, phase) in &now {
+        if !last.contains(&(set.clone(), phase.clone())) {
+            info!(set = %set, phase = %phase.trim_end(), "set on the last-known state");
+        }
     }
-}
-
-/// `seconds` since the epoch as an RFC 3339 time, for logs.
-fn humantime_utc(seconds: u64) -> String {
-    humantime::format_rfc3339_seconds(from_epoch_seconds(seconds)).to_string()
+    *last = now;
 }
 
 /// Observe: reads the revisions and puts the configuration files in place (the API side), and

@@ -223,62 +223,37 @@ impl CriRuntime {
             (POD_NAMESPACE_LABEL.to_owned(), namespace.to_owned()),
         ]
         .into();
-        let failed = |call: &'static str, why: String| CriError::Pod {
-            call,
-            pod: format!("{namespace}/{name}"),
-            socket: self.socket.clone(),
-            why,
-        };
+        let pod = format!("{namespace}/{name}");
         let mut client = self.client.clone();
-        let sandboxes = tokio::time::timeout(
-            timeout,
-            client.list_pod_sandbox(ListPodSandboxRequest {
-                filter: Some(PodSandboxFilter {
-                    label_selector: labels.clone(),
-                    ..PodSandboxFilter::default()
+        let sandboxes = self
+            .pod_call(
+                "ListPodSandbox",
+                &pod,
+                timeout,
+                client.list_pod_sandbox(ListPodSandboxRequest {
+                    filter: Some(PodSandboxFilter {
+                        label_selector: labels.clone(),
+                        ..PodSandboxFilter::default()
+                    }),
                 }),
-            }),
-        )
-        .await
-        .map_err(|_| {
-            failed(
-                "ListPodSandbox",
-                format!("no answer within {}s", timeout.as_secs()),
             )
-        })?
-        .map_err(|status| {
-            failed(
-                "ListPodSandbox",
-                format!("{} ({:?})", status.message(), status.code()),
-            )
-        })?
-        .into_inner()
-        .items;
+            .await?
+            .items;
         let mut client = self.client.clone();
-        let containers = tokio::time::timeout(
-            timeout,
-            client.list_containers(ListContainersRequest {
-                filter: Some(ContainerFilter {
-                    label_selector: labels,
-                    ..ContainerFilter::default()
+        let containers = self
+            .pod_call(
+                "ListContainers",
+                &pod,
+                timeout,
+                client.list_containers(ListContainersRequest {
+                    filter: Some(ContainerFilter {
+                        label_selector: labels,
+                        ..ContainerFilter::default()
+                    }),
                 }),
-            }),
-        )
-        .await
-        .map_err(|_| {
-            failed(
-                "ListContainers",
-                format!("no answer within {}s", timeout.as_secs()),
             )
-        })?
-        .map_err(|status| {
-            failed(
-                "ListContainers",
-                format!("{} ({:?})", status.message(), status.code()),
-            )
-        })?
-        .into_inner()
-        .containers;
+            .await?
+            .containers;
         Ok(sandboxes
             .into_iter()
             .map(|sandbox| SandboxView {
@@ -301,6 +276,28 @@ impl CriRuntime {
                     .collect(),
             })
             .collect())
+    }
+}
+
+impl CriRuntime {
+    async fn pod_call<T>(
+        &self,
+        call: &'static str,
+        pod: &str,
+        timeout: Duration,
+        request: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, CriError> {
+        let why = match tokio::time::timeout(timeout, request).await {
+            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Err(status)) => format!("{} ({:?})", status.message(), status.code()),
+            Err(_) => format!("no answer within {}s", timeout.as_secs()),
+        };
+        Err(CriError::Pod {
+            call,
+            pod: pod.to_owned(),
+            socket: self.socket.clone(),
+            why,
+        })
     }
 }
 

@@ -157,6 +157,13 @@ pub struct FallbackMemory {
     pub passed: BTreeSet<(SetKey, String)>,
 }
 
+impl FallbackMemory {
+    /// The revisions last Ready, for the saved state.
+    pub fn ready_revisions(&self) -> Vec<ReadyRevision> {
+        self.last_ready.values().map(|r| (**r).clone()).collect()
+    }
+}
+
 /// The sets whose fallback deadline has passed at `now` and that may need it, and the earliest
 /// deadline still to come. `written` is, per set, the revision the agent last had written and
 /// since when.

@@ -234,6 +234,11 @@ impl LastKnown {
         object
     }
 
+    /// When it was saved, as an RFC 3339 time, for logs.
+    pub fn saved_at_text(&self) -> String {
+        humantime::format_rfc3339_seconds(from_epoch_seconds(self.saved_at)).to_string()
+    }
+
     /// Whether `other` holds the same state, whenever it was saved: only a change is written.
     pub fn same_as(&self, other: &LastKnown) -> bool {
         let untimed = |s: &LastKnown| LastKnown {

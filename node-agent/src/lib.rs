@@ -5,7 +5,7 @@
 //! plain data sit in the middle ([`dir_plan`], [`revisions`], [`config_files`], [`last_known`], [`fallback`], [`prepull`],
 //! [`stop_first`], [`served_pods`], [`mirror_pods`], [`report`], [`manifest_yaml`]); I/O is at
 //! the edges ([`manifest_dir`], [`resources_dir`], [`dir_watcher`], [`api_reads`],
-//! [`config_bundles`], [`state_file`], [`cri`], [`url_mode`], [`url_source`], [`http`]); [`agent`] wires the loop.
+//! [`config_bundles`], [`state_file`], [`fallback_check`], [`cri`], [`url_mode`], [`url_source`], [`http`]); [`agent`] wires the loop.
 
 #![deny(missing_docs)]
 
@@ -18,6 +18,7 @@ pub mod cri;
 pub mod dir_plan;
 pub mod dir_watcher;
 pub mod fallback;
+pub mod fallback_check;
 pub mod http;
 pub mod last_known;
 pub mod manifest_dir;

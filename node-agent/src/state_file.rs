@@ -11,7 +11,12 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use tracing::{debug, info, warn};
+
+use crate::blocking;
 use crate::last_known::{self, LastKnown};
+use crate::metrics::Metrics;
+use staticpodset_api::ManifestSource;
 
 /// The largest state file read: far above any real node's state, and small enough that a bogus
 /// file cannot exhaust the agent's memory.
@@ -122,6 +127,115 @@ impl StateFile {
         fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(err("fsync directory", &self.dir))
+    }
+}
+
+/// The node's state file as the loop uses it: loaded once on start, saved when it changed, with
+/// what came of each in the log and the metrics.
+pub struct StateStore {
+    file: Option<StateFile>,
+    metrics: Metrics,
+    /// What was saved last, so that only a change is written.
+    last_saved: Option<LastKnown>,
+}
+
+impl StateStore {
+    /// The store of `file` (`None`: no state is kept).
+    pub fn new(file: Option<StateFile>, metrics: Metrics) -> Self {
+        Self {
+            file,
+            metrics,
+            last_saved: None,
+        }
+    }
+
+    /// The manifest source of the last state saved, if any.
+    pub fn last_mode(&self) -> Option<ManifestSource> {
+        self.last_saved.as_ref().map(|s| s.mode)
+    }
+
+    /// Loads the node's last-known state, reporting what was found. A state that cannot be used
+    /// is no state: the agent then waits for the API server and leaves the directory as it is.
+    pub async fn load(&self) -> Option<Box<LastKnown>> {
+        let file = self.file.clone()?;
+        let path = file.path();
+        let loaded = tokio::task::spawn_blocking(move || file.load())
+            .await
+            .unwrap_or_else(|e| Loaded::Invalid(format!("the load did not complete: {e}")));
+        let (result, state) = match loaded {
+            Loaded::State(state) => {
+                let tampered = state.tampered_revisions();
+                info!(path = %path.display(), saved_at = %state.saved_at_text(),
+                      pods = state.pods.len(), revisions = state.revisions.len(),
+                      "loaded the last-known state");
+                if !tampered.is_empty() {
+                    warn!(path = %path.display(), ?tampered,
+                          "last-known state: these revisions do not hash to their digest and are not used");
+                }
+                ("loaded", Some(state))
+            }
+            Loaded::Missing => {
+                info!(path = %path.display(), "no last-known state; the agent waits for the API server");
+                ("missing", None)
+            }
+            Loaded::Invalid(why) => {
+                warn!(path = %path.display(), error = %why,
+                      "last-known state unusable: treated as no state (nothing is removed); the \
+                       agent waits for the API server");
+                ("invalid", None)
+            }
+        };
+        self.metrics.state_loads.with_label_values(&[result]).inc();
+        state
+    }
+
+    /// Saves `current` when it differs from what was saved last. A failure is logged and retried
+    /// on the next sync; the node's pods do not depend on it while the API server answers.
+    pub async fn save(&mut self, current: LastKnown) {
+        let Some(file) = self.file.clone() else {
+            return;
+        };
+        if self
+            .last_saved
+            .as_ref()
+            .is_some_and(|last| last.same_as(&current))
+        {
+            return;
+        }
+        let bytes = match last_known::encode(&current) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                warn!(error = %e, "cannot encode the last-known state");
+                self.metrics
+                    .state_saves
+                    .with_label_values(&["failed"])
+                    .inc();
+                return;
+            }
+        };
+        let failure = match blocking::in_span(move || file.save(&bytes)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("the save did not complete: {e}")),
+        };
+        match failure {
+            None => {
+                self.metrics.state_saves.with_label_values(&["ok"]).inc();
+                debug!(
+                    pods = current.pods.len(),
+                    revisions = current.revisions.len(),
+                    "saved the last-known state"
+                );
+                self.last_saved = Some(current);
+            }
+            Some(why) => {
+                warn!(error = %why, "cannot save the last-known state; retrying on the next sync");
+                self.metrics
+                    .state_saves
+                    .with_label_values(&["failed"])
+                    .inc();
+            }
+        }
     }
 }
 
