@@ -32,9 +32,9 @@ crds:
 	cargo run -q -p staticpodset-api --bin crdgen -- crds/
 	cargo run -q -p staticpodset-api --bin crdgen -- charts/staticpodset/crds/
 
-## bench: DaemonSet vs StaticPodSet rollout times on the local cluster (needs cluster-up)
+## bench: kubelet alone vs DaemonSet vs StaticPodSet, create and update, with the StaticPodSet's hops (needs cluster-up)
 bench:
-	bash tests/bench/rollout-vs-daemonset.sh
+	bash tests/bench/rollout-breakdown.sh
 
 ## bench-prepull: per-node outage of an image change, agent image pre-pull on vs off (needs cluster-up)
 bench-prepull:
