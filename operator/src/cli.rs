@@ -62,6 +62,13 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     pub node_write_concurrency: usize,
 
+    /// How long a set's reconcile waits for more events about it before it runs (trailing
+    /// debounce; each event restarts the wait). Every hop of a rollout (a node's report, the
+    /// next node's entry) waits this long once, so it is kept short; bursts within it still make
+    /// one reconcile. 0 turns it off. E.g. 100ms, 1s.
+    #[arg(long, default_value = "100ms", value_parser = parse_flag)]
+    pub reconcile_debounce: Duration,
+
     /// StaticPodSets reconciled in parallel.
     #[arg(long, default_value_t = 4)]
     pub concurrency: u16,
@@ -90,6 +97,10 @@ mod tests {
         assert_eq!(a.node_gone_timeout, Duration::from_secs(300));
         assert_eq!(a.node_write_mode, WriteMode::Apply);
         assert_eq!(a.log_format, LogFormat::Text);
+        assert_eq!(a.reconcile_debounce, Duration::from_millis(100));
+        let off =
+            Args::try_parse_from(["staticpodset-operator", "--reconcile-debounce", "0"]).unwrap();
+        assert_eq!(off.reconcile_debounce, Duration::ZERO);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Settings {
     pub write_concurrency: usize,
     /// Sets reconciled in parallel.
     pub reconcile_concurrency: u16,
+    /// The controller's trailing debounce of reconcile requests (`--reconcile-debounce`).
+    pub reconcile_debounce: Duration,
     /// Every set is reconciled at least this often, as a safety net for missed events.
     pub resync: Duration,
     /// Where the configuration bundles (Secrets) live.

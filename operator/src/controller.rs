@@ -77,8 +77,9 @@ pub async fn run(
     )
     .with_config(
         controller::Config::default()
-            // Coalesces the burst of events a rollout causes into fewer reconciles per set.
-            .debounce(Duration::from_millis(500))
+            // Coalesces the burst of events a rollout causes into fewer reconciles per set; short,
+            // since every hop of a rollout waits for it once.
+            .debounce(settings.reconcile_debounce)
             .concurrency(settings.reconcile_concurrency),
     );
     let sets = controller.store();

@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         write_mode: args.node_write_mode,
         write_concurrency: args.node_write_concurrency,
         reconcile_concurrency: args.concurrency,
+        reconcile_debounce: args.reconcile_debounce,
         resync: args.resync,
         config_namespace: args
             .config_namespace
