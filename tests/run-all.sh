@@ -5,8 +5,9 @@
 #                                       cargo clippy -D warnings
 #   2. unit and temp-directory tests    cargo test --workspace
 #   3. the real cluster                 tests/e2e/cluster/up (builds what is missing, into the cache)
-#   4. end-to-end suites                tests/e2e/*.sh against that cluster
-#   5. tear-down                        tests/e2e/cluster/down (also on failure)
+#   4. the chart                        tests/chart/check.sh (needs the helm that cluster up builds)
+#   5. end-to-end suites                tests/e2e/*.sh against that cluster
+#   6. tear-down                        tests/e2e/cluster/down (also on failure)
 # Caches (cargo target dir, Kubernetes binaries, images) live in ${STATICPODSET_CACHE:-~/.cache/staticpodset}.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,6 +54,8 @@ tests/e2e/cluster/down
 up_out=$(tests/e2e/cluster/up)
 eval "$(tail -n 1 <<<"$up_out")"
 export PATH="$STATICPODSET_CACHE/k8s-$K8S_VERSION/bin:$STATICPODSET_CACHE/tools/bin:$PATH"
+
+suite "chart: lint, render, schema, alert rules" bash tests/chart/check.sh
 
 suite "operator vs a throw-away API server" bash operator/tests/apiserver.sh
 suite "e2e: cluster smoke" tests/e2e/smoke.sh

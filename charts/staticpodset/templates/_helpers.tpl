@@ -24,3 +24,10 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end -}}
 {{- $ns -}}
 {{- end -}}
+{{- /* The job label of a component's targets, the same for ServiceMonitors and PodMonitors, so the
+alert rules select the same series whichever does the scraping; node names the node in alerts. */ -}}
+{{- define "sps.monitorRelabelings" -}}
+relabelings:
+  - {action: replace, targetLabel: job, replacement: {{ . }}}
+  - {action: replace, sourceLabels: [__meta_kubernetes_pod_node_name], targetLabel: node}
+{{- end -}}

@@ -8,12 +8,14 @@
 #   libseccomp-dev, pkg-config   runc's seccomp support
 #   protobuf-compiler            protoc, which the node agent's CRI bindings (crate k8s-cri) need to build
 #   prometheus                   a real Prometheus that scrapes our components in the metrics e2e test
-#                                (Debian's package does not start a service here: no init system)
+#                                (Debian's package does not start a service here: no init system),
+#                                and promtool, which checks and unit-tests the chart's alert rules
+#   python3-yaml                 PyYAML, with which tests/chart/check.sh reads rendered manifests
 # and the package shellcheck, the lint of every shell script (tests/shellcheck.sh: make lint, make test).
 # shellcheck source=../lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 
-PACKAGES=(containernetworking-plugins libseccomp-dev pkg-config busybox-static iptables conntrack openssl gcc libc6-dev curl prometheus protobuf-compiler shellcheck)
+PACKAGES=(containernetworking-plugins libseccomp-dev pkg-config busybox-static iptables conntrack openssl gcc libc6-dev curl prometheus python3-yaml protobuf-compiler shellcheck)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
