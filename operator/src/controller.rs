@@ -59,6 +59,29 @@ const DELETION_POLL: Duration = Duration::from_secs(3);
 /// Runs the StaticPodSet controller and the node-objects loop until `shutdown` resolves (then
 /// gracefully: running reconciles finish). Dropping the returned future stops everything at
 /// once, which is what losing the lease does.
+/// The set cache exported as per-set metrics while the controllers run; dropped (the lease
+/// lost, the controllers stopped), the series go.
+struct ExportedSets(crate::set_metrics::SetStoreSlot);
+
+impl ExportedSets {
+    fn new(metrics: &Metrics, sets: reflector::Store<StaticPodSet>) -> Self {
+        *metrics
+            .set_store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sets);
+        Self(metrics.set_store.clone())
+    }
+}
+
+impl Drop for ExportedSets {
+    fn drop(&mut self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}
+
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -83,6 +106,7 @@ pub async fn run(
             .concurrency(settings.reconcile_concurrency),
     );
     let sets = controller.store();
+    let _exported = ExportedSets::new(&metrics, sets.clone());
     let wake = Arc::new(Notify::new());
 
     let node_triggers = {

@@ -41,6 +41,7 @@ pub mod revisions;
 pub mod rollback;
 pub mod rollout;
 pub mod rollout_state;
+pub mod set_metrics;
 pub mod status;
 pub mod taints;
 pub mod telemetry;

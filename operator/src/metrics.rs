@@ -1,11 +1,14 @@
 //! Prometheus metrics of the operator, registered in one place.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+
+use crate::set_metrics::{SetCollector, SetStoreSlot};
 
 /// Every metric the operator exports, on its own registry (no process-global default registry).
 #[derive(Clone)]
@@ -35,6 +38,9 @@ pub struct Metrics {
     pub bundle_writes: IntCounterVec,
     /// Admission dry runs of sets' mirror pods, by result.
     pub admission_checks: IntCounterVec,
+    /// The set cache the per-set families are read from ([`crate::set_metrics`]), filled while
+    /// this replica runs the controllers.
+    pub set_store: SetStoreSlot,
 }
 
 impl Metrics {
@@ -132,6 +138,8 @@ impl Metrics {
         registry.register(Box::new(config_reads.clone()))?;
         registry.register(Box::new(bundle_writes.clone()))?;
         registry.register(Box::new(admission_checks.clone()))?;
+        let set_store: SetStoreSlot = Arc::new(Mutex::new(None));
+        registry.register(Box::new(SetCollector::new(set_store.clone())?))?;
         Ok(Self {
             registry,
             reconciles,
@@ -145,6 +153,7 @@ impl Metrics {
             config_reads,
             bundle_writes,
             admission_checks,
+            set_store,
         })
     }
 
