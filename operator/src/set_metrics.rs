@@ -171,7 +171,12 @@ pub fn families(sets: &[Arc<StaticPodSet>]) -> Result<Vec<MetricFamily>, prometh
             }
         }
     }
-    Ok(vectors.iter().flat_map(Collector::collect).collect())
+    // A family without series (no set has conditions yet) cannot be encoded.
+    Ok(vectors
+        .iter()
+        .flat_map(Collector::collect)
+        .filter(|family| !family.get_metric().is_empty())
+        .collect())
 }
 
 #[cfg(test)]
@@ -212,6 +217,13 @@ mod tests {
             .expect("register");
         // Without the cache (not leading): no series, and the registry still encodes.
         assert!(registry.gather().is_empty());
+        // A set without conditions: its counts, no empty condition family.
+        let bare = Arc::new(StaticPodSet::new("bare", StaticPodSetSpec::default()));
+        let only_counts = families(&[bare]).expect("families");
+        assert!(only_counts.iter().all(|f| !f.get_metric().is_empty()));
+        TextEncoder::new()
+            .encode_to_string(&only_counts)
+            .expect("encodes");
 
         let families = families(&[set("vip", "True"), set("dns", "False")]).expect("families");
         let text = TextEncoder::new()

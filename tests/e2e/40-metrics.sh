@@ -70,4 +70,19 @@ wait_for "operator reconciles" 30 reconciled || fail "no operator reconciles rec
 [[ -n $(query 'staticpodset_operator_reconcile_duration_seconds_count') ]] || fail "no reconcile duration histogram"
 [[ -n $(query 'staticpodset_agent_sync_duration_seconds_count') ]] || fail "no agent sync duration histogram"
 ok "agent syncs $(query 'staticpodset_agent_syncs_total' | tr '\n' ' '); manifests written $written; operator leader=1"
+
+# The per-set families, as kube-state-metrics has them for DaemonSets.
+set_desired() { [[ $(scalar "staticpodset_set_status_desired_number_scheduled{namespace=\"$E2E_NS\",set=\"metrics-probe\"}") == 2 ]]; }
+wait_for "the per-set gauges of metrics-probe" 30 set_desired ||
+  fail "staticpodset_set_status_desired_number_scheduled: $(query staticpodset_set_status_desired_number_scheduled)"
+available=$(scalar "staticpodset_set_status_condition{namespace=\"$E2E_NS\",set=\"metrics-probe\",condition=\"Available\",status=\"true\"}")
+[[ $available == 1 ]] || fail "metrics-probe's Available condition is not 1 for status true: $available"
+ok "per-set gauges: metrics-probe desired 2, Available true"
+
+# Prometheus' own linter on every component's exposition (names, units, HELP, counter suffixes).
+for target in $(python3 -c 'import json,sys; [print(t["targets"][0]) for t in json.load(open(sys.argv[1]))]' "$WORK/targets.json"); do
+  curl -sf "http://$target/metrics" >"$WORK/exposition" || fail "cannot read http://$target/metrics"
+  promtool check metrics <"$WORK/exposition" >"$WORK/lint" 2>&1 || fail "promtool check metrics on $target: $(cat "$WORK/lint")"
+done
+ok "promtool check metrics passes on the operator and both agents"
 echo "40-metrics: $passed passed, 0 failed"
