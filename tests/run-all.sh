@@ -55,7 +55,7 @@ up_out=$(tests/e2e/cluster/up)
 eval "$(tail -n 1 <<<"$up_out")"
 export PATH="$STATICPODSET_CACHE/k8s-$K8S_VERSION/bin:$STATICPODSET_CACHE/tools/bin:$PATH"
 
-suite "chart: lint, render, schema, alert rules" bash tests/chart/check.sh
+suite "chart: lint, render, schema, alert rules, server-side dry run" bash tests/chart/check.sh
 
 suite "operator vs a throw-away API server" bash operator/tests/apiserver.sh
 suite "e2e: cluster smoke" tests/e2e/smoke.sh

@@ -10,7 +10,10 @@
 #   4. the PrometheusRule's rules: promtool check rules, then promtool test rules with the recorded
 #      series of tests/chart/alerts_test.yaml; every alert has a runbook_url into docs/alerts.md,
 #      which has a section for it;
-#   5. the values table of charts/staticpodset/README.md is what values.yaml's comments give.
+#   5. the values table of charts/staticpodset/README.md is what values.yaml's comments give;
+#   6. every combination of 2., applied to the cluster's API server as a server-side dry run, with
+#      the prometheus-operator CRDs installed from that project's Go module (offline: the Go
+#      module proxy), so the API server validates every object the chart renders.
 # helm and promtool come from PATH (run-all.sh adds the cache's tools after cluster up; promtool
 # is Debian's prometheus package, which host-deps.sh installs); a missing one fails the suite.
 set -euo pipefail
@@ -195,6 +198,53 @@ done < <($M alerts "$WORK/rules.yaml")
 echo "--- 5. chart README"
 if out=$(python3 "$HERE/values-table.py" --check 2>&1); then ok "charts/staticpodset/README.md: values table up to date"
 else bad "$out"; fi
+
+echo "--- 6. server-side dry run"
+# The CRDs of the monitoring objects, as prometheus-operator publishes them in its module.
+PROM_OPERATOR=github.com/prometheus-operator/prometheus-operator@v0.85.0
+DRY_NS=sps-chart-check
+if ! command -v kubectl >/dev/null || ! kubectl get --raw /readyz >/dev/null 2>&1; then
+  bad "no API server to dry-run against (kubectl with KUBECONFIG; run-all.sh runs this after cluster up)"
+elif ! crd_dir=$(go mod download -json "$PROM_OPERATOR" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'); then
+  bad "cannot download $PROM_OPERATOR from the Go module proxy"
+else
+  for crd in servicemonitors podmonitors prometheusrules; do
+    kubectl apply --server-side -f "$crd_dir/example/prometheus-operator-crd/monitoring.coreos.com_$crd.yaml" >/dev/null
+    kubectl wait --for=condition=Established --timeout=60s "crd/$crd.monitoring.coreos.com" >/dev/null
+  done
+  ok "prometheus-operator CRDs installed ($PROM_OPERATOR)"
+  # Namespaced objects need their namespaces to exist; the chart's config Namespace is applied
+  # over the real one (an apply, not a create). Neither is the e2e release's.
+  for ns in "$DRY_NS" "$DRY_NS-config"; do
+    kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  done
+  combos=(
+    "defaults|"
+    "url|--set agent.staticPodURL.enabled=true --set agent.staticPodURL.defaultSource=url"
+    "all-on|${ALL_ON[*]}"
+    "podmonitor|--set metrics.podMonitor.enabled=true --set metrics.prometheusRule.enabled=true"
+    "replicas|--set operator.replicas=3"
+    "no-rbac-policies|--set agent.ownNodePolicy.enabled=false --set operator.dryRunOnlyPolicy.enabled=false"
+  )
+  server_version=$(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')
+  for combo in "${combos[@]}"; do
+    name=${combo%%|*}
+    read -r -a args <<<"${combo#*|}"
+    if ! helm template sps-check "$CHART" -n "$DRY_NS" --kube-version "$server_version" \
+      --set configNamespace.name="$DRY_NS-config" "${args[@]}" \
+      >"$WORK/dry-$name.yaml" 2>"$WORK/dry-$name.err"; then
+      bad "dry run ($name): helm template failed: $(cat "$WORK/dry-$name.err")"
+    # --force-conflicts: a dry run changes nothing, and the chart's fixed-name ClusterRoles may be
+    # another release's (an installed e2e release, say).
+    elif out=$(kubectl apply --server-side --dry-run=server --force-conflicts --field-manager=chart-check \
+      -f "$WORK/dry-$name.yaml" 2>&1); then
+      ok "dry run ($name): the API server accepts all $(grep -c '^kind:' "$WORK/dry-$name.yaml") objects"
+    else
+      bad "dry run ($name): the API server refuses: $out"
+    fi
+  done
+  kubectl delete namespace "$DRY_NS" "$DRY_NS-config" --wait=false >/dev/null
+fi
 
 echo "chart: $passed passed, $failed failed"
 ((failed == 0))
