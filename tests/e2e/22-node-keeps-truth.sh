@@ -30,8 +30,8 @@ source "$HARNESS_DIR/lib/node.sh"
 
 A=${NODES[0]} B=${NODES[1]}
 SECTIONS=${SECTIONS:-1 2 3}
-# The chart's default agent.stateDir (a hostPath): both agents' files, side by side.
-STATE_DIR=/var/lib/staticpodset-agent
+# The agents' state directory (install_product's agent.stateDir): both agents' files, side by side.
+STATE_DIR=$AGENT_STATE_DIR
 # install_product's agent.resyncInterval: "within one resync".
 RESYNC=10
 OUTAGE=120
@@ -292,7 +292,12 @@ if runs_section 2; then
   wait_for "every set Ready" 180 all_ready "${KEEP_SETS[@]}" ||
     fail "not every set Ready 180 s after the API server came back"
   ready_after_nostate=$(since "$t_back")
-  state_ok() { jq -e . "$(state_file "$1")" >/dev/null 2>&1 && grep -q '"keep-edited"' "$(state_file "$1")"; }
+  # A header line with the checksum, then the state as JSON.
+  state_ok() {
+    head -n1 "$(state_file "$1")" | grep -q '^staticpodset-agent-state sha256:' &&
+      tail -n +2 "$(state_file "$1")" | python3 -m json.tool >/dev/null 2>&1 &&
+      grep -q '"keep-edited"' "$(state_file "$1")"
+  }
   both_ok() { state_ok "$A" && state_ok "$B"; }
   wait_for "both state files written again" 30 both_ok ||
     fail "state files not rewritten: $(ls -l "$STATE_DIR")"
