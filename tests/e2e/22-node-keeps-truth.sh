@@ -108,8 +108,13 @@ restart_agents() { # stops both agents' containers; the kubelet starts new ones
 agent_restarted() { local id; id=$(agent_id "$1"); [[ -n $id && $id != "${agent_before[$1]}" ]]; }
 
 edit_by_hand() { # node
-  sed -i 's/value: "v1"/value: "edited by hand"/' "$(manifest "$1" keep-edited)"
-  grep -q 'edited by hand' "$(manifest "$1" keep-edited)" || fail "could not edit $(manifest "$1" keep-edited)"
+  # The edit is checked before it is written: an agent that heals drift may put the file back
+  # before any check after it could look.
+  local f edited
+  f=$(manifest "$1" keep-edited)
+  edited=$(sed -E 's/value: "?v1"?$/value: edited-by-hand/' "$f")
+  [[ $edited == *"value: edited-by-hand"* ]] || fail "could not edit $f"
+  printf '%s\n' "$edited" >"$f"
 }
 # drift NODE: a hand edit of one owned manifest and the removal of another.
 drift() { edit_by_hand "$1"; rm "$(manifest "$1" keep-deleted)"; }

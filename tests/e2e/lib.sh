@@ -55,6 +55,8 @@ install_product() {
   timed "product images" bash "$REPO_ROOT/images/build.sh" "$PRODUCT_IMAGES"
   timed "image load" bash "$HARNESS_DIR/load-image" "$PRODUCT_IMAGES/operator.tar" "$PRODUCT_IMAGES/node-agent.tar"
   kubectl create namespace "$RELEASE_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  # helm installs CRDs on the first install only; an upgrade needs them applied, as README says.
+  kubectl apply --server-side --force-conflicts -f "$REPO_ROOT/crds/" >/dev/null
   kubectl create secret generic -n "$RELEASE_NS" sps-static-pod-url --from-literal=token="$(static_pod_url_token)" \
     --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   # shellcheck disable=SC2016  # '$(NODE_NAME)' is for Kubernetes (subPathExpr), not for the shell
@@ -72,6 +74,17 @@ install_product() {
     --set agent.criSocket="$RUN_DIR/nodes/containerd.sock" \
     --set agent.criSocketSubPathExpr='$(NODE_NAME)/containerd' \
     --set operator.logFormat=text --set agent.logFormat=text
+  # The images keep their tag (dev) when rebuilt, so helm sees no change in the pod templates:
+  # restart the components when the archives changed since the last install on this cluster.
+  local stamp=$RUN_DIR/product-images.sha256 images
+  images=$(cat "$PRODUCT_IMAGES/operator.tar" "$PRODUCT_IMAGES/node-agent.tar" | sha256sum)
+  if [[ -f $stamp && $(cat "$stamp") != "$images" ]]; then
+    log "product images changed since the last install: restarting the operator and the agents"
+    kubectl rollout restart -n "$RELEASE_NS" "deploy/$RELEASE-staticpodset-operator" "ds/$RELEASE-staticpodset-agent" >/dev/null
+    kubectl rollout status -n "$RELEASE_NS" "deploy/$RELEASE-staticpodset-operator" --timeout=5m >/dev/null
+    kubectl rollout status -n "$RELEASE_NS" "ds/$RELEASE-staticpodset-agent" --timeout=5m >/dev/null
+  fi
+  echo "$images" >"$stamp"
 }
 
 # registry_image TAG [PAD_MB]: builds an image that only the local registry has (no node imported
