@@ -15,8 +15,9 @@ use crate::plugin::rollout_status::{assess, fresh_lines, node_lines, Verdict};
 
 /// One change seen by the watch.
 enum Change {
-    Set(Result<watcher::Event<StaticPodSet>, watcher::Error>),
-    Nodes(Result<watcher::Event<NodeStaticPods>, watcher::Error>),
+    // Boxed: every event carries a whole object, hundreds of bytes moved per change otherwise.
+    Set(Box<Result<watcher::Event<StaticPodSet>, watcher::Error>>),
+    Nodes(Box<Result<watcher::Event<NodeStaticPods>, watcher::Error>>),
 }
 
 /// Watches set `key` until its rollout ends: `Ok` when it completed, an error when it failed,
@@ -69,14 +70,16 @@ async fn follow(
     mut set: StaticPodSet,
 ) -> Result<(), PluginError> {
     let by_name = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
-    let set_events = watcher(sets, by_name).default_backoff().map(Change::Set);
+    let set_events = watcher(sets, by_name)
+        .default_backoff()
+        .map(|e| Change::Set(Box::new(e)));
     let (store, writer) = reflector::store::<NodeStaticPods>();
     let node_events = reflector::reflector(
         writer,
         watcher(Api::all(client), watcher::Config::default()),
     )
     .default_backoff()
-    .map(Change::Nodes);
+    .map(|e| Change::Nodes(Box::new(e)));
     let mut changes = std::pin::pin!(stream::select(set_events, node_events));
 
     let mut nodes_synced = false;
@@ -113,24 +116,32 @@ async fn follow(
         let Some(change) = changes.next().await else {
             return Err(PluginError::Deleted(key.clone()));
         };
-        match change {
-            Change::Set(Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object))) => {
-                set = object
-            }
-            Change::Set(Ok(watcher::Event::Delete(_))) => {
-                return Err(PluginError::Deleted(key.clone()))
-            }
-            Change::Set(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
-            Change::Nodes(Ok(watcher::Event::InitDone)) => nodes_synced = true,
-            Change::Nodes(Ok(_)) => {}
-            // The watches retry on their own; tell each new problem once, on stderr, so a
-            // watch that cannot recover is not silent.
-            Change::Set(Err(e)) | Change::Nodes(Err(e)) => {
-                let told = e.to_string();
-                if told != last_error {
-                    eprintln!("warning: watching StaticPodSet {key} and its nodes: {told}");
-                    last_error = told;
+        let error = match change {
+            Change::Set(event) => match *event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                    set = object;
+                    None
                 }
+                Ok(watcher::Event::Delete(_)) => return Err(PluginError::Deleted(key.clone())),
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => Some(e),
+            },
+            Change::Nodes(event) => match *event {
+                Ok(watcher::Event::InitDone) => {
+                    nodes_synced = true;
+                    None
+                }
+                Ok(_) => None,
+                Err(e) => Some(e),
+            },
+        };
+        // The watches retry on their own; tell each new problem once, on stderr, so a watch
+        // that cannot recover is not silent.
+        if let Some(e) = error {
+            let told = e.to_string();
+            if told != last_error {
+                eprintln!("warning: watching StaticPodSet {key} and its nodes: {told}");
+                last_error = told;
             }
         }
     }
