@@ -14,6 +14,9 @@
 //! thin: [`controller`] (watches, reconcile, error policy), [`admission_check`], [`node_writes`], [`revision_writes`],
 //! [`rollback`], [`config`] (its reads and bundles), [`node_objects`], [`leader`], [`http`];
 //! [`context`] holds what a reconcile is given.
+//!
+//! [`plugin`] is the `kubectl staticpodset` plugin, a second binary of this crate that shares the
+//! condition and reason constants above.
 
 pub mod admission;
 pub mod admission_check;
@@ -34,6 +37,7 @@ pub mod node_match;
 pub mod node_objects;
 pub mod node_writes;
 pub mod planner;
+pub mod plugin;
 pub mod render;
 pub mod revision_size;
 pub mod revision_writes;
