@@ -425,6 +425,11 @@ async fn sync_once(
         )
         .await;
     }
+    let wanted: std::collections::BTreeMap<SetKey, String> = observed
+        .assigned
+        .iter()
+        .map(|a| (SetKey::of(&a.entry), a.entry.revision.clone()))
+        .collect();
     let (assigned, in_place) =
         fallback::apply(std::mem::take(&mut observed.assigned), &mut state.fallback);
     observed.assigned = assigned.clone();
@@ -440,6 +445,9 @@ async fn sync_once(
     if let Some(report) = &mut outcome.report {
         fallback::observe_ready(&assigned, &report.status.pods, &mut state.fallback);
         fallback::annotate(&mut report.status.pods, &state.fallback);
+        ctx.metrics.pods_not_current.set(
+            i64::try_from(report::not_current(&report.status.pods, &wanted)).unwrap_or(i64::MAX),
+        );
     }
     hand_out(ctx, state, &outcome);
     if from_saved {

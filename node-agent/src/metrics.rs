@@ -59,6 +59,8 @@ pub struct Metrics {
     /// Node-local fallbacks: a new revision given up for the last Ready one while the API server
     /// was unreachable.
     pub fallbacks: IntCounter,
+    /// Assigned sets whose pod does not run the revision the node is assigned (or does not run).
+    pub pods_not_current: IntGauge,
 }
 
 impl Metrics {
@@ -210,6 +212,12 @@ impl Metrics {
             "Node-local fallbacks: a new revision that did not become healthy while the API server \
              was unreachable, replaced by the revision last Ready on the node",
         )?;
+        let pods_not_current = IntGauge::new(
+            "staticpodset_agent_pods_not_current",
+            "Sets assigned to this node whose mirror pod does not run the assigned revision (a \
+             rollout under way, a pod that does not start, a node-local fallback)",
+        )?;
+        registry.register(Box::new(pods_not_current.clone()))?;
         registry.register(Box::new(state_loads.clone()))?;
         registry.register(Box::new(state_saves.clone()))?;
         registry.register(Box::new(saved_state_in_use.clone()))?;
@@ -256,6 +264,7 @@ impl Metrics {
             state_saves,
             saved_state_in_use,
             fallbacks,
+            pods_not_current,
         })
     }
 
@@ -303,6 +312,7 @@ mod tests {
             "staticpodset_agent_state_saves_total{result=\"failed\"} 0",
             "staticpodset_agent_saved_state_in_use 0",
             "staticpodset_agent_fallbacks_total 0",
+            "staticpodset_agent_pods_not_current 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

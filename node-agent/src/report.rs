@@ -1,6 +1,7 @@
 //! Builds the NodeStaticPods status from what one sync decided and did, and decides whether it is
 //! worth an API write. Pure: at 5,000 nodes every avoided status write counts.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +39,23 @@ pub struct SetOutcome {
     /// Where the kubelet gets the pod from: the file, or the URL the agent serves; `None` while
     /// neither holds it.
     pub source: Option<ManifestSource>,
+}
+
+/// How many of the sets `assigned` (set → the revision the node is assigned) have no report of a
+/// mirror pod running that revision.
+pub fn not_current(reports: &[PodReport], assigned: &BTreeMap<SetKey, String>) -> usize {
+    assigned
+        .iter()
+        .filter(|(set, revision)| {
+            !reports.iter().any(|r| {
+                r.set_namespace == set.namespace
+                    && r.set_name == set.name
+                    && r.mirror_pod
+                        .as_ref()
+                        .is_some_and(|m| m.revision.as_deref() == Some(revision.as_str()))
+            })
+        })
+        .count()
 }
 
 /// Joins the plan with the results of its actions (`results[i]` belongs to `plan.actions[i]`).
@@ -670,5 +688,30 @@ mod tests {
             t(125),
             hb
         ));
+    }
+
+    #[test]
+    fn sets_not_at_their_assigned_revision_are_counted() {
+        let report = |set: &str, running: Option<&str>| PodReport {
+            set_namespace: "ns".into(),
+            set_name: set.into(),
+            mirror_pod: running.map(|r| staticpodset_api::MirrorPodReport {
+                revision: Some(r.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let assigned: BTreeMap<SetKey, String> = [("a", "r2"), ("b", "r1"), ("c", "r1")]
+            .iter()
+            .map(|(s, r)| (SetKey::new("ns", *s), r.to_string()))
+            .collect();
+        // a runs its old revision, b its assigned one, c has no mirror pod.
+        let reports = [
+            report("a", Some("r1")),
+            report("b", Some("r1")),
+            report("c", None),
+        ];
+        assert_eq!(not_current(&reports, &assigned), 2);
+        assert_eq!(not_current(&reports, &BTreeMap::new()), 0);
     }
 }

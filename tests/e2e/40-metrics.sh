@@ -78,6 +78,11 @@ wait_for "the per-set gauges of metrics-probe" 30 set_desired ||
 available=$(scalar "staticpodset_set_status_condition{namespace=\"$E2E_NS\",set=\"metrics-probe\",condition=\"Available\",status=\"true\"}")
 [[ $available == 1 ]] || fail "metrics-probe's Available condition is not 1 for status true: $available"
 ok "per-set gauges: metrics-probe desired 2, Available true"
+# Every node runs what it is assigned: no revision drift anywhere.
+no_drift() { [[ $(scalar 'sum(staticpodset_agent_pods_not_current)') == 0 && $(scalar 'count(staticpodset_agent_pods_not_current)') == 2 ]]; }
+wait_for "no revision drift on either node" 30 no_drift ||
+  fail "staticpodset_agent_pods_not_current: $(query staticpodset_agent_pods_not_current)"
+ok "revision drift: 0 on both nodes"
 
 # Prometheus' own linter on every component's exposition (names, units, HELP, counter suffixes).
 for target in $(python3 -c 'import json,sys; [print(t["targets"][0]) for t in json.load(open(sys.argv[1]))]' "$WORK/targets.json"); do
