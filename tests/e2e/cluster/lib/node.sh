@@ -82,28 +82,13 @@ start_containerd() {
   wait_daemon "containerd-$n" 60 ctr --address "$(containerd_sock "$n")" version
 }
 
-# Imports every archive in $IMAGES_DIR into the node's k8s.io namespace (where the CRI looks), and
-# waits until the CRI sees our images: containerd's CRI plugin can miss an import made while it
-# starts (the kubelet then reports ErrImageNeverPull for an image ctr lists), so an image the CRI
-# does not see is imported again.
+# Imports every archive in $IMAGES_DIR into the node's k8s.io namespace (where the CRI looks).
 import_images() {
-  local n=$1 ref
-  import_archives "$n"
-  for ref in "$PAUSE_IMAGE" "$BUSYBOX_IMAGE"; do
-    wait_for "the CRI of $n to see $ref" 30 cri_sees_image "$n" "$ref" || die "the CRI of $n does not see $ref"
-  done
-}
-import_archives() {
   local n=$1 img
   for img in "$IMAGES_DIR"/*.tar; do
     # ctr warns about cgroup v1 on every call; keep real errors visible.
     ctr --address "$(containerd_sock "$n")" -n k8s.io images import "$img" 2>&1 >/dev/null | { grep -v DEPRECATION >&2 || true; }
   done
-}
-cri_sees_image() { # node ref: true when the CRI has it; otherwise imports the archives again
-  "$TOOLS_BIN/crictl" --runtime-endpoint "unix://$(containerd_sock "$1")" inspecti "$2" >/dev/null 2>&1 && return 0
-  import_archives "$1"
-  return 1
 }
 
 # STATIC_POD_URL_NODE=<node>: that node's kubelet also polls its agent's static pod URL. Off by
