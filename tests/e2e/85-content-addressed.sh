@@ -7,7 +7,8 @@
 #   manifest, revision annotation and digest kept) -> the set asks for R2 and is unpaused: the
 #   operator refuses the object (not the manifest it rendered) and hands R2 to no node; the R1 pods
 #   keep running
-#   -> replace R1's object the same way and restart node A's agent, which must read R1 again: it
+#   -> replace R1's object the same way and restart node A's agent without its saved state, so that
+#   it must read R1 again: it
 #   refuses the manifest (its digest is not the one in A's NodeStaticPods entry), reports the set in
 #   phase Error naming the revision and both digests, counts it in
 #   staticpodset_agent_revision_digest_mismatches_total, and A's R1 pod keeps running untouched
@@ -147,6 +148,9 @@ container_a=$(running_id "$A")
 forge "$SET-$r1" || fail "could not replace StaticPodRevision $SET-$r1"
 agent_pod() { kubectl get pods -n "$RELEASE_NS" -l app.kubernetes.io/component=node-agent --field-selector "spec.nodeName=$1" -o jsonpath='{.items[0].metadata.name}'; }
 old_agent=$(agent_pod "$A")
+# Without its saved state: an agent restarted with it keeps R1's manifest it verified before and
+# never reads the forged object; without it, it must read R1 again.
+rm -f "$AGENT_STATE_DIR/$A.json"
 kubectl delete pod -n "$RELEASE_NS" "$old_agent" --wait=true >/dev/null
 new_agent_ready() {
   local pod; pod=$(agent_pod "$A")
