@@ -52,12 +52,12 @@ operator_ip() {
 }
 before=$(reconciles)
 [[ -n $before ]] || fail "no reconcile count from the operator's /metrics"
+# One change at a time, each waited for, so the debounce cannot fold them into one reconcile.
+reconciled() { (($(reconciles) >= $1)); }
 for i in 1 2 3; do
   kubectl annotate sps -n "$E2E_NS" huge "e2e.staticpods.dev/poke=$i" --overwrite >/dev/null
-  sleep 1
+  wait_for "reconcile $i after the change" 60 reconciled $((before + i)) || fail "the operator did not reconcile the set after change $i"
 done
-reconciled() { (($(reconciles) >= before + 3)); }
-wait_for "three more reconciles" 60 reconciled || fail "the operator did not reconcile the set again"
 events=$(kubectl get events -n "$E2E_NS" --field-selector reason=TemplateTooLarge,involvedObject.name=huge \
   -o jsonpath='{range .items[*]}{.type} {.series.count}{"\n"}{end}')
 # One Event object, not repeated as a series (a second publication would count 2).
