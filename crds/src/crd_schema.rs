@@ -16,7 +16,9 @@
 //!   of every rule times the number of places it may run, and refuses the CRD ("estimated rule cost
 //!   exceeds budget") if a rule sits under unbounded lists;
 //! - the naming rule for the set itself (see [`crate::validation::MAX_SET_NAME_LENGTH`]);
-//! - the rule on `maxUnavailable` (see [`MAX_UNAVAILABLE_RULE`]).
+//! - the rules on `maxUnavailable` and `maxSurge` (see [`MAX_UNAVAILABLE_RULE`] and
+//!   [`MAX_SURGE_RULE`]), and the refusal of host ports with surge
+//!   ([`crate::validation::SURGE_PORTS_MESSAGE`]).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
@@ -24,8 +26,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 
 use crate::validation::{
-    Scope, CONTAINER_LISTS, FORBIDDEN, MAX_CONTAINERS, MAX_ENV, MAX_ENV_FROM,
-    MAX_PROJECTED_SOURCES, MAX_VOLUMES, SET_NAME_MESSAGE, SET_NAME_RULE,
+    Scope, CONTAINER_LISTS, FORBIDDEN, MAX_CONTAINERS, MAX_ENV, MAX_ENV_FROM, MAX_PORTS,
+    MAX_PROJECTED_SOURCES, MAX_VOLUMES, SET_NAME_MESSAGE, SET_NAME_RULE, SURGE_PORTS_MESSAGE,
+    SURGE_PORTS_RULE,
 };
 
 /// maxUnavailable is an integer of at least 1 or a percentage from 1% to 100%. Zero is refused
@@ -35,6 +38,12 @@ pub(crate) const MAX_UNAVAILABLE_RULE: &str = "!has(self.maxUnavailable) || (typ
 /// The message of [`MAX_UNAVAILABLE_RULE`].
 pub(crate) const MAX_UNAVAILABLE_MESSAGE: &str =
     "must be an integer of at least 1 or a percentage from \"1%\" to \"100%\"";
+
+/// maxSurge is a non-negative integer or a percentage from 0% to 100%.
+pub(crate) const MAX_SURGE_RULE: &str = "!has(self.maxSurge) || (type(self.maxSurge) == int ? self.maxSurge >= 0 : self.maxSurge.matches('^(100|[1-9]?[0-9])%$'))";
+/// The message of [`MAX_SURGE_RULE`].
+pub(crate) const MAX_SURGE_MESSAGE: &str =
+    "must be a non-negative integer or a percentage from \"0%\" to \"100%\"";
 
 /// Applies everything described in the module docs to every version of the StaticPodSet CRD.
 pub(crate) fn finish_static_pod_set(crd: &mut CustomResourceDefinition) {
@@ -87,6 +96,27 @@ fn finish_root(root: &mut JSONSchemaProps) {
                 reason: Some("FieldValueInvalid".into()),
                 ..Default::default()
             });
+        rolling
+            .x_kubernetes_validations
+            .get_or_insert_default()
+            .push(ValidationRule {
+                rule: MAX_SURGE_RULE.into(),
+                message: Some(MAX_SURGE_MESSAGE.into()),
+                field_path: Some(".maxSurge".into()),
+                reason: Some("FieldValueInvalid".into()),
+                ..Default::default()
+            });
+    }
+    if let Some(spec) = property(root, "spec") {
+        spec.x_kubernetes_validations
+            .get_or_insert_default()
+            .push(ValidationRule {
+                rule: SURGE_PORTS_RULE.into(),
+                message: Some(SURGE_PORTS_MESSAGE.into()),
+                field_path: Some(".template.spec".into()),
+                reason: Some("FieldValueForbidden".into()),
+                ..Default::default()
+            });
     }
 
     let Some(template) = property(root, "spec").and_then(|spec| property(spec, "template")) else {
@@ -118,6 +148,9 @@ fn finish_pod_spec(pod: &mut JSONSchemaProps) {
         let Some(container) = items(containers) else {
             continue;
         };
+        if let Some(ports) = property(container, "ports") {
+            ports.max_items = Some(MAX_PORTS as i64);
+        }
         if let Some(env) = property(container, "env") {
             env.max_items = Some(MAX_ENV as i64);
             if let Some(value_from) = items(env).and_then(|e| property(e, "valueFrom")) {

@@ -62,20 +62,90 @@ pub fn manifest_file_name(namespace: &str, set: &str) -> String {
     format!("{FILE_PREFIX}{namespace}_{set}.yaml")
 }
 
-/// Parses a file name written by [`manifest_file_name`] back into `(namespace, set)`.
+/// Which of a set's two static pod names a manifest uses. A set updates with surge (`maxSurge`)
+/// by starting the new revision under the name the running pod does not use, so the two pods
+/// never share a name and the kubelet runs both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    /// The pod `<set>` in the file [`manifest_file_name`].
+    Primary,
+    /// The pod `<set>-surge` in the file `staticpodset_<namespace>_<set>_surge.yaml`.
+    Surge,
+}
+
+impl Slot {
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::Primary => Slot::Surge,
+            Slot::Surge => Slot::Primary,
+        }
+    }
+}
+
+/// The suffix of the surge slot's pod name and file name.
+pub const SURGE_SUFFIX: &str = "surge";
+
+/// The static pod name of set `set` in `slot`: `<set>` or `<set>-surge`.
+pub fn slot_pod_name(set: &str, slot: Slot) -> String {
+    match slot {
+        Slot::Primary => set.to_string(),
+        Slot::Surge => format!("{set}-{SURGE_SUFFIX}"),
+    }
+}
+
+/// The manifest file name of set `set` in `slot`.
+pub fn slot_file_name(namespace: &str, set: &str, slot: Slot) -> String {
+    match slot {
+        Slot::Primary => manifest_file_name(namespace, set),
+        Slot::Surge => format!("{FILE_PREFIX}{namespace}_{set}_{SURGE_SUFFIX}.yaml"),
+    }
+}
+
+/// Parses a file name written by [`slot_file_name`] back into `(namespace, set, slot)`.
 /// Returns `None` for any file StaticPodSet does not own by name.
-pub fn parse_manifest_file_name(file: &str) -> Option<(&str, &str)> {
+pub fn parse_slot_file_name(file: &str) -> Option<(&str, &str, Slot)> {
     let rest = file.strip_prefix(FILE_PREFIX)?.strip_suffix(".yaml")?;
     let (ns, set) = rest.split_once('_')?;
+    let (set, slot) = match set.strip_suffix(SURGE_SUFFIX) {
+        Some(set) if set.ends_with('_') => (&set[..set.len() - 1], Slot::Surge),
+        _ => (set, Slot::Primary),
+    };
     if ns.is_empty() || set.is_empty() || set.contains('_') {
         return None;
     }
-    Some((ns, set))
+    Some((ns, set, slot))
+}
+
+/// Parses a file name written by [`manifest_file_name`] or [`slot_file_name`] back into
+/// `(namespace, set)`. Returns `None` for any file StaticPodSet does not own by name.
+pub fn parse_manifest_file_name(file: &str) -> Option<(&str, &str)> {
+    parse_slot_file_name(file).map(|(ns, set, _)| (ns, set))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_file_names_round_trip() {
+        for slot in [Slot::Primary, Slot::Surge] {
+            let f = slot_file_name("kube-system", "vip", slot);
+            assert_eq!(parse_slot_file_name(&f), Some(("kube-system", "vip", slot)));
+        }
+        assert_eq!(
+            slot_file_name("ns", "vip", Slot::Surge),
+            "staticpodset_ns_vip_surge.yaml"
+        );
+        assert_eq!(slot_pod_name("vip", Slot::Surge), "vip-surge");
+        // A set named "surge" is a primary file, not an empty set's surge file.
+        assert_eq!(
+            parse_slot_file_name("staticpodset_ns_surge.yaml"),
+            Some(("ns", "surge", Slot::Primary))
+        );
+        assert_eq!(parse_slot_file_name("staticpodset_ns__surge.yaml"), None);
+        assert_eq!(parse_slot_file_name("staticpodset_ns_a_b_surge.yaml"), None);
+    }
 
     #[test]
     fn file_names_round_trip() {

@@ -73,6 +73,11 @@ pub struct AssignedPod {
     /// server unreachable, it writes back the revision that last ran Ready on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_deadline_seconds: Option<i32>,
+    /// Present when the set updates with surge (`maxSurge`): a new revision is written beside
+    /// the running one under the set's other pod name, and the old pod is removed once the new
+    /// one has been Ready for this many seconds (the set's minReadySeconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surge_min_ready_seconds: Option<i32>,
 }
 
 /// A revision that failed on a node.
@@ -146,6 +151,10 @@ pub struct PodReport {
     /// The mirror pod the kubelet created for the static pod, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_pod: Option<MirrorPodReport>,
+    /// During a surge update (`maxSurge`), the mirror pod of the revision the node ran before,
+    /// which keeps running beside the new pod until the new one is available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_mirror_pod: Option<MirrorPodReport>,
     /// Where the agent hands this pod to the kubelet: `File` or `URL`. Absent while it hands it
     /// over nowhere (pending, conflict) and from agents that only write files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -207,7 +216,8 @@ pub enum ManifestPhase {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MirrorPodReport {
-    /// The mirror pod's name, `<set name>-<node name>`.
+    /// The mirror pod's name, `<set name>-<node name>` (`<set name>-surge-<node name>` for the
+    /// set's surge name).
     pub name: String,
     /// The mirror pod's UID.
     pub uid: String,

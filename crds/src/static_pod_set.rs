@@ -42,8 +42,8 @@ pub struct StaticPodSetSpec {
     /// the static pod mounts that directory as a hostPath. The data is part of the revision: a
     /// change rolls out like a template change. A missing ConfigMap or Secret that is not
     /// optional holds the rollout (condition Valid=False, reason ConfigNotFound).
-    /// Lists are bounded: 64 containers per list, 256 volumes, 512 env and 64 envFrom entries per
-    /// container, 64 projected sources per volume.
+    /// Lists are bounded: 64 containers per list, 256 volumes, 512 env, 64 envFrom and 256 ports
+    /// entries per container, 64 projected sources per volume.
     /// The fields below are those of a Pod: see `kubectl explain pod.spec` for their docs.
     pub template: PodTemplateSpec,
 
@@ -116,9 +116,10 @@ pub const DEFAULT_FALLBACK_DEADLINE_SECONDS: i32 = 60;
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateStrategy {
-    /// Settings of the rolling update, the only strategy: the kubelet runs one pod of a name per
-    /// node, so every update of a node is a short outage of that node, and these settings bound
-    /// how many nodes are out at once.
+    /// Settings of the rolling update, the only strategy. The kubelet runs one pod of a name per
+    /// node, so without maxSurge every update of a node is a short outage of that node, and these
+    /// settings bound how many nodes are out at once; with maxSurge the new pod starts beside the
+    /// old one under a second name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_update: Option<RollingUpdate>,
 }
@@ -146,6 +147,21 @@ pub struct RollingUpdate {
     /// Default false: failed nodes stay as they are for a human to look at.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_rollback: bool,
+
+    /// How many targeted nodes may run a second pod of the set at once during an update: an
+    /// integer, or a percentage of the targeted nodes ("10%", rounded up). 0 or absent (the
+    /// default) turns surge off. With surge, a node whose pod is available is updated without an
+    /// outage: the new revision runs as a second static pod, `<set>-surge` (mirror pod
+    /// `<set>-surge-<node>`, file `staticpodset_<namespace>_<set>_surge.yaml`), beside the old
+    /// one, and the old pod is removed only once the new one has been Ready for minReadySeconds.
+    /// The next update uses the other name again, so the two names alternate. Nodes whose pod is
+    /// unavailable anyway are updated in place within maxUnavailable. Two pods of the set then
+    /// share the node for a while, so a template with a hostPort (or, with hostNetwork, any
+    /// container port, which becomes a hostPort) is refused; a hostNetwork pod must be able to
+    /// run twice at once (listening with SO_REUSEPORT, say). Nodes that get the set through the
+    /// kubelet's staticPodURL are updated in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrString>,
 }
 
 /// Old revisions kept when `spec.revisionHistoryLimit` is not set.

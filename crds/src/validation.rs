@@ -15,7 +15,7 @@
 use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::{Map, Value};
 
-use crate::StaticPodSet;
+use crate::{StaticPodSet, StaticPodSetSpec};
 
 /// Longest StaticPodSet name accepted. The kubelet names the mirror pod `<set name>-<node name>`
 /// and uses that name, cut to 63 characters, as the pod's hostname; 40 characters keep the whole
@@ -223,6 +223,57 @@ pub fn pod_spec_problems(spec: &PodSpec, at: &str) -> Vec<String> {
     }
 }
 
+/// The message for a template that cannot run twice on one node while the set updates with
+/// surge; also the CEL rule's message.
+pub(crate) const SURGE_PORTS_MESSAGE: &str = "with maxSurge, two pods of the set run on a node at once during an update, and they cannot share a hostPort: remove hostPort from every container port (with hostNetwork, every containerPort becomes a hostPort, so declare no ports; the pod itself must then be able to run twice, e.g. listening with SO_REUSEPORT), or set maxSurge to 0";
+
+/// The CEL rule enforcing [`SURGE_PORTS_MESSAGE`] on `spec` of a StaticPodSet.
+pub(crate) const SURGE_PORTS_RULE: &str = "!has(self.updateStrategy) || !has(self.updateStrategy.rollingUpdate) || !has(self.updateStrategy.rollingUpdate.maxSurge) || (type(self.updateStrategy.rollingUpdate.maxSurge) == int ? self.updateStrategy.rollingUpdate.maxSurge == 0 : self.updateStrategy.rollingUpdate.maxSurge == '0%') || !has(self.template.spec) || [has(self.template.spec.containers) ? self.template.spec.containers : [], has(self.template.spec.initContainers) ? self.template.spec.initContainers : []].all(l, l.all(c, !has(c.ports) || c.ports.all(p, has(self.template.spec.hostNetwork) && self.template.spec.hostNetwork ? false : !has(p.hostPort) || p.hostPort == 0)))";
+
+/// Most items in `ports` of one container (bounds the cost of [`SURGE_PORTS_RULE`]).
+pub const MAX_PORTS: usize = 256;
+
+/// Whether the set updates with surge: `maxSurge` is set and not zero.
+pub fn surges(spec: &StaticPodSetSpec) -> bool {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref())
+        .and_then(|r| r.max_surge.as_ref())
+    {
+        None => false,
+        Some(IntOrString::Int(i)) => *i != 0,
+        Some(IntOrString::String(s)) => s != "0%",
+    }
+}
+
+/// Why `spec`'s template cannot run twice on one node while the set updates with surge, one
+/// `path: message` line per offending port; empty without surge.
+pub fn surge_problems(spec: &StaticPodSetSpec) -> Vec<String> {
+    let Some(pod) = spec.template.spec.as_ref().filter(|_| surges(spec)) else {
+        return Vec::new();
+    };
+    let host_network = pod.host_network == Some(true);
+    let lists = [
+        ("containers", Some(&pod.containers)),
+        ("initContainers", pod.init_containers.as_ref()),
+    ];
+    let mut out = Vec::new();
+    for (list, containers) in lists {
+        for (i, c) in containers.into_iter().flatten().enumerate() {
+            for (j, p) in c.ports.iter().flatten().enumerate() {
+                if host_network || p.host_port.is_some_and(|h| h != 0) {
+                    out.push(format!(
+                        "spec.template.spec.{list}[{i}].ports[{j}]: {SURGE_PORTS_MESSAGE}"
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Whether `name` breaks the StaticPodSet naming rule; one `metadata.name: message` line if so.
 pub fn set_name_problems(name: &str) -> Vec<String> {
     if name.len() <= MAX_SET_NAME_LENGTH && is_dns1123_label(name) {
@@ -244,6 +295,7 @@ pub fn set_problems(set: &StaticPodSet) -> Vec<String> {
         Some(spec) => problems.extend(template_problems(spec)),
         None => problems.push("spec.template.spec: is required".into()),
     }
+    problems.extend(surge_problems(&set.spec));
     problems
 }
 
@@ -322,6 +374,7 @@ fn json_pod_spec_problems(spec: &Map<String, Value>, at: &str) -> Vec<String> {
                 }
             }
             check_len(container, "envFrom", MAX_ENV_FROM, &at, &mut out);
+            check_len(container, "ports", MAX_PORTS, &at, &mut out);
             for (j, env_from) in objects(container, "envFrom") {
                 check_scope(
                     Scope::EnvFrom,

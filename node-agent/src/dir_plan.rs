@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::Value;
-use staticpodset_api::keys::{manifest_file_name, ANNOTATION_REVISION, ANNOTATION_SET};
+use staticpodset_api::keys::{
+    manifest_file_name, slot_file_name, slot_pod_name, Slot, ANNOTATION_REVISION, ANNOTATION_SET,
+};
 use staticpodset_api::{AssignedPod, ManifestPhase, SetKey};
 
 use crate::manifest_dir::{is_owned_file_name, Action, DirScan, PodKey, ScannedFile};
@@ -126,6 +128,25 @@ pub struct SetDecision {
     pub on_disk_revision: Option<String>,
     /// What happens to it.
     pub state: SetState,
+    /// During a surge update, the set's manifest under its other pod name, which keeps running
+    /// until the new pod is available (see [`crate::surge`]).
+    pub previous: Option<PreviousPod>,
+}
+
+/// The manifest a surge update keeps beside the new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousPod {
+    /// Its file.
+    pub file_name: String,
+    /// Its exact content, so that its removal never clobbers a change.
+    pub content: Vec<u8>,
+    /// The revision it carries.
+    pub revision: Option<String>,
+    /// The static pod it defines.
+    pub pod: Option<PodKey>,
+    /// How long the new pod must have been Ready before this one goes (the set's
+    /// minReadySeconds).
+    pub min_ready: std::time::Duration,
 }
 
 /// An owned manifest whose set is no longer assigned; its `Remove` action is in [`DirPlan::actions`].
@@ -198,16 +219,39 @@ pub fn plan_dir(assigned: Option<&[Assignment]>, scan: &DirScan) -> DirPlan {
     }
 
     let mut seen = BTreeSet::new();
+    let mut writes = Vec::new();
     for assignment in assigned {
         let pod = &assignment.entry;
         let set = SetKey::of(pod);
+        let owned_in = |slot: Slot| {
+            by_name
+                .get(slot_file_name(&pod.set_namespace, &pod.set_name, slot).as_str())
+                .copied()
+                .filter(|f| owner(f).as_ref() == Some(&set))
+        };
+        let surge = pod
+            .surge_min_ready_seconds
+            .map(|s| std::time::Duration::from_secs(u64::try_from(s).unwrap_or(0)));
+        let slot = choose_slot(
+            &pod.revision,
+            surge.is_some(),
+            owned_in(Slot::Primary),
+            owned_in(Slot::Surge),
+        );
+        let other = owned_in(slot.other());
+        let file_name = if slot == Slot::Primary {
+            pod.file_name.clone()
+        } else {
+            slot_file_name(&pod.set_namespace, &pod.set_name, slot)
+        };
         let mut decision = SetDecision {
             set: set.clone(),
-            file_name: pod.file_name.clone(),
+            file_name: file_name.clone(),
             revision: pod.revision.clone(),
             pod: None,
             on_disk_revision: None,
             state: SetState::Write,
+            previous: None,
         };
         if !seen.insert(set.clone()) {
             decision.state = SetState::Invalid(format!(
@@ -216,7 +260,7 @@ pub fn plan_dir(assigned: Option<&[Assignment]>, scan: &DirScan) -> DirPlan {
             out.sets.push(decision);
             continue;
         }
-        let existing = by_name.get(pod.file_name.as_str()).copied();
+        let existing = by_name.get(file_name.as_str()).copied();
         if let Some(file) = existing.filter(|f| owner(f).as_ref() == Some(&set)) {
             decision.on_disk_revision = file.info.revision.clone();
         }
@@ -231,7 +275,7 @@ pub fn plan_dir(assigned: Option<&[Assignment]>, scan: &DirScan) -> DirPlan {
                 continue;
             }
         };
-        let rendered = match render_manifest(pod, manifest) {
+        let rendered = match render_manifest(pod, manifest, slot) {
             Ok(r) => r,
             Err(message) => {
                 decision.state = SetState::Invalid(message);
@@ -240,16 +284,38 @@ pub fn plan_dir(assigned: Option<&[Assignment]>, scan: &DirScan) -> DirPlan {
             }
         };
         decision.pod = Some(rendered.pod.clone());
-        decision.state = decide(&set, pod, &rendered, existing, scan);
+        decision.state = decide(&set, &file_name, &rendered, existing, scan);
+        let proceeds = matches!(decision.state, SetState::Write | SetState::Current { .. });
+        if let Some(other) = other.filter(|_| proceeds) {
+            // An owned file always has content: ownership is read from it.
+            let content = other.content.clone().unwrap_or_default();
+            match surge {
+                Some(min_ready) => {
+                    decision.previous = Some(PreviousPod {
+                        file_name: other.name.clone(),
+                        content,
+                        revision: other.info.revision.clone(),
+                        pod: other.info.pod.clone(),
+                        min_ready,
+                    })
+                }
+                // Without surge the set runs one pod: the other name goes at once.
+                None => out.actions.push(Action::Remove {
+                    file_name: other.name.clone(),
+                    expected: content,
+                }),
+            }
+        }
         if decision.state == SetState::Write {
-            out.actions.push(Action::Write {
-                file_name: pod.file_name.clone(),
+            writes.push(Action::Write {
+                file_name,
                 content: rendered.content,
                 expected: existing.and_then(|f| f.content.clone()),
             });
         }
         out.sets.push(decision);
     }
+    out.actions.extend(writes);
     out.foreign_pods = scan
         .files
         .iter()
@@ -259,9 +325,37 @@ pub fn plan_dir(assigned: Option<&[Assignment]>, scan: &DirScan) -> DirPlan {
     out
 }
 
+/// Which of its two names a set's manifest goes under this sync. The name that already holds the
+/// assigned revision keeps it (a surge whose new pod runs, or a rollback to the pod that still
+/// serves); otherwise a surge update writes the name the running pod does not use, and an
+/// in-place update rewrites the name in use. With both names in use and neither at the assigned
+/// revision, a surge overwrites the newer file: the older one is the pod that serves.
+pub fn choose_slot(
+    revision: &str,
+    surge: bool,
+    primary: Option<&ScannedFile>,
+    surge_file: Option<&ScannedFile>,
+) -> Slot {
+    let holds =
+        |f: Option<&ScannedFile>| f.is_some_and(|f| f.info.revision.as_deref() == Some(revision));
+    if holds(primary) {
+        return Slot::Primary;
+    }
+    if holds(surge_file) {
+        return Slot::Surge;
+    }
+    match (primary, surge_file) {
+        (Some(_), None) if surge => Slot::Surge,
+        (None, Some(_)) if !surge => Slot::Surge,
+        (Some(p), Some(s)) if surge && s.modified < p.modified => Slot::Primary,
+        (Some(_), Some(_)) if surge => Slot::Surge,
+        _ => Slot::Primary,
+    }
+}
+
 fn decide(
     set: &SetKey,
-    pod: &AssignedPod,
+    file_name: &str,
     rendered: &Rendered,
     existing: Option<&ScannedFile>,
     scan: &DirScan,
@@ -269,17 +363,16 @@ fn decide(
     if let Some(file) = existing {
         if owner(file).as_ref() != Some(set) {
             return SetState::Conflict(format!(
-                "{} already exists and is not managed by StaticPodSet (it lacks the annotation \
-                 {ANNOTATION_SET}: {set}); the agent does not overwrite it. Move it away to let \
-                 the agent write the manifest",
-                pod.file_name
+                "{file_name} already exists and is not managed by StaticPodSet (it lacks the \
+                 annotation {ANNOTATION_SET}: {set}); the agent does not overwrite it. Move it \
+                 away to let the agent write the manifest"
             ));
         }
     }
     let shadowing = scan
         .files
         .iter()
-        .filter(|f| f.name != pod.file_name && owner(f).is_none())
+        .filter(|f| f.name != file_name && owner(f).is_none())
         .find(|f| f.info.pod.as_ref() == Some(&rendered.pod));
     if let Some(file) = shadowing {
         return SetState::Conflict(format!(
@@ -312,8 +405,13 @@ pub struct Rendered {
 ///
 /// The annotations are checked rather than added: they are how the agent recognises its own files
 /// and how the mirror pod proves its revision, so a manifest without them would be disowned by the
-/// agent's next scan or never report up to date.
-pub fn render_manifest(pod: &AssignedPod, manifest: &Value) -> Result<Rendered, String> {
+/// agent's next scan or never report up to date. In the surge slot the pod gets the set's second
+/// name, `<name>-surge`: the only change the agent makes to a verified manifest.
+pub fn render_manifest(
+    pod: &AssignedPod,
+    manifest: &Value,
+    slot: Slot,
+) -> Result<Rendered, String> {
     let set = SetKey::of(pod);
     if !is_dns_name(&pod.set_namespace) || !is_dns_name(&pod.set_name) {
         return Err(format!(
@@ -364,6 +462,16 @@ pub fn render_manifest(pod: &AssignedPod, manifest: &Value) -> Result<Rendered, 
             pod.revision
         ));
     }
+    let name = slot_pod_name(name, slot);
+    let renamed;
+    let document = if slot == Slot::Primary {
+        document
+    } else {
+        let mut copy = document.clone();
+        copy["metadata"]["name"] = Value::String(name.clone());
+        renamed = copy;
+        &renamed
+    };
     let yaml = to_yaml(document);
     let content = format!(
         "# Managed by StaticPodSet {set} through the staticpodset node agent.\n\
@@ -372,7 +480,7 @@ pub fn render_manifest(pod: &AssignedPod, manifest: &Value) -> Result<Rendered, 
     Ok(Rendered {
         pod: PodKey {
             namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            name,
         },
         content: content.into_bytes(),
     })
@@ -463,7 +571,7 @@ mod tests {
     }
 
     fn rendered(pod: &Pod) -> Vec<u8> {
-        render_manifest(&pod.entry(), &pod.manifest)
+        render_manifest(&pod.entry(), &pod.manifest, Slot::Primary)
             .expect("valid")
             .content
     }
@@ -537,6 +645,129 @@ mod tests {
             }]
         );
         assert_eq!(p.sets[0].on_disk_revision.as_deref(), Some("r1"));
+    }
+
+    /// Plans `pods` as entries of sets that update with surge.
+    fn plan_surge(pods: &[Pod], scan: &DirScan) -> DirPlan {
+        let assigned: Vec<Assignment> = pods
+            .iter()
+            .map(|p| {
+                let mut a = p.assignment();
+                a.entry.surge_min_ready_seconds = Some(5);
+                a
+            })
+            .collect();
+        plan_dir(Some(&assigned), scan)
+    }
+
+    fn rendered_in(pod: &Pod, slot: Slot) -> Vec<u8> {
+        render_manifest(&pod.entry(), &pod.manifest, slot)
+            .expect("valid")
+            .content
+    }
+
+    const SURGE_FILE: &str = "staticpodset_ns_a_surge.yaml";
+
+    #[test]
+    fn a_surge_writes_the_new_revision_under_the_other_name_and_keeps_the_old() {
+        let old = assigned("ns", "a", "r1");
+        let new = assigned("ns", "a", "r2");
+        let old_bytes = rendered(&old);
+        let p = plan_surge(
+            std::slice::from_ref(&new),
+            &scan(vec![file(&old.file_name, &old_bytes)]),
+        );
+        let content = rendered_in(&new, Slot::Surge);
+        assert!(String::from_utf8_lossy(&content).contains("name: a-surge"));
+        assert_eq!(
+            p.actions,
+            vec![Action::Write {
+                file_name: SURGE_FILE.into(),
+                content,
+                expected: None,
+            }]
+        );
+        let d = &p.sets[0];
+        assert_eq!(d.file_name, SURGE_FILE);
+        assert_eq!(
+            d.pod.as_ref().map(ToString::to_string),
+            Some("ns/a-surge".into())
+        );
+        let previous = d.previous.as_ref().expect("the old pod is kept");
+        assert_eq!(previous.file_name, old.file_name);
+        assert_eq!(previous.revision.as_deref(), Some("r1"));
+        assert_eq!(previous.min_ready, Duration::from_secs(5));
+
+        // The next update goes back to the first name.
+        let third = assigned("ns", "a", "r3");
+        let p = plan_surge(
+            std::slice::from_ref(&third),
+            &scan(vec![file(SURGE_FILE, &rendered_in(&new, Slot::Surge))]),
+        );
+        assert_eq!(p.sets[0].file_name, third.file_name);
+        assert_eq!(
+            p.sets[0].previous.as_ref().map(|p| p.file_name.as_str()),
+            Some(SURGE_FILE)
+        );
+    }
+
+    #[test]
+    fn a_rollback_during_a_surge_keeps_the_serving_pod_and_drops_the_new_one_once_ready() {
+        let old = assigned("ns", "a", "r1");
+        let new = assigned("ns", "a", "r2");
+        let dir = scan(vec![
+            file(&old.file_name, &rendered(&old)),
+            file(SURGE_FILE, &rendered_in(&new, Slot::Surge)),
+        ]);
+        let p = plan_surge(std::slice::from_ref(&old), &dir);
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        assert!(matches!(p.sets[0].state, SetState::Current { .. }));
+        assert_eq!(p.sets[0].file_name, old.file_name);
+        assert_eq!(
+            p.sets[0].previous.as_ref().map(|p| p.file_name.as_str()),
+            Some(SURGE_FILE)
+        );
+    }
+
+    #[test]
+    fn without_surge_the_other_name_goes_at_once() {
+        let old = assigned("ns", "a", "r1");
+        let new = assigned("ns", "a", "r2");
+        let surge_bytes = rendered_in(&new, Slot::Surge);
+        let dir = scan(vec![
+            file(&old.file_name, &rendered(&old)),
+            file(SURGE_FILE, &surge_bytes),
+        ]);
+        // r2 runs under the surge name: it keeps that name, and the old pod goes.
+        let p = plan_pods(Some(std::slice::from_ref(&new)), &dir);
+        assert_eq!(
+            p.actions,
+            vec![Action::Remove {
+                file_name: old.file_name.clone(),
+                expected: rendered(&old),
+            }]
+        );
+        assert_eq!(p.sets[0].file_name, SURGE_FILE);
+        assert_eq!(p.sets[0].previous, None);
+        // Both files of a set that is no longer assigned go.
+        let p = plan_pods(Some(&[]), &dir);
+        assert_eq!(p.actions.len(), 2);
+    }
+
+    #[test]
+    fn with_both_names_in_use_a_surge_overwrites_the_newer_file() {
+        let r1 = assigned("ns", "a", "r1");
+        let r2 = assigned("ns", "a", "r2");
+        let r3 = assigned("ns", "a", "r3");
+        let mut newer = file(SURGE_FILE, &rendered_in(&r2, Slot::Surge));
+        newer.modified = Some(UNIX_EPOCH + Duration::from_secs(2000));
+        let dir = scan(vec![file(&r1.file_name, &rendered(&r1)), newer]);
+        let p = plan_surge(std::slice::from_ref(&r3), &dir);
+        assert_eq!(p.sets[0].file_name, SURGE_FILE);
+        assert_eq!(
+            p.sets[0].previous.as_ref().map(|p| p.revision.as_deref()),
+            Some(Some("r1"))
+        );
     }
 
     #[test]

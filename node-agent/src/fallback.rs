@@ -181,6 +181,11 @@ pub fn due(
         let Some(seconds) = entry.fallback_deadline_seconds else {
             continue;
         };
+        // A surge update keeps the old pod running until the new one is seen Ready, which
+        // cannot happen without the API server: there is nothing to fall back to.
+        if entry.surge_min_ready_seconds.is_some() {
+            continue;
+        }
         let set = SetKey::of(entry);
         let Some((revision, at)) = written.get(&set) else {
             continue;

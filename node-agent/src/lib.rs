@@ -33,5 +33,6 @@ pub mod revisions;
 pub mod served_pods;
 pub mod state_file;
 pub mod stop_first;
+pub mod surge;
 pub mod url_mode;
 pub mod url_source;

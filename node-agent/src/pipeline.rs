@@ -31,12 +31,13 @@ use crate::cri::PullResult;
 use crate::dir_plan::{plan_dir, Assignment, DirPlan};
 use crate::manifest_dir::{Action, DirError, ManifestDir, PodKey};
 use crate::metrics::{self, Metrics};
-use crate::mirror_pods::NodePods;
+use crate::mirror_pods::{mirror_pod_key, mirror_report, NodePods};
 use crate::prepull::{Gate, PrePull};
 use crate::report::{self, outcomes, unreadable_dir, Report, SetOutcome};
 use crate::resources_dir::ResourcesDir;
 use crate::served_pods::{self, ServedPods};
 use crate::stop_first::{StopFirst, Stopped};
+use crate::surge::{self, Retired};
 use crate::url_mode;
 use crate::url_source::UrlResponse;
 
@@ -189,6 +190,8 @@ pub struct GateEvents {
     pub prepull: Option<Gate>,
     /// The stop-first swaps begun and finished, when it is on.
     pub stopped: Option<Stopped>,
+    /// The old manifests of surge updates removed, and when the next one is due.
+    pub retired: Retired,
 }
 
 /// The URL source's part of a sync.
@@ -216,6 +219,8 @@ pub struct Deadlines {
     pub url_handover: Option<Instant>,
     /// Configuration files that could not be written are tried again.
     pub config_retry: Option<Instant>,
+    /// A surge update's new pod will have been Ready for minReadySeconds: its old pod goes.
+    pub surge_retire: Option<SystemTime>,
 }
 
 /// Everything one sync decided and did.
@@ -288,7 +293,10 @@ pub fn run(dirs: &NodeDirs, observed: Observed, memory: &mut SyncMemory) -> Sync
     // Until the pod list is complete only the resync looks again: the pod watch's first list
     // wakes the loop anyway.
     let deadlines = match &report {
-        Some(report) => deadlines(&observed, memory, report),
+        Some(report) => Deadlines {
+            surge_retire: gates.retired.next,
+            ..deadlines(&observed, memory, report)
+        },
         None => Deadlines::default(),
     };
     SyncOutcome {
@@ -335,7 +343,8 @@ pub fn route(observed: &Observed, host_root: &str, memory: &mut SyncMemory) -> R
 }
 
 /// The gates on the directory plan made from `files`: pre-pull first (images are pulled while
-/// the old pod still serves), then stop-first. Each edits `plan` and says what it did.
+/// the old pod still serves), then stop-first, then the removal of surge updates' old pods.
+/// Each edits `plan` and says what it did.
 pub fn gate_files(
     plan: &mut DirPlan,
     files: &[Assignment],
@@ -360,7 +369,28 @@ pub fn gate_files(
             observed.now,
         )
     });
-    GateEvents { prepull, stopped }
+    // Without the pod list nothing is known to be Ready: every old pod stays.
+    let retired = match observed.pods.as_ref() {
+        Some(pods) => surge::retire(
+            plan,
+            |set, pod, revision| {
+                let mirror = pods.get(&mirror_pod_key(pod, &observed.node))?;
+                let report = mirror_report(&mirror, &set.to_string(), Some(revision))?;
+                (report.up_to_date && report.ready).then(|| {
+                    report
+                        .ready_since
+                        .map_or(observed.wall, |t| SystemTime::from(t.0))
+                })
+            },
+            observed.wall,
+        ),
+        None => Retired::default(),
+    };
+    GateEvents {
+        prepull,
+        stopped,
+        retired,
+    }
 }
 
 /// Execute: carries out `plan`'s actions in the directory and says what came of each set. Each
@@ -483,6 +513,7 @@ fn deadlines(observed: &Observed, memory: &SyncMemory, report: &Report) -> Deadl
             .values()
             .any(Result::is_err)
             .then(|| observed.now + CONFIG_RETRY),
+        surge_retire: None,
     }
 }
 
@@ -502,8 +533,12 @@ pub fn next_wakeup(
         stop_first,
         url_handover,
         config_retry,
+        surge_retire,
     } = deadlines;
-    let grace = mirror_grace.map(|t| t.duration_since(wall).unwrap_or_default());
+    let grace = [mirror_grace, surge_retire]
+        .into_iter()
+        .flatten()
+        .map(|t| t.duration_since(wall).unwrap_or_default());
     [
         revision_retry,
         prepull,
@@ -546,6 +581,9 @@ pub fn log_events(outcome: &SyncOutcome) {
                 info!(set = %set, waited_ms, "old pod stopped; writing the new manifest");
             }
         }
+    }
+    for set in &outcome.gates.retired.removed {
+        info!(set = %set, "surge: the new pod is available; removing the old pod's manifest");
     }
     match &outcome.config_cleanup {
         Some(Ok(done)) => {

@@ -428,9 +428,13 @@ mod tests {
     }
 
     fn on_disk(a: &Assignment) -> ScannedFile {
-        let content = render_manifest(&a.entry, a.manifest.as_ref().expect("manifest"))
-            .expect("valid")
-            .content;
+        let content = render_manifest(
+            &a.entry,
+            a.manifest.as_ref().expect("manifest"),
+            staticpodset_api::keys::Slot::Primary,
+        )
+        .expect("valid")
+        .content;
         ScannedFile {
             name: a.entry.file_name.clone(),
             regular: true,
@@ -731,6 +735,7 @@ mod tests {
             pod: None,
             message: None,
             source: None,
+            previous_pod: None,
         }];
         pp.annotate(&mut outcomes);
         assert_eq!(outcomes[0].message.as_deref(), Some(note.as_str()));

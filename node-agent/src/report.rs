@@ -39,6 +39,9 @@ pub struct SetOutcome {
     /// Where the kubelet gets the pod from: the file, or the URL the agent serves; `None` while
     /// neither holds it.
     pub source: Option<ManifestSource>,
+    /// During a surge update, the static pod of the revision that keeps serving beside the new
+    /// one.
+    pub previous_pod: Option<PodKey>,
 }
 
 /// How many of the sets `assigned` (set → the revision the node is assigned) have no report of a
@@ -107,6 +110,17 @@ pub fn outcomes(
                     (ManifestPhase::Pending, on_disk, None, Some(m.clone()))
                 }
             };
+            let previous_pod = p.previous.as_ref().and_then(|prev| prev.pod.clone());
+            let message = message.or_else(|| {
+                p.previous.as_ref().map(|prev| {
+                    format!(
+                        "surge: the pod of revision {} keeps running until this revision has \
+                         been Ready for {}s",
+                        prev.revision.as_deref().unwrap_or("<none>"),
+                        prev.min_ready.as_secs()
+                    )
+                })
+            });
             SetOutcome {
                 set: p.set.clone(),
                 phase,
@@ -115,6 +129,7 @@ pub fn outcomes(
                 written_at,
                 pod: p.pod.clone(),
                 message,
+                previous_pod,
             }
         })
         .collect();
@@ -147,6 +162,7 @@ pub fn unreadable_dir(plan_sets: &[SetKey], error: &DirError) -> Vec<SetOutcome>
             pod: None,
             message: Some(error.to_string()),
             source: None,
+            previous_pod: None,
         })
         .collect()
 }
@@ -239,12 +255,17 @@ pub fn build(
         if problem {
             summary.problems += 1;
         }
+        let previous_mirror_pod = outcome.previous_pod.as_ref().and_then(|prev| {
+            let pod = find_pod(&mirror_pod_key(prev, node))?;
+            mirror_report(&pod, &outcome.set.to_string(), None)
+        });
         pods.push(PodReport {
             set_namespace: outcome.set.namespace.clone(),
             set_name: outcome.set.name.clone(),
             phase: outcome.phase,
             written_revision: outcome.written_revision.clone(),
             mirror_pod: mirror,
+            previous_mirror_pod,
             message,
             source: outcome.source,
             // Filled in by the loop, which keeps fallback's memory.
@@ -346,6 +367,7 @@ mod tests {
             pod: Some(pod_key(name)),
             on_disk_revision: Some("r1".into()),
             state,
+            previous: None,
         }
     }
 
@@ -358,6 +380,7 @@ mod tests {
             pod: Some(pod_key(name)),
             message: None,
             source: Some(ManifestSource::File),
+            previous_pod: None,
         }
     }
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::Value;
-use staticpodset_api::keys::MANIFEST_SOURCE;
+use staticpodset_api::keys::{Slot, MANIFEST_SOURCE};
 use staticpodset_api::{ManifestPhase, ManifestSource};
 
 use crate::dir_plan::{render_manifest, Assignment, Unavailable};
@@ -252,6 +252,7 @@ pub fn plan_url(
                 pod: None,
                 message: Some(message),
                 source: previous.map(|_| ManifestSource::Url),
+                previous_pod: None,
             });
         };
         if !seen.insert(set.clone()) {
@@ -265,6 +266,7 @@ pub fn plan_url(
                     "set {set} is assigned more than once; only the first entry is served"
                 )),
                 source: None,
+                previous_pod: None,
             });
             continue;
         }
@@ -282,7 +284,7 @@ pub fn plan_url(
                 continue;
             }
         };
-        let rendered = match render_manifest(entry, manifest) {
+        let rendered = match render_manifest(entry, manifest, Slot::Primary) {
             Ok(r) => r,
             Err(message) => {
                 keep(&mut out, ManifestPhase::Error, message);
@@ -318,6 +320,7 @@ pub fn plan_url(
             pod: Some(rendered.pod),
             message: None,
             source: Some(ManifestSource::Url),
+            previous_pod: None,
         });
     }
     out
@@ -680,6 +683,7 @@ mod tests {
             pod: None,
             message: Some("unavailable".into()),
             source,
+            previous_pod: None,
         };
         let merged = merge_outcomes(
             vec![

@@ -205,6 +205,7 @@ mod tests {
                 }),
                 on_disk_revision: on_disk.map(str::to_string),
                 state: SetState::Write,
+                previous: None,
             }],
             removals: vec![],
             foreign_pods: vec![],

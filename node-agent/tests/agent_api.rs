@@ -316,6 +316,7 @@ async fn the_agent_acts_only_on_api_state_and_keeps_pods_through_outages() {
     let old = staticpodset_node_agent::dir_plan::render_manifest(
         &serde_json::from_value(entry("old", "r1")).expect("assigned pod"),
         &manifest("old", "r1"),
+        staticpodset_api::keys::Slot::Primary,
     )
     .expect("render")
     .content;
@@ -591,6 +592,7 @@ async fn in_url_mode_the_agent_serves_its_pods_and_writes_no_files() {
     let rendered = staticpodset_node_agent::dir_plan::render_manifest(
         &serde_json::from_value(entry("vip", "r1")).expect("assigned pod"),
         &manifest("vip", "r1"),
+        staticpodset_api::keys::Slot::Primary,
     )
     .expect("render")
     .content;

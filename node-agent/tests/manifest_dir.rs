@@ -55,7 +55,11 @@ fn assigned(ns: &str, set: &str, rev: &str, image: &str) -> Assignment {
 }
 
 fn render(a: &Assignment) -> Result<Rendered, String> {
-    render_manifest(&a.entry, a.manifest.as_ref().expect("available"))
+    render_manifest(
+        &a.entry,
+        a.manifest.as_ref().expect("available"),
+        staticpodset_api::keys::Slot::Primary,
+    )
 }
 
 fn now() -> SystemTime {

@@ -71,6 +71,7 @@ pub fn evaluate(
         Some(spec) => template_problems.extend(validation::template_problems(spec)),
         None => template_problems.push(RenderError::MissingSpec.to_string()),
     }
+    template_problems.extend(validation::surge_problems(&set.spec));
     let strategy = strategy_of(&set.spec);
     let strategy_problem = strategy
         .as_ref()
@@ -210,6 +211,12 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
     let nodes_by_name: BTreeMap<String, &Node> =
         nodes.iter().map(|n| (n.name_any(), &**n)).collect();
     let mut matched = match &evaluation.selector {
+        // With surge the longer of the set's two mirror pod names must fit.
+        Some(selector) if validation::surges(&set.spec) => planner::matched(
+            &staticpodset_api::keys::slot_pod_name(name, staticpodset_api::keys::Slot::Surge),
+            selector,
+            nodes,
+        ),
         Some(selector) => planner::matched(name, selector, nodes),
         // Without a usable selector, the nodes that carry the set are the ones it is on.
         None => objects
@@ -283,7 +290,7 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
                 name,
                 &current,
                 &digests,
-                rollout_state::fallback_deadline_of(&set.spec),
+                rollout_state::agent_settings_of(&set.spec),
                 now,
             );
             planner::writes(namespace, name, &matched, &wanted, nodes, objects)

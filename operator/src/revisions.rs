@@ -713,9 +713,7 @@ mod tests {
                 revision: Some(m.into()),
                 ..Default::default()
             }),
-            message: None,
-            source: None,
-            fallback: None,
+            ..Default::default()
         };
         let obj = |node: &str, entries: Vec<AssignedPod>, reports: Vec<PodReport>| {
             let mut o = NodeStaticPods::new(node, NodeStaticPodsSpec { pods: entries });

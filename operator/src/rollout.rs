@@ -6,9 +6,14 @@
 //!
 //! # Model
 //!
-//! The kubelet kills the old static pod before it starts the new one (there is no surge: two pods
-//! of one name cannot run on one node), so handing a node a new revision is an outage of that
-//! node. A node is *available* when its Node is Ready and its mirror pod runs the revision the
+//! The kubelet kills the old static pod before it starts the new one (two pods of one name cannot
+//! run on one node), so without surge handing a node a new revision is an outage of that node.
+//! With `maxSurge` the node's agent starts the new revision under the set's other pod name beside
+//! the old pod and removes the old one once the new one is available: the node stays available
+//! while its old pod is Ready (its agent reports that pod as the previous mirror pod), and
+//! handing it a revision costs one unit of the surge budget instead: at most `maxSurge` nodes run
+//! two pods at once. A node that is unavailable anyway is handed the revision at once, as without
+//! surge. A node is *available* when its Node is Ready and its mirror pod runs the revision the
 //! node is assigned, is Ready, and has been Ready for more than `minReadySeconds` (the test of
 //! Kubernetes' `IsPodAvailable`). Everything else is *unavailable*: new nodes without an
 //! assignment, nodes whose kubelet has not switched to the assigned revision yet, pods that crash,
@@ -115,6 +120,15 @@ impl MaxUnavailable {
             n
         }
     }
+
+    /// The number of nodes this allows out of `targeted` as a surge: a percentage rounded up,
+    /// and 0 when the value is 0 (no surge).
+    pub fn resolve_surge(self, targeted: usize) -> usize {
+        match self {
+            MaxUnavailable::Count(0) | MaxUnavailable::Percent(0) => 0,
+            other => other.resolve(targeted),
+        }
+    }
 }
 
 /// A maxUnavailable value that is neither a non-negative integer nor a percentage from 0% to 100%.
@@ -180,6 +194,9 @@ pub struct Strategy {
     pub paused: bool,
     /// Return failed nodes to the last healthy revision.
     pub auto_rollback: bool,
+    /// How many available nodes may be updated with surge at once; `None` (or a value that
+    /// resolves to 0) updates in place.
+    pub max_surge: Option<MaxUnavailable>,
 }
 
 impl Default for Strategy {
@@ -193,6 +210,7 @@ impl Default for Strategy {
             progress_deadline_seconds: Some(600),
             paused: false,
             auto_rollback: false,
+            max_surge: None,
         }
     }
 }
@@ -257,6 +275,9 @@ pub struct NodeFacts {
     pub assignment: Option<Assignment>,
     /// The mirror pod, if the kubelet published one.
     pub mirror_pod: Option<MirrorPod>,
+    /// During a surge update, the pod of the revision the node ran before, still running beside
+    /// the new one.
+    pub previous_pod: Option<MirrorPod>,
     /// The Node's readiness.
     pub health: NodeHealth,
     /// The revision this node last failed, if any (the per-node failure record the caller keeps
@@ -356,6 +377,9 @@ pub struct NodePlan {
     pub running: bool,
     /// The node failed the update revision (recorded before, or in this plan).
     pub failed: bool,
+    /// The node runs a second pod (surge): its previous pod serves while the assigned revision
+    /// is not available yet.
+    pub surging: bool,
     /// The revision the node's agent put back after giving up the update revision it is
     /// assigned (node-local fallback); `None` when it did not fall back.
     pub fell_back_to: Option<String>,
@@ -406,6 +430,8 @@ pub struct NodeFailure {
 pub struct RolloutPlan {
     /// maxUnavailable resolved against the targeted nodes.
     pub max_unavailable: usize,
+    /// maxSurge resolved against the targeted nodes; 0 without surge.
+    pub max_surge: usize,
     /// One entry per targeted node, sorted by name.
     pub nodes: Vec<NodePlan>,
     /// The entries to write: node name to revision, only where the revision changes.
@@ -471,7 +497,18 @@ pub fn plan_rollout(input: &RolloutInput) -> RolloutPlan {
         .zip(&observed)
         .all(|(f, o)| o.is_none() && assigned(f) == Some(update));
     let halted = !complete && failed.iter().any(|&f| f);
-    let unavailable_before = observed.iter().filter(|o| o.is_some()).count();
+    let max_surge = strategy.max_surge.map_or(0, |s| s.resolve_surge(desired));
+    // A node whose assigned revision is not available yet but whose previous pod still serves.
+    let serving_old: Vec<bool> = facts
+        .iter()
+        .zip(&observed)
+        .map(|(f, o)| o.is_some() && serves_previous(f))
+        .collect();
+    let unavailable_before = observed
+        .iter()
+        .zip(&serving_old)
+        .filter(|(o, old)| o.is_some() && !**old)
+        .count();
 
     let mut targets: Vec<Option<&str>> = facts.iter().map(|f| assigned(f)).collect();
     let gone = |i: usize| facts[i].health == NodeHealth::Gone;
@@ -488,6 +525,8 @@ pub fn plan_rollout(input: &RolloutInput) -> RolloutPlan {
             }
         } else {
             let mut budget = max_unavailable.saturating_sub(unavailable_before);
+            let mut surge_budget =
+                max_surge.saturating_sub(serving_old.iter().filter(|&&s| s).count());
             let mut candidates: Vec<usize> = (partition..desired)
                 .filter(|&i| !gone(i) && targets[i] != Some(update))
                 .collect();
@@ -504,8 +543,16 @@ pub fn plan_rollout(input: &RolloutInput) -> RolloutPlan {
                 (tier, age, i)
             });
             for i in candidates {
-                if observed[i].is_some() {
+                if observed[i].is_some() && !serving_old[i] {
                     targets[i] = Some(update);
+                } else if max_surge > 0 {
+                    // The agent starts the revision beside the pod that serves.
+                    if serving_old[i] || surge_budget > 0 {
+                        surge_budget -= usize::from(!serving_old[i]);
+                        targets[i] = Some(update);
+                    } else {
+                        waiting.push(i);
+                    }
                 } else if budget > 0 {
                     budget -= 1;
                     targets[i] = Some(update);
@@ -528,23 +575,34 @@ pub fn plan_rollout(input: &RolloutInput) -> RolloutPlan {
         .enumerate()
         .map(|(i, f)| {
             let changed = targets[i] != assigned(f);
+            // With surge, a node that serves (from its assigned or its previous pod) keeps
+            // serving while it is handed a revision.
+            let surging = max_surge > 0 && (serving_old[i] || (changed && observed[i].is_none()));
             let unavailable = match (&observed[i], targets[i]) {
                 (Some(u @ (Unavailable::NodeGone | Unavailable::NodeNotReady { .. })), _) => {
                     Some(u.clone())
                 }
+                _ if surging => None,
                 (_, Some(revision)) if changed => Some(Unavailable::Handed {
                     revision: revision.to_string(),
                 }),
                 (other, _) => other.clone(),
             };
-            let updated = !changed && targets[i] == Some(update) && unavailable.is_none();
+            let updated = !changed
+                && targets[i] == Some(update)
+                && unavailable.is_none()
+                && observed[i].is_none();
             let node_ready = matches!(f.health, NodeHealth::Ready { .. });
+            let pod_ready = f.mirror_pod.as_ref().is_some_and(|m| m.ready)
+                || f.previous_pod.as_ref().is_some_and(|m| m.ready);
             NodePlan {
                 name: f.name.clone(),
                 revision: targets[i].map(str::to_string),
                 changed,
-                ready: node_ready && f.mirror_pod.as_ref().is_some_and(|m| m.ready),
-                running: f.health != NodeHealth::Gone && f.mirror_pod.is_some(),
+                surging,
+                ready: node_ready && pod_ready,
+                running: f.health != NodeHealth::Gone
+                    && (f.mirror_pod.is_some() || f.previous_pod.is_some()),
                 updated,
                 unavailable,
                 failed: failed[i],
@@ -572,6 +630,7 @@ pub fn plan_rollout(input: &RolloutInput) -> RolloutPlan {
 
     RolloutPlan {
         max_unavailable,
+        max_surge,
         writes,
         counts,
         newly_failed: failures.into_iter().flatten().collect(),
@@ -621,6 +680,12 @@ fn observe(f: &NodeFacts, min_ready_seconds: u32, now: Timestamp) -> Option<Unav
         return Some(Unavailable::ReadyTooShort);
     }
     None
+}
+
+/// Whether the node's previous pod (kept during a surge update) is Ready on a Ready Node, so the
+/// node serves while its assigned revision starts.
+fn serves_previous(f: &NodeFacts) -> bool {
+    matches!(f.health, NodeHealth::Ready { .. }) && f.previous_pod.as_ref().is_some_and(|p| p.ready)
 }
 
 /// The agent's fallback report, if it gave up the revision the node's entry names now.

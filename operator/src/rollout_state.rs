@@ -60,7 +60,34 @@ pub fn strategy_of(spec: &StaticPodSetSpec) -> Result<Strategy, InvalidMaxUnavai
         ),
         paused: spec.paused,
         auto_rollback: rolling.is_some_and(|r| r.auto_rollback),
+        max_surge: rolling
+            .and_then(|r| r.max_surge.as_ref())
+            .map(MaxUnavailable::try_from)
+            .transpose()
+            .map_err(|e| InvalidMaxUnavailable {
+                value: format!("{} (maxSurge)", e.value),
+            })?,
     })
+}
+
+/// What every entry of a set tells the node's agent besides the revision: how it may fall back
+/// and whether it updates with surge. Not part of the pod, so a change rewrites entries but
+/// never makes a new revision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentSettings {
+    /// See [`fallback_deadline_of`].
+    pub fallback_deadline_seconds: Option<i32>,
+    /// The set's minReadySeconds when it updates with surge; `None` without surge.
+    pub surge_min_ready_seconds: Option<i32>,
+}
+
+/// The [`AgentSettings`] of a spec.
+pub fn agent_settings_of(spec: &StaticPodSetSpec) -> AgentSettings {
+    AgentSettings {
+        fallback_deadline_seconds: fallback_deadline_of(spec),
+        surge_min_ready_seconds: staticpodset_api::validation::surges(spec)
+            .then(|| spec.min_ready_seconds.unwrap_or(0).max(0)),
+    }
 }
 
 /// The `fallbackDeadlineSeconds` every entry of a set carries: the set's
@@ -109,13 +136,10 @@ pub fn node_facts(
             revision: e.revision.clone(),
             since: e.assigned_time.as_ref().map_or(now, |t| t.0),
         }),
-        mirror_pod: report
-            .and_then(|r| r.mirror_pod.as_ref())
-            .map(|m| MirrorPod {
-                revision: m.revision.clone(),
-                ready: m.ready,
-                ready_since: m.ready_since.as_ref().map(|t| t.0),
-            }),
+        mirror_pod: report.and_then(|r| r.mirror_pod.as_ref()).map(mirror_pod),
+        previous_pod: report
+            .and_then(|r| r.previous_mirror_pod.as_ref())
+            .map(mirror_pod),
         health,
         failed_revision: entry
             .and_then(|e| e.last_failure.as_ref())
@@ -126,6 +150,14 @@ pub fn node_facts(
             time: f.time.0,
             message: f.message.clone(),
         }),
+    }
+}
+
+fn mirror_pod(m: &staticpodset_api::MirrorPodReport) -> MirrorPod {
+    MirrorPod {
+        revision: m.revision.clone(),
+        ready: m.ready,
+        ready_since: m.ready_since.as_ref().map(|t| t.0),
     }
 }
 
@@ -166,7 +198,7 @@ pub fn revision_digests(
 /// The entry each planned node must carry, by node name: the planned revision with its digest
 /// from `digests` (see [`revision_digests`]), the time it was handed (kept while the revision
 /// stays), and the last failure (a new one from this plan, or the one recorded before: it is
-/// history, never cleared), and the set's `fallback_deadline` (see [`fallback_deadline_of`]).
+/// history, never cleared), and the set's [`AgentSettings`].
 ///
 /// Nodes the plan leaves without a revision get no entry.
 pub fn desired_entries(
@@ -175,7 +207,7 @@ pub fn desired_entries(
     name: &str,
     current: &BTreeMap<String, AssignedPod>,
     digests: &BTreeMap<String, String>,
-    fallback_deadline: Option<i32>,
+    settings: AgentSettings,
     now: Timestamp,
 ) -> BTreeMap<String, AssignedPod> {
     let failures: BTreeMap<&str, &NodeFailure> = plan
@@ -210,7 +242,8 @@ pub fn desired_entries(
                 file_name: manifest_file_name(namespace, name),
                 assigned_time: Some(assigned_time),
                 last_failure,
-                fallback_deadline_seconds: fallback_deadline,
+                fallback_deadline_seconds: settings.fallback_deadline_seconds,
+                surge_min_ready_seconds: settings.surge_min_ready_seconds,
             };
             Some((node.name.clone(), entry))
         })
@@ -287,6 +320,7 @@ mod tests {
                     max_unavailable: Some(IntOrString::String("50%".into())),
                     partition: Some(3),
                     auto_rollback: true,
+                    max_surge: None,
                 }),
             }),
             min_ready_seconds: Some(5),
@@ -363,6 +397,7 @@ mod tests {
                 time: Time(at(1)),
             }),
             fallback_deadline_seconds: None,
+            surge_min_ready_seconds: None,
         }
     }
 
@@ -424,7 +459,15 @@ mod tests {
             now,
         });
         let current = BTreeMap::from([("n1".to_string(), entry("r2", None, None))]);
-        let desired = desired_entries(&plan, "ns", "set", &current, &BTreeMap::new(), None, now);
+        let desired = desired_entries(
+            &plan,
+            "ns",
+            "set",
+            &current,
+            &BTreeMap::new(),
+            AgentSettings::default(),
+            now,
+        );
         assert_eq!(desired["n1"].assigned_time, Some(Time(now)));
     }
 
@@ -476,7 +519,7 @@ mod tests {
             "set",
             &current,
             &BTreeMap::new(),
-            None,
+            AgentSettings::default(),
             at(100),
         );
         assert_eq!(desired["n1"].revision, "r2");
@@ -514,7 +557,7 @@ mod tests {
             "set",
             &current,
             &BTreeMap::new(),
-            None,
+            AgentSettings::default(),
             at(161),
         );
         let failure = desired["n1"].last_failure.as_ref().unwrap();
@@ -584,7 +627,10 @@ mod tests {
             "set",
             &current,
             &BTreeMap::new(),
-            Some(45),
+            AgentSettings {
+                fallback_deadline_seconds: Some(45),
+                ..AgentSettings::default()
+            },
             at(140),
         );
         let entry = &desired["n1"];
@@ -667,7 +713,15 @@ mod tests {
         let plan = plan_rollout(&input(vec![f], 100, Strategy::default()));
         let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
         let digests = BTreeMap::from([("r2".to_string(), digest_of("r2", '2'))]);
-        let desired = desired_entries(&plan, "ns", "set", &current, &digests, None, at(100));
+        let desired = desired_entries(
+            &plan,
+            "ns",
+            "set",
+            &current,
+            &digests,
+            AgentSettings::default(),
+            at(100),
+        );
         assert_eq!(desired["n1"].revision, "r2");
         assert_eq!(desired["n1"].digest, Some(digest_of("r2", '2')));
         // A revision with no known digest is handed out without one.
@@ -677,7 +731,7 @@ mod tests {
             "set",
             &current,
             &BTreeMap::new(),
-            None,
+            AgentSettings::default(),
             at(100),
         );
         assert_eq!(desired["n1"].digest, None);

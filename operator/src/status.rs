@@ -272,9 +272,7 @@ mod tests {
                 ready,
                 ..Default::default()
             }),
-            message: None,
-            source: None,
-            fallback: None,
+            ..Default::default()
         }
     }
 
@@ -327,6 +325,7 @@ mod tests {
                 health: NodeHealth::Ready { since: None },
                 failed_revision: None,
                 fallback: None,
+                previous_pod: None,
             })
             .collect();
         Some(plan_rollout(&RolloutInput {

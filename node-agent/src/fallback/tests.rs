@@ -42,9 +42,7 @@ fn report(mirror_rev: &str, ready: bool) -> PodReport {
             ready,
             ..MirrorPodReport::default()
         }),
-        message: None,
-        source: None,
-        fallback: None,
+        ..PodReport::default()
     }
 }
 

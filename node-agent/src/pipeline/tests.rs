@@ -168,6 +168,7 @@ fn the_wake_up_is_the_earliest_deadline_and_never_later_than_the_resync() {
         stop_first: Some(now + Duration::from_secs(7)),
         url_handover: Some(now + Duration::from_secs(90)),
         config_retry: None,
+        surge_retire: Some(wall() + Duration::from_secs(8)),
     };
     assert_eq!(
         next_wakeup(&mixed, now, wall(), resync),

@@ -29,6 +29,7 @@ fn healthy(name: &str, rev: &str) -> NodeFacts {
         },
         failed_revision: None,
         fallback: None,
+        previous_pod: None,
     }
 }
 
@@ -1351,4 +1352,89 @@ fn simulated_node_selector_change_mid_rollout() {
     sim.run_to_completion(300);
     sim.assert_all_run("r2");
     assert_eq!(sim.input.nodes.len(), 6);
+}
+
+// --- maxSurge ---
+
+fn surge(n: u32, nodes: Vec<NodeFacts>) -> RolloutInput {
+    let mut i = input("r2", nodes);
+    i.strategy.max_surge = Some(MaxUnavailable::Count(n));
+    i
+}
+
+/// A node handed `rev` whose new pod is not Ready yet while its previous pod (`old`) serves.
+fn surging(name: &str, rev: &str, old: &str) -> NodeFacts {
+    NodeFacts {
+        previous_pod: Some(MirrorPod {
+            revision: Some(old.into()),
+            ready: true,
+            ready_since: Some(t(LONG_AGO)),
+        }),
+        ..handed(name, rev, NOW - 5, Some((rev, false)))
+    }
+}
+
+#[test]
+fn surge_resolves_zero_as_off() {
+    assert_eq!(MaxUnavailable::Count(0).resolve_surge(10), 0);
+    assert_eq!(MaxUnavailable::Percent(0).resolve_surge(10), 0);
+    assert_eq!(MaxUnavailable::Percent(10).resolve_surge(15), 2);
+    assert_eq!(MaxUnavailable::Count(2).resolve_surge(10), 2);
+}
+
+#[test]
+fn surge_hands_available_nodes_the_revision_within_max_surge_and_keeps_them_available() {
+    let plan = plan_rollout(&surge(2, all_at("r1", &["a", "b", "c"])));
+    assert_eq!(writes(&plan), vec![("a", "r2"), ("b", "r2")]);
+    assert_eq!(plan.max_surge, 2);
+    assert!(node(&plan, "a").surging && node(&plan, "a").unavailable.is_none());
+    assert_eq!(plan.counts.available, 3, "surging nodes still serve");
+    assert_eq!(plan.counts.updated, 0);
+    assert_eq!(plan.waiting, vec![2]);
+}
+
+#[test]
+fn a_surging_node_holds_its_unit_until_its_new_pod_is_available() {
+    let nodes = vec![surging("a", "r2", "r1"), healthy("b", "r1")];
+    let plan = plan_rollout(&surge(1, nodes));
+    assert!(writes(&plan).is_empty(), "a holds the only surge unit");
+    assert_eq!(plan.counts.available, 2);
+    assert_eq!(plan.counts.ready, 2);
+    assert_eq!(plan.counts.updated, 0);
+    assert!(!plan.complete);
+
+    // a's new pod is available, its previous pod on its way out: b is next.
+    let nodes = vec![
+        NodeFacts {
+            previous_pod: None,
+            ..healthy("a", "r2")
+        },
+        healthy("b", "r1"),
+    ];
+    let plan = plan_rollout(&surge(1, nodes));
+    assert_eq!(writes(&plan), vec![("b", "r2")]);
+    assert_eq!(plan.counts.updated, 1);
+}
+
+#[test]
+fn with_surge_an_unavailable_node_is_updated_in_place_at_once() {
+    let mut down = healthy("a", "r1");
+    down.mirror_pod.as_mut().unwrap().ready = false;
+    let nodes = vec![down, surging("b", "r2", "r1"), healthy("c", "r1")];
+    let plan = plan_rollout(&surge(1, nodes));
+    assert_eq!(writes(&plan), vec![("a", "r2")]);
+    assert!(!node(&plan, "a").surging);
+    assert_eq!(plan.counts.available, 2);
+}
+
+#[test]
+fn a_surge_that_misses_its_deadline_fails_and_rolls_back_to_the_serving_revision() {
+    let mut late = surging("a", "r2", "r1");
+    late.assignment.as_mut().unwrap().since = t(NOW - 700);
+    let mut i = surge(1, vec![late, healthy("b", "r1")]);
+    i.strategy.auto_rollback = true;
+    let plan = plan_rollout(&i);
+    assert!(plan.halted);
+    assert_eq!(plan.newly_failed.len(), 1);
+    assert_eq!(writes(&plan), vec![("a", "r1")]);
 }
