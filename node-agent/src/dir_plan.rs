@@ -220,6 +220,12 @@ pub fn plan_dir(assigned: Option<&[Assignment]>, scan: &DirScan) -> DirPlan {
 
     let mut seen = BTreeSet::new();
     let mut writes = Vec::new();
+    // A set whose second name is another assigned set's first name updates in place: the kubelet
+    // would run only one pod of that name.
+    let names: BTreeSet<(&str, &str)> = assigned
+        .iter()
+        .map(|a| (a.entry.set_namespace.as_str(), a.entry.set_name.as_str()))
+        .collect();
     for assignment in assigned {
         let pod = &assignment.entry;
         let set = SetKey::of(pod);
@@ -229,8 +235,10 @@ pub fn plan_dir(assigned: Option<&[Assignment]>, scan: &DirScan) -> DirPlan {
                 .copied()
                 .filter(|f| owner(f).as_ref() == Some(&set))
         };
+        let second = slot_pod_name(&pod.set_name, Slot::Surge);
         let surge = pod
             .surge_min_ready_seconds
+            .filter(|_| !names.contains(&(pod.set_namespace.as_str(), second.as_str())))
             .map(|s| std::time::Duration::from_secs(u64::try_from(s).unwrap_or(0)));
         let slot = choose_slot(
             &pod.revision,
@@ -752,6 +760,17 @@ mod tests {
         // Both files of a set that is no longer assigned go.
         let p = plan_pods(Some(&[]), &dir);
         assert_eq!(p.actions.len(), 2);
+    }
+
+    #[test]
+    fn a_set_does_not_surge_into_another_sets_name() {
+        let old = assigned("ns", "a", "r1");
+        let new = assigned("ns", "a", "r2");
+        let other = assigned("ns", "a-surge", "r1");
+        let dir = scan(vec![file(&old.file_name, &rendered(&old))]);
+        let p = plan_surge(&[new.clone(), other], &dir);
+        assert_eq!(p.sets[0].file_name, new.file_name, "updated in place");
+        assert_eq!(p.sets[0].previous, None);
     }
 
     #[test]

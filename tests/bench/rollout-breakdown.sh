@@ -9,6 +9,8 @@
 #   StaticPodSet  the same, and per node the hops in between (tests/bench/hops.py): revision
 #              created, entry written, agent removed/wrote the manifest, kubelet started the
 #              container, mirror pod created and Ready, agent report, set status
+#   surge      the update again with maxSurge 1 (DaemonSet: maxUnavailable 0; StaticPodSet:
+#              maxUnavailable 1, as its default): the new pod starts beside the old one
 #
 # Needs the local cluster (tests/e2e/cluster/up) and KUBECONFIG; installs the chart itself.
 # RUNS (default 5) repetitions; prints each run, then medians. OUT (default a temp dir) keeps the
@@ -54,7 +56,7 @@ kind: DaemonSet
 metadata: {name: bench-ds, namespace: $NS}
 spec:
   selector: {matchLabels: {app: bench-ds}}
-  updateStrategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: 1}}
+  updateStrategy: {type: RollingUpdate, rollingUpdate: ${DS_ROLLING:-{maxUnavailable: 1\}}}
   template:
     metadata: {labels: {app: bench-ds}}
     spec:
@@ -68,7 +70,7 @@ apiVersion: staticpods.dev/v1alpha1
 kind: StaticPodSet
 metadata: {name: bench-sps, namespace: $NS}
 spec:
-  updateStrategy: {rollingUpdate: {maxUnavailable: 1}}
+  updateStrategy: {rollingUpdate: ${SPS_ROLLING:-{maxUnavailable: 1\}}}
   template:
     metadata: {labels: {app: bench-sps}}
     spec:
@@ -136,7 +138,7 @@ collect_logs() {
   done
 }
 
-declare -a floor_create floor_update ds_create ds_update sps_create sps_update
+declare -a floor_create floor_update ds_create ds_update sps_create sps_update ds_surge sps_surge
 A=${NODES[0]}
 for run in $(seq 1 "$RUNS"); do
   kubectl delete ds -n "$NS" bench-ds --wait=true --ignore-not-found >/dev/null
@@ -188,7 +190,26 @@ for run in $(seq 1 "$RUNS"); do
   rev=$(kubectl get sps -n "$NS" bench-sps -o jsonpath='{.status.updateRevision}')
   collect_logs "$OUT/run$run-update" "$t"
   python3 "$HOPS" analyze "$OUT/events.jsonl" "$NS" bench-sps "$t" "$rev" "$OUT/run$run-update" >"$OUT/run$run-update.json"
-  echo "run $run: floor create ${floor_create[-1]}s update-one-node ${floor_update[-1]}s | DaemonSet create ${ds_create[-1]}s update ${ds_update[-1]}s | StaticPodSet create ${sps_create[-1]}s update ${sps_update[-1]}s"
+  kubectl delete sps -n "$NS" bench-sps --wait=true >/dev/null
+
+  # Both again, updated with surge.
+  export DS_ROLLING="{maxSurge: 1, maxUnavailable: 0}" SPS_ROLLING="{maxSurge: 1, maxUnavailable: 1}"
+  ds_yaml v1 | kubectl apply -f - >/dev/null
+  wait_for "DaemonSet create" 300 ds_done 1 || die "DaemonSet create did not finish"
+  t=$(now); ds_yaml v2 | kubectl apply -f - >/dev/null
+  wait_for "DaemonSet surge update" 300 ds_done 2 || die "DaemonSet surge update did not finish"
+  ds_surge+=("$(since "$t" "$(now)")")
+  kubectl delete ds -n "$NS" bench-ds --wait=true >/dev/null
+  sps_yaml v1 | kubectl apply -f - >/dev/null
+  wait_for "StaticPodSet create" 300 sps_done || die "StaticPodSet create did not finish"
+  rev=$(kubectl get sps -n "$NS" bench-sps -o jsonpath='{.status.updateRevision}')
+  t=$(now); sps_yaml v2 | kubectl apply -f - >/dev/null
+  wait_for "StaticPodSet surge update to start" 60 bash -c "[[ \$(kubectl get sps -n $NS bench-sps -o jsonpath='{.status.updateRevision}') != $rev ]]" ||
+    die "the surge update did not start"
+  wait_for "StaticPodSet surge update" 300 sps_done || die "StaticPodSet surge update did not finish"
+  sps_surge+=("$(since "$t" "$(now)")")
+  unset DS_ROLLING SPS_ROLLING
+  echo "run $run: floor create ${floor_create[-1]}s update-one-node ${floor_update[-1]}s | DaemonSet create ${ds_create[-1]}s update ${ds_update[-1]}s surge ${ds_surge[-1]}s | StaticPodSet create ${sps_create[-1]}s update ${sps_update[-1]}s surge ${sps_surge[-1]}s"
 done
 kubectl delete sps -n "$NS" bench-sps --wait=true --ignore-not-found >/dev/null
 kubectl delete namespace "$NS" --wait=false >/dev/null
@@ -216,8 +237,12 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 fc=$(median "${floor_create[@]}") fu=$(median "${floor_update[@]}")
 dc=$(median "${ds_create[@]}") du=$(median "${ds_update[@]}")
 sc=$(median "${sps_create[@]}") su=$(median "${sps_update[@]}")
+dg=$(median "${ds_surge[@]}") sg=$(median "${sps_surge[@]}")
 echo
 echo "nodes: ${#NODES[@]}, runs: $RUNS, medians (seconds); raw data in $OUT"
 printf '%-8s %14s %10s %13s %18s\n' phase "kubelet alone" DaemonSet StaticPodSet "StaticPodSet/DS"
 printf '%-8s %14s %10s %13s %18s\n' create "$fc" "$dc" "$sc" "$(ratio "$sc" "$dc")"
 printf '%-8s %14s %10s %13s %18s\n' update "$fu/node" "$du" "$su" "$(ratio "$su" "$du")"
+printf '%-8s %14s %10s %13s %18s\n' surge - "$dg" "$sg" "$(ratio "$sg" "$dg")"
+echo "(update: maxUnavailable 1, each node stops its pod then starts the new one; surge: maxSurge 1,"
+echo " the new pod starts beside the old one, which goes once the new one is available: no outage)"

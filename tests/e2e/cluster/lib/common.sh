@@ -51,6 +51,7 @@ REGISTRY=${REGISTRY:-127.0.0.1:5055}
 # The image containerd runs as every pod's sandbox; we build and import it ourselves.
 PAUSE_IMAGE=registry.k8s.io/pause:3.10-sps
 BUSYBOX_IMAGE=docker.io/library/busybox:1.35-sps
+WEB_IMAGE=docker.io/library/sps-web:1
 
 export PATH="$BIN_DIR:$TOOLS_BIN:$PATH"
 
