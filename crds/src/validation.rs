@@ -714,4 +714,46 @@ mod tests {
         set.spec.template.spec = Some(with(json!({})));
         assert!(set_problems(&set).is_empty());
     }
+
+    #[test]
+    fn surge_refuses_ports_that_cannot_be_shared() {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let spec = |surge: Option<IntOrString>, pod: serde_json::Value| crate::StaticPodSetSpec {
+            template: PodTemplateSpec {
+                spec: Some(with(pod)),
+                ..Default::default()
+            },
+            update_strategy: Some(crate::UpdateStrategy {
+                rolling_update: Some(crate::RollingUpdate {
+                    max_surge: surge,
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        let host_port = json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 80}]}]});
+        let declared = json!({"hostNetwork": true, "containers": [{"name": "c", "ports": [{"containerPort": 80}]}]});
+        let plain = json!({"containers": [{"name": "c", "ports": [{"containerPort": 80}]}]});
+        let one = Some(IntOrString::Int(1));
+        let problems = surge_problems(&spec(one.clone(), host_port.clone()));
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("spec.template.spec.containers[0].ports[0]: with maxSurge"));
+        assert_eq!(
+            surge_problems(&spec(one.clone(), declared.clone())).len(),
+            1
+        );
+        assert!(surge_problems(&spec(one, plain)).is_empty());
+        for off in [
+            None,
+            Some(IntOrString::Int(0)),
+            Some(IntOrString::String("0%".into())),
+        ] {
+            assert!(surge_problems(&spec(off.clone(), host_port.clone())).is_empty());
+            assert!(surge_problems(&spec(off, declared.clone())).is_empty());
+        }
+        assert!(surges(&spec(
+            Some(IntOrString::String("10%".into())),
+            json!({})
+        )));
+    }
 }

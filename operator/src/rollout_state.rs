@@ -572,6 +572,36 @@ mod tests {
     }
 
     #[test]
+    fn entries_carry_min_ready_seconds_only_with_surge() {
+        let spec = |surge: Option<IntOrString>| StaticPodSetSpec {
+            min_ready_seconds: Some(7),
+            update_strategy: Some(UpdateStrategy {
+                rolling_update: Some(RollingUpdate {
+                    max_surge: surge,
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            agent_settings_of(&spec(Some(IntOrString::Int(1)))).surge_min_ready_seconds,
+            Some(7)
+        );
+        assert_eq!(
+            agent_settings_of(&spec(Some(IntOrString::Int(0)))).surge_min_ready_seconds,
+            None
+        );
+        assert_eq!(agent_settings_of(&spec(None)).surge_min_ready_seconds, None);
+        assert_eq!(
+            strategy_of(&spec(Some(IntOrString::String("10%".into()))))
+                .unwrap()
+                .max_surge,
+            Some(MaxUnavailable::Percent(10))
+        );
+        assert!(strategy_of(&spec(Some(IntOrString::String("ten".into())))).is_err());
+    }
+
+    #[test]
     fn the_fallback_deadline_follows_the_spec() {
         let with = |fallback: Option<NodeFallback>| {
             fallback_deadline_of(&StaticPodSetSpec {

@@ -77,7 +77,13 @@ complete_at() {
 primary_file() { echo "staticpodset_${E2E_NS}_$SET.yaml"; }
 surge_file() { echo "staticpodset_${E2E_NS}_${SET}_surge.yaml"; }
 # The set's manifests on node N, by name, space-separated.
-files_on() { (cd "$(static_pod_dir "$1")" && ls -1 "staticpodset_${E2E_NS}_$SET"*.yaml 2>/dev/null | tr '\n' ' ' | sed 's/ $//'); }
+files_on() {
+  local f out=()
+  for f in "$(static_pod_dir "$1")/staticpodset_${E2E_NS}_$SET".yaml "$(static_pod_dir "$1")/staticpodset_${E2E_NS}_${SET}"_*.yaml; do
+    [[ -e $f ]] && out+=("${f##*/}")
+  done
+  echo "${out[*]}"
+}
 file_rev() { sed -n 's/^ *staticpods.dev\/revision: *//p' "$(static_pod_dir "$1")/$2" 2>/dev/null | tr -d '"'; }
 serves() { # message: every node answers with it
   local n
@@ -120,12 +126,14 @@ refused() { # yaml: the API server refuses it, naming maxSurge
   if out=$(kubectl apply --dry-run=server -f - 2>&1 <<<"$1"); then return 1; fi
   grep -q "maxSurge" <<<"$out" || { log "refused without naming maxSurge: $out"; return 1; }
 }
-host_port=$(sed -e 's/^      hostNetwork: true$/      hostNetwork: false/' \
-  -e 's/^        imagePullPolicy: Never$/        imagePullPolicy: Never\n        ports: [{containerPort: 8080, hostPort: 18080}]/' <<<"$(set_yaml v1)")
-declared=$(sed -e 's/^        imagePullPolicy: Never$/        imagePullPolicy: Never\n        ports: [{containerPort: 18181}]/' <<<"$(set_yaml v1)")
+base=$(set_yaml v1)
+pull=$'        imagePullPolicy: Never\n'
+host_port=${base/$'      hostNetwork: true\n'/$'      hostNetwork: false\n'}
+host_port=${host_port/$pull/$pull$'        ports: [{containerPort: 8080, hostPort: 18080}]\n'}
+declared=${base/$pull/$pull$'        ports: [{containerPort: 18181}]\n'}
 refused "$host_port" || fail "a hostPort with maxSurge was not refused"
 refused "$declared" || fail "hostNetwork with a declared port and maxSurge was not refused"
-kubectl apply --dry-run=server -f - >/dev/null <<<"$(sed 's/maxSurge: 1/maxSurge: 0/' <<<"$host_port")" ||
+kubectl apply --dry-run=server -f - >/dev/null <<<"${host_port/maxSurge: 1/maxSurge: 0}" ||
   fail "a hostPort without surge (maxSurge 0) was refused"
 ok "admission: with maxSurge, hostPort and hostNetwork with declared ports are refused; maxSurge 0 accepts them"
 

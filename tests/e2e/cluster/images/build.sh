@@ -50,7 +50,7 @@ build_web() {
   for applet in sh wget cat echo; do ln -s busybox "$root/bin/$applet"; done
   cp "$src" "$work/main.go"
   printf 'module staticpodset.local/e2e/web\n\ngo 1.26.0\n' >"$work/go.mod"
-  ( cd "$work" && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS= go build -trimpath -ldflags "-s -w" -o "$root/bin/web" . )
+  ( cd "$work" && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="" go build -trimpath -ldflags "-s -w" -o "$root/bin/web" . )
   oci_image_archive "$root" "$WEB_IMAGE" "$out" '["/bin/sh"]' '["PATH=/bin"]'
   rm -rf "$root" "$work"
   log "built $WEB_IMAGE -> $out"
