@@ -618,13 +618,28 @@ impl View<'_> {
                 .filter(|n| !n.updated && n.revision.as_deref() == Some(update))
                 .map(|n| match &n.unavailable {
                     Some(u) => format!("{} ({u})", n.name),
+                    None if n.surging => {
+                        format!("{} (new pod starting beside the old one)", n.name)
+                    }
                     None => n.name.clone(),
                 })
                 .collect();
             if !updating.is_empty() {
                 message.push_str(&format!("; updating: {}", list(updating.into_iter())));
             }
-            if !self.plan.waiting.is_empty() {
+            if !self.plan.waiting.is_empty() && self.plan.max_surge > 0 {
+                let surging = self.plan.nodes.iter().filter(|n| n.surging).count();
+                let running = if surging == 1 {
+                    "1 node is".to_string()
+                } else {
+                    format!("{surging} nodes are")
+                };
+                message.push_str(&format!(
+                    "; {} waiting, as maxSurge is {} and {running} running two pods",
+                    plural(self.plan.waiting.len(), "node"),
+                    self.plan.max_surge,
+                ));
+            } else if !self.plan.waiting.is_empty() {
                 message.push_str(&format!(
                     "; {} waiting, as maxUnavailable is {} and unavailable are: {}",
                     plural(self.plan.waiting.len(), "node"),

@@ -1391,6 +1391,13 @@ fn surge_hands_available_nodes_the_revision_within_max_surge_and_keeps_them_avai
     assert_eq!(plan.counts.available, 3, "surging nodes still serve");
     assert_eq!(plan.counts.updated, 0);
     assert_eq!(plan.waiting, vec![2]);
+    let (_, _, message) = cond(&plan, "Progressing");
+    assert!(
+        message.contains("a (new pod starting beside the old one)")
+            && message
+                .contains("1 node waiting, as maxSurge is 2 and 2 nodes are running two pods"),
+        "{message}"
+    );
 }
 
 #[test]
