@@ -265,7 +265,8 @@ pub fn next_check(
         let Some(facts) = by_name.get(node.name.as_str()) else {
             continue;
         };
-        if node.unavailable.is_none() || node.changed {
+        // A surging node is available through its old pod, but its new pod has clocks running.
+        if (node.unavailable.is_none() && !node.surging) || node.changed {
             continue;
         }
         if let (Some(deadline), Some(assignment)) =
@@ -534,6 +535,32 @@ mod tests {
             Some("r0"),
             "an old failure is history and stays"
         );
+    }
+
+    #[test]
+    fn a_surging_node_reports_its_deadline_and_fails_it() {
+        let mut o = object(Some(entry("r2", Some(100), None)), Some(("r2", false, 0)));
+        let report = &mut o.status.as_mut().unwrap().pods[0];
+        report.previous_mirror_pod = Some(MirrorPodReport {
+            name: "set-surge-n1".into(),
+            revision: Some("r1".into()),
+            ready: true,
+            ready_since: Some(Time(at(1))),
+            ..Default::default()
+        });
+        let strategy = Strategy {
+            progress_deadline_seconds: Some(60),
+            max_surge: Some(MaxUnavailable::Count(1)),
+            ..Strategy::default()
+        };
+        let early = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(120));
+        assert!(early.previous_pod.is_some());
+        let plan = plan_rollout(&input(vec![early.clone()], 120, strategy.clone()));
+        assert!(plan.nodes[0].surging && plan.nodes[0].unavailable.is_none());
+        assert_eq!(next_check(&plan, &[early], &strategy), Some(at(161)));
+        let late = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(161));
+        let plan = plan_rollout(&input(vec![late], 161, strategy));
+        assert_eq!(plan.newly_failed.len(), 1);
     }
 
     #[test]
