@@ -502,7 +502,7 @@ pub fn plan_rollout(input: &RolloutInput) -> RolloutPlan {
     let serving_old: Vec<bool> = facts
         .iter()
         .zip(&observed)
-        .map(|(f, o)| o.is_some() && serves_previous(f))
+        .map(|(f, o)| o.is_some() && serves_previous(f, max_surge > 0))
         .collect();
     let unavailable_before = observed
         .iter()
@@ -683,9 +683,17 @@ fn observe(f: &NodeFacts, min_ready_seconds: u32, now: Timestamp) -> Option<Unav
 }
 
 /// Whether the node's previous pod (kept during a surge update) is Ready on a Ready Node, so the
-/// node serves while its assigned revision starts.
-fn serves_previous(f: &NodeFacts) -> bool {
-    matches!(f.health, NodeHealth::Ready { .. }) && f.previous_pod.as_ref().is_some_and(|p| p.ready)
+/// node serves while its assigned revision starts. With surge, a Ready mirror pod at another
+/// revision than the assigned one is that previous pod too, as reported before the agent wrote
+/// the new revision beside it: the agent never stops it first.
+fn serves_previous(f: &NodeFacts, surge: bool) -> bool {
+    let old_mirror_serves = || {
+        f.mirror_pod
+            .as_ref()
+            .is_some_and(|m| m.ready && m.revision.as_deref() != assigned(f))
+    };
+    matches!(f.health, NodeHealth::Ready { .. })
+        && (f.previous_pod.as_ref().is_some_and(|p| p.ready) || (surge && old_mirror_serves()))
 }
 
 /// The agent's fallback report, if it gave up the revision the node's entry names now.

@@ -14,6 +14,7 @@ caller changes the set only after that. On SIGTERM prints one JSON line:
    "pods_at_once": {node: most of the set's mirror pods that existed on the node at once},
    "names": [every mirror pod name seen],
    "min_available": lowest status.numberAvailable seen, "desired": status.desiredNumberScheduled,
+   "status_changes": [[seconds since start, [current, ready, updated, available]], ...],
    "http": {node: {"ok": N, "failed": N, "bodies": [distinct answers, in order]}}}
 """
 
@@ -40,7 +41,8 @@ live = {n: set() for n in nodes}
 pods_at_once = {n: 0 for n in nodes}
 seen_names = []
 http = {n: {"ok": 0, "failed": 0, "bodies": []} for n in nodes}
-status = {"events": 0, "min_available": None, "desired": None}
+status = {"events": 0, "min_available": None, "desired": None, "changes": []}
+START = time.monotonic()
 pod_events = 0
 stopping = threading.Event()
 
@@ -79,6 +81,10 @@ def watch_status():
             available = st.get("numberAvailable", 0)
             if status["min_available"] is None or available < status["min_available"]:
                 status["min_available"] = available
+            counts = [st.get(k, 0) for k in ("currentNumberScheduled", "numberReady",
+                                             "updatedNumberScheduled", "numberAvailable")]
+            if not status["changes"] or status["changes"][-1][1] != counts:
+                status["changes"].append((round(time.monotonic() - START, 2), counts))
 
 
 def objects(proc):
@@ -125,6 +131,7 @@ def report(*_):
         print(json.dumps({"pod_events": pod_events, "status_events": status["events"],
                           "pods_at_once": pods_at_once, "names": seen_names,
                           "min_available": status["min_available"], "desired": status["desired"],
+                          "status_changes": status["changes"],
                           "http": http}), flush=True)
     os._exit(0)
 

@@ -1445,3 +1445,19 @@ fn a_surge_that_misses_its_deadline_fails_and_rolls_back_to_the_serving_revision
     assert_eq!(plan.newly_failed.len(), 1);
     assert_eq!(writes(&plan), vec![("a", "r1")]);
 }
+
+#[test]
+fn a_node_handed_a_surge_serves_from_its_old_mirror_pod_until_its_agent_reports() {
+    // a's entry names r2 but its agent has not written it yet: the report still shows r1 Ready.
+    let nodes = vec![
+        handed("a", "r2", NOW - 1, Some(("r1", true))),
+        healthy("b", "r1"),
+    ];
+    let plan = plan_rollout(&surge(1, nodes.clone()));
+    assert!(writes(&plan).is_empty(), "a holds the only surge unit");
+    assert_eq!(plan.counts.available, 2);
+    assert!(node(&plan, "a").surging);
+    // Without surge the same report is a node on its way down.
+    let plan = plan_rollout(&input("r2", nodes));
+    assert_eq!(plan.counts.available, 1);
+}
