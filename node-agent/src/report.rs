@@ -111,16 +111,6 @@ pub fn outcomes(
                 }
             };
             let previous_pod = p.previous.as_ref().and_then(|prev| prev.pod.clone());
-            let message = message.or_else(|| {
-                p.previous.as_ref().map(|prev| {
-                    format!(
-                        "surge: the pod of revision {} keeps running until this revision has \
-                         been Ready for {}s",
-                        prev.revision.as_deref().unwrap_or("<none>"),
-                        prev.min_ready.as_secs()
-                    )
-                })
-            });
             SetOutcome {
                 set: p.set.clone(),
                 phase,

@@ -21,13 +21,16 @@ i=0
 for n in "${NODES[@]}"; do i=$((i + 1)); PORT[$n]=$((18180 + i)); done
 
 cleanup() {
-  [[ -n $watcher ]] && kill "$watcher" 2>/dev/null
-  kubectl delete sps -n "$E2E_NS" "$SET" probe --wait=true --timeout=120s >/dev/null 2>&1 || true
+  if [[ -n $watcher ]]; then kill "$watcher" 2>/dev/null || true; fi
+  kubectl delete sps -n "$E2E_NS" "$SET" --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
 install_product
 ensure_e2e_namespace
+# A set of this name left by an interrupted run must be gone, with its manifests, before we start.
+kubectl delete sps -n "$E2E_NS" "$SET" --ignore-not-found --wait=true --timeout=120s >/dev/null ||
+  fail "a set $SET left from an earlier run cannot be deleted"
 
 ports_case() {
   local n out=""
@@ -115,9 +118,9 @@ start_watch() {
   watcher=$!
   wait_for "watcher to see every node serve" 30 test -e "$primed" || fail "surge-watch.py did not see every node serve"
 }
+# stop_watch: ends the watcher; its summary is then in $WATCH_OUT.
 stop_watch() {
   kill "$watcher"; wait "$watcher" 2>/dev/null || true; watcher=""
-  cat "$WATCH_OUT"
 }
 
 # --- 1. admission ------------------------------------------------------------------------------
@@ -157,7 +160,8 @@ wait_for "revision 2 rolled out" 240 complete_at "$rev2" || fail "revision 2 inc
 wait_for "only the surge name left" 60 only_name surge ||
   fail "old manifests or mirror pods left: $(for n in "${NODES[@]}"; do echo "$n: $(files_on "$n")"; done)"
 took=$((SECONDS - t0))
-summary=$(stop_watch)
+stop_watch
+summary=$(cat "$WATCH_OUT")
 log "watcher: $summary"
 python3 - "$summary" "$SET" "${NODES[@]}" <<'PY' || fail "surge update not as promised: $summary"
 import json, sys
@@ -180,7 +184,8 @@ wait_for "new revision" 30 new_revision "$rev2" || fail "no new revision after a
 rev3=$(revision)
 wait_for "revision 3 rolled out" 240 complete_at "$rev3" || fail "revision 3 incomplete: $(counts)"
 wait_for "only the first name left" 60 only_name primary || fail "left: $(for n in "${NODES[@]}"; do echo "$n: $(files_on "$n")"; done)"
-summary=$(stop_watch)
+stop_watch
+summary=$(cat "$WATCH_OUT")
 python3 - "$summary" <<'PY' || fail "second surge update failed polls: $summary"
 import json, sys
 s = json.loads(sys.argv[1])
@@ -210,7 +215,8 @@ kubectl annotate sps -n "$E2E_NS" "$SET" "staticpods.dev/rollback-to=$rev3_numbe
 wait_for "rolled back" 120 complete_at "$rev3" || fail "rollback to $rev3 incomplete: $(counts) $(jp '{.status.conditions}')"
 wait_for "the failed pod removed" 60 only_name primary ||
   fail "after the rollback: $(for n in "${NODES[@]}"; do echo "$n: $(files_on "$n")"; done)"
-summary=$(stop_watch)
+stop_watch
+summary=$(cat "$WATCH_OUT")
 log "watcher: $summary"
 python3 - "$summary" <<'PY' || fail "the old pod did not keep serving: $summary"
 import json, sys
