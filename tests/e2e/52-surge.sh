@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # maxSurge on the real two-node cluster: a node updates without an outage.
 #   1. admission: with maxSurge, a hostPort (or hostNetwork with declared ports) is refused
-#   2. a hostNetwork set (SO_REUSEPORT web server, one port per node) with maxSurge 1 at revision 1
+#   2. a hostNetwork set (SO_REUSEPORT web server, one port per node, net.ipv4.tcp_migrate_req=1
+#      for the suite) with maxSurge 1 at revision 1
 #   3. new template: every node runs two pods of the set at once (`<set>-<node>` beside
 #      `<set>-surge-<node>`), no HTTP poll of any node fails, status.numberAvailable never drops
 #      below 2; the old manifest and mirror pod are gone afterwards, the counts are 2 2 2 2 2 0
@@ -20,7 +21,15 @@ declare -A PORT
 i=0
 for n in "${NODES[@]}"; do i=$((i + 1)); PORT[$n]=$((18180 + i)); done
 
+# Connections queued at the old pod's socket when it closes would be reset; with
+# tcp_migrate_req the kernel hands them to the new pod's socket in the same SO_REUSEPORT group,
+# which is what docs/rollouts.md tells users of hostNetwork pods to set.
+MIGRATE=/proc/sys/net/ipv4/tcp_migrate_req
+migrate_before=$(cat "$MIGRATE")
+echo 1 >"$MIGRATE"
+
 cleanup() {
+  echo "$migrate_before" >"$MIGRATE"
   if [[ -n $watcher ]]; then kill "$watcher" 2>/dev/null || true; fi
   kubectl delete sps -n "$E2E_NS" "$SET" --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1 || true
 }
