@@ -16,3 +16,5 @@ HELM_VERSION=${HELM_VERSION:-v3.22.0}
 CRICTL_VERSION=${CRICTL_VERSION:-v1.37.0}
 # The CNCF distribution registry: a local registry on loopback, so tests can pull real images.
 REGISTRY_VERSION=${REGISTRY_VERSION:-v3.0.0}
+# CoreDNS, the cluster DNS every kubeadm cluster runs, as a host daemon (helm test resolves Services).
+COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}

@@ -99,6 +99,13 @@ build_registry() {
     "-X $m/version.version=$REGISTRY_VERSION" "$m/cmd/registry"
 }
 
+# CoreDNS serves cluster.local from the API server, so pods (helm test's) resolve Services.
+build_coredns() {
+  if have_all "$TOOLS_BIN" coredns; then log "coredns $COREDNS_VERSION: cached"; return; fi
+  go_wrapper_build coredns "$TOOLS_BIN" "require github.com/coredns/coredns $COREDNS_VERSION" \
+    "" github.com/coredns/coredns
+}
+
 main() {
   command -v go >/dev/null || die "Go is required to build the cluster components"
   timed "etcd build" build_etcd
@@ -107,6 +114,7 @@ main() {
   timed "helm build" build_helm
   timed "crictl build" build_crictl
   timed "registry build" build_registry
+  timed "coredns build" build_coredns
   timed "kubernetes build" build_kubernetes
 }
 
