@@ -2,7 +2,7 @@
 # The operator at scale against a real, throw-away kube-apiserver: N fake Nodes kept Ready by kwok,
 # their agents played by one staticpodset-fleet-sim process, the real operator binary with its RBAC
 # user and leader election, and kube-controller-manager (daemonset, nodelifecycle, garbagecollector)
-# for the DaemonSet baseline on the same nodes. Phases, each measured (API requests by verb and
+# with kube-scheduler for the DaemonSet baseline on the same nodes. Phases, each measured (API requests by verb and
 # resource, mutating p99, writes by user from the audit log, operator CPU and RSS from /proc):
 #
 #   idle -> background sets (SETS-1 of them) -> apply: one set over every node (entries written,
@@ -28,6 +28,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
 APISERVER=${APISERVER:-$K8S_BIN/kube-apiserver}
 KCM=${KCM:-$K8S_BIN/kube-controller-manager}
+SCHEDULER=${SCHEDULER:-$K8S_BIN/kube-scheduler}
 ETCD=${ETCD:-$CACHE/tools/bin/etcd}
 ETCDCTL=${ETCDCTL:-$CACHE/tools/bin/etcdctl}
 KWOK=${KWOK:-$CACHE/tools/bin/kwok}
@@ -45,11 +46,11 @@ NODES=${NODES:-$nodes} SETS=${SETS:-$sets} SLICES=${SLICES:-$slices}
 READY_DELAY=${READY_DELAY:-2s} FAILURE_FRACTION=${FAILURE_FRACTION:-0}
 STEADY=${STEADY:-60} PROFILE=${PROFILE:-release}
 API_PORT=${API_PORT:-26443} ETCD_PORT=${ETCD_PORT:-22379} PEER_PORT=${PEER_PORT:-22380}
-KCM_PORT=${KCM_PORT:-20257} OP_PORT=${OP_PORT:-29101} KWOK_PORT=${KWOK_PORT:-20247}
+KCM_PORT=${KCM_PORT:-20257} SCHED_PORT=${SCHED_PORT:-20259} OP_PORT=${OP_PORT:-29101} KWOK_PORT=${KWOK_PORT:-20247}
 OUT=${OUT:-$HERE/results}
 PREFIX=sim-
 
-for port in "$API_PORT" "$ETCD_PORT" "$PEER_PORT" "$KCM_PORT" "$OP_PORT" "$KWOK_PORT"; do
+for port in "$API_PORT" "$ETCD_PORT" "$PEER_PORT" "$KCM_PORT" "$SCHED_PORT" "$OP_PORT" "$KWOK_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use; choose another (API_PORT, ETCD_PORT, ...)" >&2
     exit 1
@@ -57,7 +58,7 @@ for port in "$API_PORT" "$ETCD_PORT" "$PEER_PORT" "$KCM_PORT" "$OP_PORT" "$KWOK_
 done
 bash "$HERE/build-kwok.sh" >/dev/null
 missing=()
-for bin in "$APISERVER" "$KCM" "$ETCD" "$KWOK" "$KUBECTL"; do
+for bin in "$APISERVER" "$KCM" "$SCHEDULER" "$ETCD" "$KWOK" "$KUBECTL"; do
   [[ -x $bin ]] || missing+=("$bin")
 done
 if ((${#missing[@]})); then
@@ -134,6 +135,7 @@ operator-token,sps-operator,2
 sim-token,sps-fleet-sim,3,"system:masters"
 kwok-token,kwok,4,"system:masters"
 kcm-token,kube-controller-manager,5,"system:masters"
+scheduler-token,kube-scheduler,6,"system:masters"
 EOF
 # Writes by everyone, and every request of the operator; metadata only.
 cat >audit-policy.yaml <<'EOF'
@@ -164,7 +166,7 @@ PIDS+=($!)
   --audit-policy-file audit-policy.yaml --audit-log-path "$WORK/audit.log" --audit-log-mode batch \
   --audit-log-maxsize 0 >apiserver.log 2>&1 &
 PIDS+=($!)
-for user in admin operator sim kwok kcm; do
+for user in admin operator sim kwok kcm scheduler; do
   cat >"$user.kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
@@ -244,6 +246,16 @@ PIDS+=($!)
 "$KCM" --kubeconfig "$WORK/kcm.kubeconfig" --controllers=daemonset,nodelifecycle,garbagecollector \
   --leader-elect=false --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
   --kube-api-qps 100 --kube-api-burst 100 >kcm.log 2>&1 &
+PIDS+=($!)
+# The DaemonSet controller creates its pods with a node affinity and leaves binding them to the
+# scheduler (since Kubernetes 1.12), so the baseline needs kube-scheduler too; same client QPS.
+cat >scheduler.yaml <<EOF
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection: {kubeconfig: $WORK/scheduler.kubeconfig, qps: 100, burst: 100}
+leaderElection: {leaderElect: false}
+EOF
+"$SCHEDULER" --config scheduler.yaml --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" >scheduler.log 2>&1 &
 PIDS+=($!)
 count_ready_nodes() {
   k get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{" "}{.spec.taints}{"\n"}{end}' |

@@ -328,8 +328,12 @@ fn sync(
             status: built.status,
             at: now,
         };
-        let (api, permits, done_tx, counters) =
-            (api.clone(), permits.clone(), done_tx.clone(), counters.clone());
+        let (api, permits, done_tx, counters) = (
+            api.clone(),
+            permits.clone(),
+            done_tx.clone(),
+            counters.clone(),
+        );
         let node_name = name.to_owned();
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
@@ -399,7 +403,12 @@ fn mirror_pod(node: &str, set: &SetKey, revision: &str, ready_since: Option<Syst
         status: Some(PodStatus {
             conditions: Some(vec![PodCondition {
                 type_: "Ready".into(),
-                status: if ready_since.is_some() { "True" } else { "False" }.into(),
+                status: if ready_since.is_some() {
+                    "True"
+                } else {
+                    "False"
+                }
+                .into(),
                 last_transition_time: ready_since.map(report::to_time),
                 ..PodCondition::default()
             }]),
