@@ -303,7 +303,8 @@ def cmd_table(path):
     for p in doc["phases"]:
         op = p.get("operator", {})
         detail = []
-        for key in ("entries_written", "all_ready", "pods_ready", "to_ready", "rollout_done"):
+        for key in ("all_written_s", "entries_written", "all_ready_s", "to_ready", "pods_ready",
+                    "rollout_done", "computed_with_delay_s", "ready_s", "all_released_s"):
             if key in p:
                 v = p[key]
                 if isinstance(v, dict):

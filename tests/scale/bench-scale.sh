@@ -239,13 +239,17 @@ for pid in "${node_pids[@]}"; do wait "$pid"; done
 log "created $NODES Nodes in $(python3 -c "print(round($(now) - $t, 1))")s"
 "$KWOK" --kubeconfig "$WORK/kwok.kubeconfig" --config "$CACHE/tools/kwok-stages.yaml" --manage-all-nodes=false \
   --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-  --server-address "127.0.0.1:$KWOK_PORT" --node-lease-duration-seconds 40 >kwok.log 2>&1 &
+  --server-address "127.0.0.1:$KWOK_PORT" --node-lease-duration-seconds 600 >kwok.log 2>&1 &
 PIDS+=($!)
+# Node heartbeats are slowed down (kwok's Leases last 600 s, renewed every 150 s; the node lifecycle
+# controller waits an hour): on two cores kwok and the API server could not keep a thousand nodes'
+# 10 s renewals and nodes flapped NotReady, which withdrew entries mid-measurement. A real cluster
+# has that load (N/10 Lease writes/s) on top of what is measured here.
 # QPS as Kubernetes' own 5,000-node scalability jobs give the controller-manager (the default, 20,
 # would make the DaemonSet baseline a test of client throttling).
 "$KCM" --kubeconfig "$WORK/kcm.kubeconfig" --controllers=daemonset,nodelifecycle,garbagecollector \
   --leader-elect=false --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
-  --kube-api-qps 100 --kube-api-burst 100 >kcm.log 2>&1 &
+  --kube-api-qps 100 --kube-api-burst 100 --node-monitor-grace-period 1h >kcm.log 2>&1 &
 PIDS+=($!)
 # The DaemonSet controller creates its pods with a node affinity and leaves binding them to the
 # scheduler (since Kubernetes 1.12), so the baseline needs kube-scheduler too; same client QPS.
@@ -273,7 +277,11 @@ start_operator() {
   OPERATOR_PID=$!
   echo "$OPERATOR_PID" >operator.pid
 }
-operator_ready() { curl -sf "http://127.0.0.1:$OP_PORT/readyz" >/dev/null; }
+# Ready as a leader: /readyz alone is true for a standby too (see operator/src/http.rs).
+operator_ready() {
+  curl -sf "http://127.0.0.1:$OP_PORT/readyz" >/dev/null &&
+    curl -sf "http://127.0.0.1:$OP_PORT/metrics" | grep -q '^staticpodset_operator_leader 1'
+}
 # Samples the operator (whichever process operator.pid names) once a second: epoch pid rss_kb ticks.
 (
   while sleep 1; do
@@ -481,17 +489,24 @@ rm -rf sizes
 entries=$(python3 -c "import json; print(sum(len(o['spec'].get('pods', [])) for o in json.load(open('nsp.json'))['items']))")
 cat >results/meta.json <<EOF
 {"meta": {"shape": "$SHAPE", "nodes": $NODES, "sets": $SETS, "groups": $SLICES, "entries": $entries,
-  "profile": "$PROFILE", "ready_delay": "$READY_DELAY", "failure_fraction": $FAILURE_FRACTION,
+  "profile": "$PROFILE", "ready_delay": "$READY_DELAY", "steady_seconds": $STEADY, "failure_fraction": $FAILURE_FRACTION,
   "machine": "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)",
   "date": "$(date -u +%FT%TZ)", "commit": "$(git -C "$ROOT" rev-parse --short HEAD)"},
  "sizes": $sizes, "etcd_db_bytes": $db}
 EOF
 
+mkdir -p "$OUT"
+stamp=$SHAPE-$(date -u +%Y%m%dT%H%M%SZ)
+# The results so far are kept before the deletion, which at thousands of nodes takes minutes.
+python3 "$HERE/analyze.py" merge "$OUT/$stamp.json" results/meta.json "${PHASE_FILES[@]}"
+
 # Deletion: nothing left.
+phase_begin delete
+t0=$PHASE_T0
 k -n apps delete sps --all --wait=false >/dev/null
 k -n apps delete ds bench-ds --wait=false >/dev/null
 no_sets() { [[ -z $(k -n apps get sps -o name) ]]; }
-until_true 600 "every set released" no_sets
+until_true 3600 "every set released" no_sets
 empty_nodes() {
   nsp_list nsp.json
   python3 -c "
@@ -500,16 +515,16 @@ items = json.load(open('nsp.json'))['items']
 left = [o['metadata']['name'] for o in items if o['spec'].get('pods') or (o.get('status') or {}).get('pods')]
 sys.exit(1 if left else 0)"
 }
-until_true 600 "no entry and no report left on any node" empty_nodes
-ok "sets deleted: no entry, no report left"
+until_true 3600 "no entry and no report left on any node" empty_nodes
+t_deleted=$(elapsed "$t0")
+ok "sets deleted: no entry, no report left after ${t_deleted}s"
 no_ds_pods() { [[ -z $(k -n apps get pods -o name) ]]; }
-until_true 600 "DaemonSet pods gone" no_ds_pods
+until_true 3600 "DaemonSet pods gone" no_ds_pods
 no_revisions() { [[ -z $(k -n apps get spr -o name) ]]; }
 until_true 120 "no StaticPodRevision left" no_revisions
+phase_end "all_released_s=$t_deleted"
 ok "DaemonSet and revisions gone"
 
-mkdir -p "$OUT"
-stamp=$SHAPE-$(date -u +%Y%m%dT%H%M%SZ)
 python3 "$HERE/analyze.py" merge "$OUT/$stamp.json" results/meta.json "${PHASE_FILES[@]}"
 if [[ $CHECK == 1 ]]; then
   log "CHECK=1: correctness only; results in $OUT/$stamp.json"
