@@ -182,27 +182,7 @@ ok "API server ready on 127.0.0.1:$API_PORT"
 metrics() { k get --raw /metrics >"$1"; }
 
 # --- nodes, kwok, kube-controller-manager --------------------------------------------------------
-if ! k apply --server-side -f "$ROOT/crds/" >crds.log 2>&1; then
-  # The surge host-port rule (crds/src/validation.rs SURGE_PORTS_RULE) does not compile on this API
-  # server (a CEL list of containers and initContainers has two element types): install the CRDs
-  # without that one rule, say so, and measure the rest.
-  grep -q "maxSurge" crds.log || { cat crds.log >&2; die "CRDs not installed"; }
-  log "NOTE: the API server rejects the StaticPodSet CRD's maxSurge/hostPort CEL rule; installed without it"
-  k create --dry-run=client -o json -f "$ROOT/crds/" | python3 -c '
-import json, sys
-text, dec, at, crds = sys.stdin.read(), json.JSONDecoder(), 0, []
-while text[at:].strip():
-    crd, at = dec.raw_decode(text, at + len(text[at:]) - len(text[at:].lstrip()))
-    crds.append(crd)
-for crd in crds:
-    for v in crd["spec"]["versions"]:
-        spec = v["schema"]["openAPIV3Schema"]["properties"].get("spec", {})
-        rules = spec.get("x-kubernetes-validations")
-        if rules:
-            spec["x-kubernetes-validations"] = [r for r in rules if "maxSurge" not in r["rule"]]
-json.dump({"apiVersion": "v1", "kind": "List", "items": crds}, sys.stdout)' >crds.json
-  k apply --server-side -f crds.json >/dev/null
-fi
+k apply --server-side -f "$ROOT/crds/" >crds.log 2>&1 || { cat crds.log >&2; die "CRDs not installed"; }
 crds_established() {
   k wait --for condition=Established --timeout=5s crd/staticpodsets.staticpods.dev \
     crd/nodestaticpods.staticpods.dev crd/staticpodrevisions.staticpods.dev >/dev/null 2>&1
