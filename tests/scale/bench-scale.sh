@@ -65,11 +65,17 @@ if ((${#missing[@]})); then
   echo "FAIL: not found: ${missing[*]} (bash tests/e2e/cluster/build/components.sh builds them)" >&2
   exit 1
 fi
-build_flag=()
-[[ $PROFILE == release ]] && build_flag=(--release)
-(cd "$ROOT" && cargo build -q "${build_flag[@]}" -p staticpodset-operator -p staticpodset-node-agent \
-  --bin staticpodset-operator --bin staticpodset-fleet-sim)
-BIN=$CARGO_TARGET_DIR/$([[ $PROFILE == release ]] && echo release || echo debug)
+if [[ $PROFILE == release ]]; then
+  # Exactly the build images/build.sh makes, so that after it (as in make test) nothing compiles.
+  TARGET=x86_64-unknown-linux-gnu
+  (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --locked \
+    --target "$TARGET" -p staticpodset-operator -p staticpodset-node-agent)
+  BIN=$CARGO_TARGET_DIR/$TARGET/release
+else
+  (cd "$ROOT" && cargo build -q -p staticpodset-operator -p staticpodset-node-agent \
+    --bin staticpodset-operator --bin staticpodset-fleet-sim)
+  BIN=$CARGO_TARGET_DIR/debug
+fi
 
 WORK=$(mktemp -d /tmp/sps-scale.XXXXXX)
 export KUBECONFIG=$WORK/admin.kubeconfig
