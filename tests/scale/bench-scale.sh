@@ -410,12 +410,15 @@ ok "DaemonSet: all $NODES pods Ready after ${t_ds}s"
 # Rollout: a template change, maxUnavailable 10%, the set then the DaemonSet.
 phase_begin rollout
 t0=$PHASE_T0
+rev_before=$(sps bench '{.status.updateRevision}')
 k -n apps patch sps bench --type=json \
   -p "[{\"op\":\"replace\",\"path\":\"/spec/template/spec/containers/0/image\",\"value\":\"$IMAGE2\"}]" >/dev/null
+# Complete means at the new revision: the status of the old one is complete too.
 rolled() {
   local cur upd
   cur=$(sps bench '{.status.currentRevision}') upd=$(sps bench '{.status.updateRevision}')
-  [[ -n $upd && $cur == "$upd" ]] && bench_ready
+  [[ -n $upd && $upd != "$rev_before" && $cur == "$upd" &&
+     $(sps bench '{.status.observedGeneration}') == $(sps bench '{.metadata.generation}') ]] && bench_ready
 }
 until_true 3600 "bench set rolled out" rolled
 t_roll=$(elapsed "$t0")
