@@ -7,7 +7,8 @@
 #   3. the real cluster                 tests/e2e/cluster/up (builds what is missing, into the cache)
 #   4. the chart                        tests/chart/check.sh (needs the helm that cluster up builds)
 #   5. end-to-end suites                tests/e2e/*.sh against that cluster
-#   6. tear-down                        tests/e2e/cluster/down (also on failure)
+#   6. the scale bench's small shape    tests/scale/small.sh (its own API server, kwok nodes)
+#   7. tear-down                        tests/e2e/cluster/down (also on failure)
 # Caches (cargo target dir, Kubernetes binaries, images) live in ${STATICPODSET_CACHE:-~/.cache/staticpodset}.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -63,3 +64,5 @@ for t in tests/e2e/[0-9][0-9]-*.sh; do
   [[ -e $t ]] || continue
   suite "e2e: $(basename "$t" .sh)" "$t"
 done
+# Its own throw-away API server with kwok nodes, beside the cluster: correctness only, no timings.
+suite "scale: small shape (300 kwok nodes x 10 sets)" bash tests/scale/small.sh
