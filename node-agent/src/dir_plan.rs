@@ -172,6 +172,19 @@ pub struct DirPlan {
     pub foreign_pods: Vec<(String, PodKey)>,
 }
 
+impl DirPlan {
+    /// Adds removals a gate decided ahead of the writes, keeping the plan's order: removals
+    /// first, so that a pod that moves between files never runs twice.
+    pub fn insert_removals(&mut self, removals: Vec<Action>) {
+        let writes = self
+            .actions
+            .iter()
+            .position(|a| matches!(a, Action::Write { .. }))
+            .unwrap_or(self.actions.len());
+        self.actions.splice(writes..writes, removals);
+    }
+}
+
 /// The set that owns `file`, if any: its name must be in our format and its content must carry the
 /// set annotation naming the same set. Anything else is foreign and never modified or deleted.
 pub fn owner(file: &ScannedFile) -> Option<SetKey> {

@@ -134,13 +134,7 @@ impl StopFirst {
         plan.actions.retain(|a| {
             !(matches!(a, Action::Write { .. }) && held.iter().any(|f| f == a.file_name()))
         });
-        // Removals before writes, as the plan orders them.
-        let writes = plan
-            .actions
-            .iter()
-            .position(|a| matches!(a, Action::Write { .. }))
-            .unwrap_or(plan.actions.len());
-        plan.actions.splice(writes..writes, removals);
+        plan.insert_removals(removals);
         // Forget sets no longer assigned, and swaps past their timeout (so no wake-up lies in
         // the past and the loop never spins).
         let assigned: Vec<&SetKey> = plan.sets.iter().map(|s| &s.set).collect();

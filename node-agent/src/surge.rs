@@ -57,13 +57,7 @@ pub fn retire(
             out.next = Some(out.next.map_or(due, |n| n.min(due)));
         }
     }
-    // Removals before writes, as the plan orders them.
-    let writes = plan
-        .actions
-        .iter()
-        .position(|a| matches!(a, Action::Write { .. }))
-        .unwrap_or(plan.actions.len());
-    plan.actions.splice(writes..writes, removals);
+    plan.insert_removals(removals);
     out
 }
 
