@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR ?= $(STATICPODSET_CACHE)/target
 
 .PHONY: test demo unit lint crds images cluster-up cluster-down bench bench-prepull bench-scale
 
-## test: everything — lints, unit tests, real cluster up, e2e suites, cluster down
+## test: everything — lints, unit tests, real cluster up, e2e suites, the scale small shape, cluster down
 test:
 	bash tests/run-all.sh
 
