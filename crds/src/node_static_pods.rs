@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.summary.assigned"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.summary.ready"}"#,
     printcolumn = r#"{"name":"Problems","type":"integer","jsonPath":".status.summary.problems"}"#,
-    printcolumn = r#"{"name":"Last-Sync","type":"date","jsonPath":".status.lastSyncTime"}"#
+    printcolumn = r#"{"name":"Last-Report","type":"date","jsonPath":".status.lastSyncTime"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStaticPodsSpec {
@@ -102,7 +102,9 @@ pub struct NodeStaticPodsStatus {
     /// The spec generation the agent last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// When the agent last compared the directory with the spec.
+    /// When the agent last wrote a changed report. The agent writes its status only when the
+    /// report changes (no heartbeat), so a node that runs steadily keeps an old time; the node's
+    /// liveness is its Node's `Ready`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
     /// Counts over `pods`, for `kubectl get`.

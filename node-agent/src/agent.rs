@@ -86,7 +86,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// What `/readyz` answers.
     pub readiness: watch::Sender<Readiness>,
-    /// The periodic resync, also the minimum interval between status heartbeats.
+    /// The periodic resync; also how long a status write counts as the API's copy before the
+    /// watch cache shows it (see [`report::should_patch`]).
     pub resync_interval: Duration,
     /// The node's container runtime, when writes that change a revision wait for its images to
     /// be pulled (`--cri-socket`); `None` turns pre-pull off.

@@ -60,7 +60,7 @@ struct Args {
     http_addr: SocketAddr,
 
     /// How often to compare the directory with the spec even without any event (e.g. 30s, 5m).
-    /// Also the shortest interval between status writes that only refresh lastSyncTime.
+    /// Also how long the agent trusts its own status write before its watch cache shows it.
     #[arg(long, default_value = "30s", value_parser = positive_duration)]
     resync_interval: Duration,
 

@@ -285,33 +285,36 @@ pub struct LastPatch {
     pub at: SystemTime,
 }
 
-/// Whether `desired` is worth a status write. Content changes always are; `lastSyncTime` alone is
-/// refreshed at most once per `heartbeat`. `observed` is the status in the agent's watch cache,
-/// `last` what the agent itself wrote last (the cache may not show it yet).
+/// Whether `desired` is worth a status write: only when its content (everything but
+/// `lastSyncTime`) differs from the API's copy. There is no heartbeat: an unchanged report is never
+/// written again, so a quiet fleet makes no status writes at all. Node liveness is the kubelet's
+/// (its node Lease, seen as the Node's `Ready`), and the one decision that needed agent liveness, a
+/// deleted set waiting for nodes, is bounded by the deletion's own age instead.
+///
+/// `observed` is the status in the agent's watch cache, `last` what the agent itself wrote last.
+/// The cache may not show that write yet, so for `settle` after it the write counts as the API's
+/// copy; after that the cache is the truth again, and a copy that still differs (the object was
+/// recreated, someone else wrote the status) is written again.
 pub fn should_patch(
     observed: Option<&NodeStaticPodsStatus>,
     last: Option<&LastPatch>,
     desired: &NodeStaticPodsStatus,
     now: SystemTime,
-    heartbeat: Duration,
+    settle: Duration,
 ) -> bool {
     let timeless = |s: &NodeStaticPodsStatus| NodeStaticPodsStatus {
         last_sync_time: None,
         ..s.clone()
     };
     let desired_content = timeless(desired);
-    let last_sync = observed
-        .and_then(|s| s.last_sync_time.as_ref())
-        .map(|t| SystemTime::from(t.0))
-        .into_iter()
-        .chain(last.map(|l| l.at))
-        .max();
-    if last_sync.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= heartbeat) {
-        return true;
+    if observed.is_some_and(|s| timeless(s) == desired_content) {
+        return false;
     }
-    let unchanged = observed.is_some_and(|s| timeless(s) == desired_content)
-        || last.is_some_and(|l| timeless(&l.status) == desired_content);
-    !unchanged
+    let just_written = last.is_some_and(|l| {
+        timeless(&l.status) == desired_content
+            && now.duration_since(l.at).unwrap_or_default() < settle
+    });
+    !just_written
 }
 
 /// A Kubernetes timestamp, whole seconds as the API server stores them.
@@ -645,8 +648,8 @@ mod tests {
     }
 
     #[test]
-    fn status_writes_only_on_change_or_heartbeat() {
-        let hb = Duration::from_secs(30);
+    fn status_writes_only_on_change() {
+        let settle = Duration::from_secs(30);
         let status = |ready: i32, at: u64| NodeStaticPodsStatus {
             last_sync_time: Some(to_time(t(at))),
             summary: NodeSummary {
@@ -656,32 +659,26 @@ mod tests {
             ..NodeStaticPodsStatus::default()
         };
         // Never written: write.
-        assert!(should_patch(None, None, &status(0, 100), t(100), hb));
-        // Same content, recent sync time: skip.
-        assert!(!should_patch(
-            Some(&status(0, 90)),
-            None,
-            &status(0, 100),
-            t(100),
-            hb
-        ));
-        // Same content, stale sync time: heartbeat.
-        assert!(should_patch(
-            Some(&status(0, 60)),
-            None,
-            &status(0, 100),
-            t(100),
-            hb
-        ));
+        assert!(should_patch(None, None, &status(0, 100), t(100), settle));
+        // Same content, whatever the age of the API's copy: never written again.
+        for age in [10, 3_600, 86_400] {
+            assert!(!should_patch(
+                Some(&status(0, 100)),
+                None,
+                &status(0, 100 + age),
+                t(100 + age),
+                settle
+            ));
+        }
         // Changed content: write at once.
         assert!(should_patch(
             Some(&status(0, 90)),
             None,
             &status(1, 100),
             t(100),
-            hb
+            settle
         ));
-        // Our own write is not in the cache yet: do not repeat it.
+        // Our own write is not in the cache yet: do not repeat it...
         let last = LastPatch {
             status: status(1, 95),
             at: t(95),
@@ -691,15 +688,31 @@ mod tests {
             Some(&last),
             &status(1, 100),
             t(100),
-            hb
+            settle
         ));
-        // ...until the heartbeat is due.
+        // ...unless the API's copy still differs once the cache had time to show it (the object
+        // was recreated with an empty status, or someone else wrote it).
         assert!(should_patch(
             Some(&status(0, 60)),
             Some(&last),
             &status(1, 125),
             t(125),
-            hb
+            settle
+        ));
+        assert!(should_patch(
+            None,
+            Some(&last),
+            &status(1, 125),
+            t(125),
+            settle
+        ));
+        // The cache shows the write: quiet from then on.
+        assert!(!should_patch(
+            Some(&status(1, 95)),
+            Some(&last),
+            &status(1, 4_000),
+            t(4_000),
+            settle
         ));
     }
 

@@ -48,8 +48,8 @@ pub struct Args {
     #[arg(long, default_value_t = 15)]
     pub lease_duration: u64,
 
-    /// A set being deleted stops waiting for a node whose agent has not reported for this long
-    /// (also skipped: deleted and not-Ready nodes). E.g. 300s, 5m, 1h.
+    /// A set being deleted for this long stops waiting for nodes whose agents have not let go of
+    /// it (deleted and not-Ready nodes are skipped at once). E.g. 300s, 5m, 1h.
     #[arg(long, default_value = "5m", value_parser = parse_flag)]
     pub node_gone_timeout: Duration,
 

@@ -633,12 +633,19 @@ async fn cleanup(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Acti
         .into_iter()
         .map(|n| (n.name_any(), n))
         .collect();
+    let now = Timestamp::now();
+    let deleted_at = set
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map_or(now, |t| t.0);
     let decision = cleanup_decision(
         namespace,
         name,
         &objects,
         &nodes,
-        Timestamp::now(),
+        deleted_at,
+        now,
         ctx.settings.node_gone_timeout,
     );
     if !decision.done() {

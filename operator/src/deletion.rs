@@ -5,6 +5,10 @@
 //! set any more. But a node that is gone, or whose agent is gone, would hold the deletion forever,
 //! so such nodes are skipped (and named in a Warning Event). Their agent removes the file on its
 //! own when it comes back, because the entry is gone from its node object.
+//!
+//! An agent that is alive lets go within seconds of its entry's removal, so the deletion's own age
+//! tells a silent agent apart: agents write no heartbeat (a quiet fleet writes nothing), and the
+//! node's liveness is the kubelet's, seen as the Node's `Ready`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,7 +30,7 @@ pub enum SkipReason {
     NodeGone,
     /// The Node's `Ready` condition is not `True`.
     NodeNotReady,
-    /// The agent has not synced within the node-gone timeout (or never did).
+    /// The node's agent has not let go of the set within the node-gone timeout of the deletion.
     AgentSilent,
 }
 
@@ -35,7 +39,7 @@ impl fmt::Display for SkipReason {
         f.write_str(match self {
             SkipReason::NodeGone => "node deleted",
             SkipReason::NodeNotReady => "node not ready",
-            SkipReason::AgentSilent => "agent silent",
+            SkipReason::AgentSilent => "agent did not let go in time",
         })
     }
 }
@@ -93,16 +97,21 @@ fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
 /// Decides, for set `namespace/name` being deleted, which nodes still hold it (an entry in the
 /// spec not yet removed, or a report the agent has not dropped yet) and whether to wait for them.
 ///
-/// A node is skipped when its Node is gone, not Ready, or its agent's `lastSyncTime` is missing
-/// or older than `node_gone_timeout` before `now`.
+/// A node is skipped when its Node is gone or not Ready, or, once the set has been deleting for
+/// longer than `node_gone_timeout` (since `deleted_at`, its deletionTimestamp), when it still
+/// holds the set: its agent is not answering.
 pub fn cleanup_decision(
     namespace: &str,
     name: &str,
     objects: &BTreeMap<String, Arc<NodeStaticPods>>,
     nodes: &BTreeMap<String, Arc<Node>>,
+    deleted_at: Timestamp,
     now: Timestamp,
     node_gone_timeout: Duration,
 ) -> CleanupDecision {
+    let age = now.duration_since(deleted_at);
+    // A deletion time in the future (clock skew) is a deletion that just started.
+    let timed_out = !age.is_negative() && age.unsigned_abs() > node_gone_timeout;
     let mut decision = CleanupDecision::default();
     for (node_name, obj) in objects {
         let holds =
@@ -113,15 +122,7 @@ pub fn cleanup_decision(
         let skip = match nodes.get(node_name) {
             None => Some(SkipReason::NodeGone),
             Some(node) if !node_ready(node) => Some(SkipReason::NodeNotReady),
-            Some(_) => {
-                let last_sync = obj.status.as_ref().and_then(|s| s.last_sync_time.as_ref());
-                let fresh = last_sync.is_some_and(|t| {
-                    let age = now.duration_since(t.0);
-                    // A sync time in the future (clock skew) counts as fresh.
-                    age.is_negative() || age.unsigned_abs() <= node_gone_timeout
-                });
-                (!fresh).then_some(SkipReason::AgentSilent)
-            }
+            Some(_) => timed_out.then_some(SkipReason::AgentSilent),
         };
         match skip {
             Some(reason) => decision.skipped.push((node_name.clone(), reason)),
@@ -143,7 +144,6 @@ mod tests {
     }
     use crate::planner::tests::{node, object};
     use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::ResourceExt;
     use staticpodset_api::{AssignedPod, ManifestPhase, NodeStaticPodsStatus, PodReport};
 
@@ -177,12 +177,10 @@ mod tests {
         }
     }
 
-    /// A node object whose agent reports `set` (or not) and last synced `age_secs` ago.
-    fn reporting(node: &str, set: Option<&str>, age_secs: Option<i64>) -> Arc<NodeStaticPods> {
+    /// A node object whose agent reports `set` (or not).
+    fn reporting(node: &str, set: Option<&str>) -> Arc<NodeStaticPods> {
         let mut obj = (*object(node, vec![])).clone();
         obj.status = Some(NodeStaticPodsStatus {
-            last_sync_time: age_secs
-                .map(|a| Time(Timestamp::from_second(now().as_second() - a).unwrap())),
             pods: set
                 .map(|s| PodReport {
                     set_namespace: "ns".into(),
@@ -197,6 +195,11 @@ mod tests {
         Arc::new(obj)
     }
 
+    /// The deletion began `secs` before `now()`.
+    fn deleted(secs: i64) -> Timestamp {
+        Timestamp::from_second(now().as_second() - secs).unwrap()
+    }
+
     fn map<T: kube::Resource>(list: Vec<Arc<T>>) -> BTreeMap<String, Arc<T>> {
         list.into_iter().map(|o| (o.name_any(), o)).collect()
     }
@@ -204,67 +207,78 @@ mod tests {
     #[test]
     fn waits_for_live_nodes_and_skips_dead_ones() {
         let objects = map(vec![
-            reporting("live", Some("set"), Some(10)),
-            reporting("gone", Some("set"), Some(10)),
-            reporting("notready", Some("set"), Some(10)),
-            reporting("silent", Some("set"), Some(301)),
-            reporting("never-synced", Some("set"), None),
-            reporting("clean", Some("other"), Some(10)),
-            reporting("future-clock", Some("set"), Some(-60)),
+            reporting("live", Some("set")),
+            reporting("gone", Some("set")),
+            reporting("notready", Some("set")),
+            reporting("clean", Some("other")),
         ]);
         let nodes = map(vec![
             ready_node("live", "True"),
             ready_node("notready", "Unknown"),
-            ready_node("silent", "True"),
-            ready_node("never-synced", "True"),
             ready_node("clean", "True"),
-            ready_node("future-clock", "True"),
         ]);
-        let d = cleanup_decision("ns", "set", &objects, &nodes, now(), TIMEOUT);
-        assert_eq!(d.waiting, ["future-clock", "live"]);
+        let d = cleanup_decision("ns", "set", &objects, &nodes, deleted(10), now(), TIMEOUT);
+        assert_eq!(d.waiting, ["live"]);
         assert_eq!(
             d.skipped,
             [
                 ("gone".to_string(), SkipReason::NodeGone),
-                ("never-synced".to_string(), SkipReason::AgentSilent),
                 ("notready".to_string(), SkipReason::NodeNotReady),
-                ("silent".to_string(), SkipReason::AgentSilent),
             ]
         );
         assert!(!d.done());
+        // Past the timeout, a Ready node that still holds the set has a silent agent.
+        let d = cleanup_decision("ns", "set", &objects, &nodes, deleted(301), now(), TIMEOUT);
+        assert!(d.done());
+        assert_eq!(
+            d.skipped,
+            [
+                ("gone".to_string(), SkipReason::NodeGone),
+                ("live".to_string(), SkipReason::AgentSilent),
+                ("notready".to_string(), SkipReason::NodeNotReady),
+            ]
+        );
     }
 
     #[test]
     fn exactly_at_the_timeout_still_waits() {
-        let objects = map(vec![reporting("a", Some("set"), Some(300))]);
+        let objects = map(vec![reporting("a", Some("set"))]);
         let nodes = map(vec![ready_node("a", "True")]);
-        let d = cleanup_decision("ns", "set", &objects, &nodes, now(), TIMEOUT);
+        let d = cleanup_decision("ns", "set", &objects, &nodes, deleted(300), now(), TIMEOUT);
+        assert_eq!(d.waiting, ["a"]);
+        // A deletion time ahead of the operator's clock is a deletion that just began.
+        let d = cleanup_decision("ns", "set", &objects, &nodes, deleted(-600), now(), TIMEOUT);
         assert_eq!(d.waiting, ["a"]);
     }
 
     #[test]
     fn an_entry_not_yet_removed_counts_as_held() {
-        let mut obj = (*reporting("a", None, Some(1))).clone();
+        let mut obj = (*reporting("a", None)).clone();
         obj.spec.pods.push(entry("set"));
         let objects = map(vec![Arc::new(obj)]);
         let nodes = map(vec![ready_node("a", "True")]);
-        let d = cleanup_decision("ns", "set", &objects, &nodes, now(), TIMEOUT);
+        let d = cleanup_decision("ns", "set", &objects, &nodes, deleted(1), now(), TIMEOUT);
         assert_eq!(d.waiting, ["a"]);
     }
 
     #[test]
     fn done_when_no_node_holds_the_set() {
-        let objects = map(vec![
-            reporting("a", Some("other"), Some(1)),
-            reporting("b", None, None),
-        ]);
+        let objects = map(vec![reporting("a", Some("other")), reporting("b", None)]);
         let nodes = map(vec![ready_node("a", "True")]);
-        let d = cleanup_decision("ns", "set", &objects, &nodes, now(), TIMEOUT);
+        let d = cleanup_decision("ns", "set", &objects, &nodes, deleted(1), now(), TIMEOUT);
         assert!(d.done());
         assert!(d.skipped.is_empty());
         // Only skipped nodes left: done too, and they are named.
-        let objects = map(vec![reporting("gone", Some("set"), Some(1))]);
-        let d = cleanup_decision("ns", "set", &objects, &BTreeMap::new(), now(), TIMEOUT);
+        let objects = map(vec![reporting("gone", Some("set"))]);
+        let d = cleanup_decision(
+            "ns",
+            "set",
+            &objects,
+            &BTreeMap::new(),
+            deleted(1),
+            now(),
+            TIMEOUT,
+        );
         assert!(d.done());
         assert_eq!(d.skipped.len(), 1);
     }

@@ -7,8 +7,9 @@
 //! later (never, for a `--failure-fraction` of the (node, set, revision) triples). The status is
 //! built by the agent crate's own [`report::build`], patched with the agent's field manager and
 //! patch type (server-side apply on the status subresource, forced), and only when
-//! [`report::should_patch`] says so: when the content changed, or to refresh `lastSyncTime` once per
-//! `--resync-interval`, as the real agent's periodic resync does.
+//! [`report::should_patch`] says so: when the content differs from the API's copy, as after the
+//! real agent's every sync (its periodic resync included, which writes nothing when nothing
+//! changed).
 //!
 //! One shared watch over all NodeStaticPods rather than one watch per node by name (as each real
 //! agent has): thousands of watches from one process would measure this process's connections, not
@@ -57,8 +58,8 @@ struct Args {
     #[arg(long, default_value_t = 0.0)]
     failure_fraction: f64,
 
-    /// The real agent's resync interval: a sync per node at least this often, and the shortest
-    /// interval between status writes that only refresh lastSyncTime (the agent's default: 30s).
+    /// The real agent's resync interval: a sync per node at least this often, and how long a
+    /// status write counts as the API's copy before the watch shows it (the agent's default: 30s).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     resync_interval: Duration,
 
