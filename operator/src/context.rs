@@ -17,6 +17,7 @@ use crate::admission::VerdictCache;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::node_writes::WriteMode;
+use crate::sent_writes::SentWrites;
 use crate::Error;
 
 /// How long a reconcile waits for the Node and NodeStaticPods caches before failing.
@@ -78,6 +79,8 @@ pub struct Context {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Admission verdicts on sets' mirror pods, while their revision and namespace are unchanged.
     pub admission: VerdictCache,
+    /// Node-object writes sent that the cache may not show yet (see [`crate::sent_writes`]).
+    pub sent_writes: SentWrites,
 }
 
 impl Context {
@@ -102,6 +105,7 @@ impl Context {
             config_cache: Arc::default(),
             namespaces: stores.4,
             admission: VerdictCache::default(),
+            sent_writes: SentWrites::default(),
         }
     }
 

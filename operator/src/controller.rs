@@ -594,7 +594,7 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
         tracing::warn!(node = %failure.node, revision = %failure.revision, reason, "{}", failure.message);
         ctx.publish(set, true, reason, &failure.message).await;
     }
-    let write_result = execute(ctx, key, decision.writes).await;
+    let write_result = execute(ctx, key, decision.writes, &objects).await;
     if decision.status_changed {
         let api: Api<StaticPodSet> = Api::namespaced(ctx.client.clone(), namespace);
         api.patch_status(
@@ -626,7 +626,13 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
 async fn cleanup(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action, Error> {
     let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let objects = ctx.objects_by_name();
-    execute(ctx, key, planner::plan_removal(namespace, name, &objects)).await?;
+    execute(
+        ctx,
+        key,
+        planner::plan_removal(namespace, name, &objects),
+        &objects,
+    )
+    .await?;
     let nodes: BTreeMap<String, Arc<Node>> = ctx
         .nodes
         .state()
@@ -676,21 +682,53 @@ async fn cleanup(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Acti
         .bundle_writes
         .with_label_values(&["delete"])
         .inc_by(gone.len() as u64);
+    ctx.sent_writes.forget_set(key);
     Ok(Action::await_change())
 }
 
-/// Performs a set's node writes, a bounded number at a time. Every write is attempted; the
-/// result reports the failures.
-async fn execute(ctx: &Context, key: &SetKey, writes: Vec<NodeWrite>) -> Result<(), Error> {
+/// Performs a set's node writes, planned from the node objects `planned_from`, a bounded number
+/// at a time. A write already sent that the cache does not show yet is not sent again. Every
+/// other write is attempted; the result reports the failures.
+async fn execute(
+    ctx: &Context,
+    key: &SetKey,
+    writes: Vec<NodeWrite>,
+    planned_from: &BTreeMap<String, Arc<NodeStaticPods>>,
+) -> Result<(), Error> {
+    let version = |node: &str| {
+        planned_from
+            .get(node)
+            .and_then(|o| o.metadata.resource_version.clone())
+    };
+    let planned = writes.len();
+    let writes: Vec<(NodeWrite, Option<String>)> = writes
+        .into_iter()
+        .map(|w| {
+            let v = version(&w.node);
+            (w, v)
+        })
+        .filter(|(w, v)| {
+            !ctx.sent_writes
+                .already_sent(key, &w.node, w.entry.as_ref(), v.as_deref())
+        })
+        .collect();
+    if planned > writes.len() {
+        tracing::debug!(
+            repeats = planned - writes.len(),
+            "not repeating writes the cache does not show yet"
+        );
+    }
     if writes.is_empty() {
         return Ok(());
     }
     let total = writes.len();
     tracing::info!(writes = total, "writing node objects");
     let results: Vec<Result<(), Error>> = stream::iter(writes)
-        .map(|w| async move {
+        .map(|(w, planned_from)| async move {
             let result = node_writes::write(&ctx.client, ctx.settings.write_mode, key, &w).await;
             if result.is_ok() {
+                ctx.sent_writes
+                    .record(key, &w.node, w.entry.as_ref(), planned_from.as_deref());
                 let op = if w.entry.is_some() { "apply" } else { "remove" };
                 ctx.metrics
                     .node_object_writes

@@ -45,6 +45,7 @@ pub mod revisions;
 pub mod rollback;
 pub mod rollout;
 pub mod rollout_state;
+pub mod sent_writes;
 pub mod set_metrics;
 pub mod status;
 pub mod taints;
