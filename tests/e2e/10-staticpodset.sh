@@ -13,12 +13,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 A=${NODES[0]} B=${NODES[1]}
 LABEL=e2e.staticpods.dev/web
-FOREIGN=$(static_pod_dir "$A")/kube-apiserver.yaml
+# A kubeadm-style manifest we do not own, on node A.
+FOREIGN=kube-apiserver.yaml
 
 cleanup() {
   kubectl delete sps --all -n "$E2E_NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
   kubectl label node "$A" "$B" "$LABEL-" >/dev/null 2>&1 || true
-  rm -f "$FOREIGN" "$(static_pod_dir "$B")/conflict-owner.yaml"
+  node_rm "$A" manifests "$FOREIGN" || true
+  node_rm "$B" manifests conflict-owner.yaml || true
 }
 trap cleanup EXIT
 
@@ -32,7 +34,7 @@ ok "kubectl explain staticpodset.spec documents the fields"
 ensure_e2e_namespace
 
 # A kubeadm-style manifest we do not own, next to ours. It must stay byte-for-byte untouched.
-cat >"$FOREIGN" <<YAML
+node_put "$A" manifests "$FOREIGN" <<YAML
 # written by "kubeadm" for this test; StaticPodSet must never touch it
 apiVersion: v1
 kind: Pod
@@ -42,7 +44,7 @@ spec:
   containers:
   - {name: main, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: [sleep, "100000"]}
 YAML
-foreign_sum=$(sha256sum "$FOREIGN")
+foreign_sum=$(node_sha256 "$A" manifests "$FOREIGN")
 
 # --- 1. apply a set for both nodes; time to all mirror pods Ready ------------------------------
 
@@ -92,7 +94,7 @@ kubectl label node "$A" "$LABEL=yes" --overwrite >/dev/null
 web_set_yaml web "{matchLabels: {$LABEL: \"yes\"}}" v2 | kubectl apply -f - >/dev/null
 only_on() { # node-with node-without
   mirror_ready "$E2E_NS" "web-$1" && ! kubectl get pod -n "$E2E_NS" "web-$2" >/dev/null 2>&1 &&
-    [[ ! -e $(static_pod_dir "$2")/staticpodset_${E2E_NS}_web.yaml ]]
+    ! node_has "$2" manifests "staticpodset_${E2E_NS}_web.yaml"
 }
 wait_for "web only on $A" 120 only_on "$A" "$B" || fail "selector did not narrow web to $A"
 [[ $(sps_status web desiredNumberScheduled) == 1 ]] || wait_for "desired=1" 30 bash -c "[[ \$(kubectl get sps -n $E2E_NS web -o jsonpath='{.status.desiredNumberScheduled}') == 1 ]]" || fail "desired count not 1"
@@ -114,16 +116,15 @@ ok "deleted mirror pod came back (uid $uid_before -> $(kubectl get pod -n "$E2E_
 # --- 5. kill the container with crictl: the kubelet restarts it --------------------------------
 restarts() { kubectl get pod -n "$E2E_NS" "web-$B" -o jsonpath='{.status.containerStatuses[0].restartCount}'; }
 r0=$(restarts)
-crictl_b=(crictl --runtime-endpoint "unix://$(containerd_sock "$B")")
-cid=$("${crictl_b[@]}" ps -q --name web --label "io.kubernetes.pod.namespace=$E2E_NS" --state running | head -n1)
+cid=$(crictl_on "$B" ps -q --name web --label "io.kubernetes.pod.namespace=$E2E_NS" --state running | head -n1)
 [[ -n $cid ]] || fail "no running web container on $B"
-"${crictl_b[@]}" stop --timeout 0 "$cid" >/dev/null
+crictl_on "$B" stop --timeout 0 "$cid" >/dev/null
 wait_for "restart count to grow" 120 bash -c "(( \$(kubectl get pod -n $E2E_NS web-$B -o jsonpath='{.status.containerStatuses[0].restartCount}') > $r0 ))" || fail "container was not restarted"
 wait_for "Ready after restart" 60 mirror_ready "$E2E_NS" "web-$B" || fail "web-$B not Ready after restart"
 ok "killed container restarted by the kubelet (restarts $r0 -> $(restarts))"
 
 # --- 6. conflict: a foreign manifest on B defines the same pod; ours is not written ------------
-cat >"$(static_pod_dir "$B")/conflict-owner.yaml" <<YAML
+node_put "$B" manifests conflict-owner.yaml <<YAML
 apiVersion: v1
 kind: Pod
 metadata: {name: clash, namespace: $E2E_NS}
@@ -132,27 +133,26 @@ spec:
   containers:
   - {name: main, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: [sleep, "100000"]}
 YAML
-conflict_sum=$(sha256sum "$(static_pod_dir "$B")/conflict-owner.yaml")
+conflict_sum=$(node_sha256 "$B" manifests conflict-owner.yaml)
 web_set_yaml clash '{}' c | kubectl apply -f - >/dev/null
 wait_for "clash Ready on $A" 120 mirror_ready "$E2E_NS" "clash-$A" || fail "clash not running on $A"
 conflict_reported() {
   kubectl get nodestaticpods "$B" -o jsonpath='{.status.pods[?(@.setName=="clash")].phase}' | grep -qx Conflict
 }
 wait_for "conflict reported on $B" 60 conflict_reported || fail "conflict on $B not reported: $(kubectl get nodestaticpods "$B" -o jsonpath='{.status}')"
-[[ ! -e $(static_pod_dir "$B")/staticpodset_${E2E_NS}_clash.yaml ]] || fail "agent wrote a manifest despite the conflict"
-sha256sum -c <<<"$conflict_sum" >/dev/null || fail "foreign conflicting manifest was modified"
+! node_has "$B" manifests "staticpodset_${E2E_NS}_clash.yaml" || fail "agent wrote a manifest despite the conflict"
+[[ $(node_sha256 "$B" manifests conflict-owner.yaml) == "$conflict_sum" ]] || fail "foreign conflicting manifest was modified"
 wait_for "Degraded condition" 60 bash -c "kubectl get sps -n $E2E_NS clash -o jsonpath='{.status.conditions[?(@.type==\"Degraded\")].status}' | grep -qx True" || fail "set clash not Degraded"
 ok "conflict with a foreign manifest on $B reported (Degraded), foreign file untouched"
 
 # --- 7. delete the sets: manifests and mirror pods gone, foreign manifest intact ---------------
 kubectl delete sps -n "$E2E_NS" web clash --wait=true --timeout=120s >/dev/null || fail "set deletion did not finish"
 gone() {
-  ! compgen -G "$(static_pod_dir "$A")/staticpodset_*" >/dev/null &&
-    ! compgen -G "$(static_pod_dir "$B")/staticpodset_*" >/dev/null &&
+  [[ -z $(node_ls "$A" manifests 'staticpodset_*') && -z $(node_ls "$B" manifests 'staticpodset_*') ]] &&
     [[ -z $(kubectl get pods -n "$E2E_NS" -l staticpods.dev/set-name -o name) ]]
 }
 wait_for "manifests and mirror pods gone" 120 gone || fail "manifests or mirror pods left after deletion"
-sha256sum -c <<<"$foreign_sum" >/dev/null || fail "foreign manifest $FOREIGN was modified"
+[[ $(node_sha256 "$A" manifests "$FOREIGN") == "$foreign_sum" ]] || fail "foreign manifest $FOREIGN was modified"
 ok "deleting the sets removed every manifest and mirror pod; foreign manifest intact"
 
 # --- measurements -----------------------------------------------------------------------------

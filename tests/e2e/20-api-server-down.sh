@@ -5,11 +5,9 @@
 #   the static pods keep running -> start kube-apiserver -> the set is Ready again, manifests unchanged.
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-# shellcheck source=cluster/lib/control-plane.sh
-source "$HARNESS_DIR/lib/control-plane.sh"
 
 A=${NODES[0]} B=${NODES[1]}
-restore_api() { restore_control_plane >/dev/null 2>&1 || true; }
+restore_api() { apiserver_start >/dev/null 2>&1 || true; }
 cleanup() {
   restore_api
   kubectl delete sps -n "$E2E_NS" survivor --wait=true --timeout=120s >/dev/null 2>&1 || true
@@ -23,7 +21,8 @@ both_ready() { all_mirrors_ready "$E2E_NS" survivor; }
 wait_for "survivor Ready on both nodes" 180 both_ready || fail "survivor not Ready on both nodes"
 ok "survivor Ready on both nodes"
 
-sums=$(sha256sum "$(static_pod_dir "$A")"/staticpodset_* "$(static_pod_dir "$B")"/staticpodset_*)
+manifest_sums() { node_sha256 "$A" manifests 'staticpodset_*'; node_sha256 "$B" manifests 'staticpodset_*'; }
+sums=$(manifest_sums)
 running_id() { crictl_on "$1" ps -q --name "$2" --state running | head -n1; }
 declare -A agent_before workload_before
 for n in "$A" "$B"; do
@@ -35,9 +34,7 @@ done
 # Killed, not stopped: an API server that vanishes mid-request is the harder case for the agents
 # (a graceful stop also drains requests for a minute first).
 log "killing kube-apiserver"
-kill -KILL "$(cat "$PID_DIR/kube-apiserver.pid")"
-wait_for "kube-apiserver to exit" 30 bash -c "! kill -0 $(cat "$PID_DIR/kube-apiserver.pid")" || fail "kube-apiserver did not stop"
-rm -f "$PID_DIR/kube-apiserver.pid"
+apiserver_kill || fail "kube-apiserver did not stop"
 
 for n in "$A" "$B"; do crictl_on "$n" stop --timeout 5 "${agent_before[$n]}" >/dev/null; done
 agent_restarted() { # node
@@ -60,7 +57,7 @@ done
 # assert_untouched WHEN: the manifests are byte-for-byte what they were and every static pod still
 # runs in the same container.
 assert_untouched() {
-  sha256sum -c <<<"$sums" >/dev/null || fail "manifests changed $1"
+  [[ $(manifest_sums) == "$sums" ]] || fail "manifests changed $1"
   local n
   for n in "$A" "$B"; do
     [[ $(running_id "$n" main) == "${workload_before[$n]}" ]] || fail "the static pod's container on $n was restarted or stopped $1"
@@ -70,7 +67,7 @@ assert_untouched "while the API server was down"
 ok "with no API server: manifests unchanged, static pods untouched on both nodes"
 
 log "starting kube-apiserver again"
-restore_control_plane
+apiserver_start || fail "kube-apiserver did not come back"
 wait_for "survivor Ready again" 180 both_ready || fail "survivor not Ready after the API server came back"
 assert_untouched "after the API server came back"
 ok "API server back: same containers, same manifests, set Ready"

@@ -23,15 +23,9 @@
 # SECTIONS (default "1 2 3") runs a subset while working on one part; the test command runs all.
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-# shellcheck source=cluster/lib/control-plane.sh
-source "$HARNESS_DIR/lib/control-plane.sh"
-# shellcheck source=cluster/lib/node.sh
-source "$HARNESS_DIR/lib/node.sh"
 
 A=${NODES[0]} B=${NODES[1]}
 SECTIONS=${SECTIONS:-1 2 3}
-# The agents' state directory (install_product's agent.stateDir): both agents' files, side by side.
-STATE_DIR=$AGENT_STATE_DIR
 # install_product's agent.resyncInterval: "within one resync".
 RESYNC=10
 OUTAGE=120
@@ -40,7 +34,7 @@ KEEP_SETS=(keep-edited keep-deleted)
 FALLBACK_DEADLINE=20
 url_kubelet=0
 
-restore_api() { restore_control_plane >/dev/null 2>&1 || true; }
+restore_api() { apiserver_start >/dev/null 2>&1 || true; }
 cleanup() {
   restore_api
   kubectl label node "$B" "$LABEL-" >/dev/null 2>&1 || true
@@ -48,7 +42,7 @@ cleanup() {
     --wait=true --timeout=120s >/dev/null 2>&1 || true
   if ((url_kubelet)); then
     log "restarting $B's kubelet without staticPodURL"
-    STATIC_POD_URL_NODE='' restart_kubelet "$B" >/dev/null 2>&1 || true
+    kubelet_url_mode "$B" off >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
@@ -58,11 +52,13 @@ install_product
 ensure_e2e_namespace
 
 # --- helpers --------------------------------------------------------------------------------------
-state_file() { echo "$STATE_DIR/$1.json"; }
-manifest() { echo "$(static_pod_dir "$1")/staticpodset_${E2E_NS}_$2.yaml"; }
-file_revision() {
-  grep -m1 'staticpods.dev/revision:' "$(manifest "$1" "$2")" 2>/dev/null | sed 's/.*revision: *//; s/["'"'"' ]//g'
-}
+# The agent's state file of NODE (in its state directory) and SET's manifest (in its staticPodPath).
+state_file() { echo "$1.json"; }
+state_of() { node_cat "$1" state "$(state_file "$1")" 2>/dev/null; }
+state_dirs() { local n; for n in "$A" "$B"; do node_run "$n" ls -l "$(node_path "$n" state)" 2>&1; done; }
+manifest() { echo "staticpodset_${E2E_NS}_$1.yaml"; }
+manifest_dirs() { local n; for n in "$A" "$B"; do node_run "$n" ls -l "$(node_path "$n" manifests)" 2>&1; done; }
+file_revision() { manifest_revision "$1" "$(manifest "$2")"; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}'; }
 # The running container CONTAINER of SET's static pod on NODE (the kubelet names it SET-NODE).
@@ -87,11 +83,8 @@ all_ready() { local s; for s in "$@"; do sps_ready "$s" || return 1; done; }
 node_ready() { [[ $(kubectl get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]; }
 
 stop_api() {
-  local pid; pid=$(cat "$PID_DIR/kube-apiserver.pid")
   log "killing kube-apiserver"
-  kill -KILL "$pid"
-  wait_for "kube-apiserver to exit" 30 bash -c "! kill -0 $pid" || fail "kube-apiserver did not stop"
-  rm -f "$PID_DIR/kube-apiserver.pid"
+  apiserver_kill || fail "kube-apiserver did not stop"
 }
 declare -A agent_before
 restart_agents() { # stops both agents' containers; the kubelet starts new ones
@@ -111,25 +104,25 @@ edit_by_hand() { # node
   # The edit is checked before it is written: an agent that heals drift may put the file back
   # before any check after it could look.
   local f edited
-  f=$(manifest "$1" keep-edited)
-  edited=$(sed -E 's/value: "?v1"?$/value: edited-by-hand/' "$f")
-  [[ $edited == *"value: edited-by-hand"* ]] || fail "could not edit $f"
-  printf '%s\n' "$edited" >"$f"
+  f=$(manifest keep-edited)
+  edited=$(node_cat "$1" manifests "$f" | sed -E 's/value: "?v1"?$/value: edited-by-hand/')
+  [[ $edited == *"value: edited-by-hand"* ]] || fail "could not edit $f on $1"
+  printf '%s\n' "$edited" | node_put "$1" manifests "$f"
 }
 # drift NODE: a hand edit of one owned manifest and the removal of another.
-drift() { edit_by_hand "$1"; rm "$(manifest "$1" keep-deleted)"; }
+drift() { edit_by_hand "$1"; node_rm "$1" manifests "$(manifest keep-deleted)"; }
 # The manifests of the keep sets as the API assigns them, per node (recorded with the API up).
 declare -A want
 record_manifests() {
   local n s
   for n in "$A" "$B"; do for s in "${KEEP_SETS[@]}"; do
-    want[$n/$s]=$(sha256sum <"$(manifest "$n" "$s")") || fail "no manifest of $s on $n"
+    want[$n/$s]=$(node_cat "$n" manifests "$(manifest "$s")" | sha256sum) || fail "no manifest of $s on $n"
   done; done
 }
 put_back() { # node...
   local n s
   for n in "$@"; do for s in "${KEEP_SETS[@]}"; do
-    [[ -f $(manifest "$n" "$s") && $(sha256sum <"$(manifest "$n" "$s")") == "${want[$n/$s]}" ]] || return 1
+    [[ $({ node_cat "$n" manifests "$(manifest "$s")" 2>/dev/null || true; } | sha256sum) == "${want[$n/$s]}" ]] || return 1
   done; done
 }
 apply_keep_sets() {
@@ -142,7 +135,7 @@ if runs_section 1; then
   log "restarting $B's kubelet with staticPodURL, $B in mode both"
   kubectl label node "$B" "$LABEL=both" --overwrite >/dev/null
   url_kubelet=1
-  STATIC_POD_URL_NODE=$B restart_kubelet "$B"
+  kubelet_url_mode "$B" on
   wait_for "$B Ready" 120 node_ready "$B" || fail "$B not Ready after the kubelet restart"
   apply_keep_sets
   # In mode both, a manifest annotated for the URL is served; the others stay files.
@@ -163,7 +156,7 @@ YAML
   url_source() { [[ $(kubectl get pod -n "$E2E_NS" "keep-url-$B" -o jsonpath='{.metadata.annotations.kubernetes\.io/config\.source}' 2>/dev/null) == http ]]; }
   wait_for "every set Ready on both nodes" 180 all_ready "${KEEP_SETS[@]}" keep-url || fail "sets not Ready"
   wait_for "keep-url served to $B's kubelet" 60 url_source || fail "keep-url on $B does not run from the URL"
-  [[ ! -e $(manifest "$B" keep-url) ]] || fail "keep-url has a file on $B"
+  ! node_has "$B" manifests "$(manifest keep-url)" || fail "keep-url has a file on $B"
   record_manifests
   URL=$(static_pod_url "$B")
   body() { curl -sf --max-time 5 -H "$STATIC_POD_URL_HEADER: $(static_pod_url_token)" "$URL"; }
@@ -172,14 +165,13 @@ YAML
   url_pod_before=$(container_id "$B" keep-url main)
   [[ -n $url_pod_before ]] || fail "keep-url's container not running on $B"
   saved() { # node set...: the node's state file names every set
-    local f; f=$(state_file "$1"); shift
-    [[ -s $f ]] || return 1
-    local s; for s in "$@"; do grep -q "\"$s\"" "$f" || return 1; done
+    local state; state=$(state_of "$1") || return 1; shift
+    local s; for s in "$@"; do [[ $state == *"\"$s\""* ]] || return 1; done
   }
   both_saved() { saved "$A" "${KEEP_SETS[@]}" keep-url && saved "$B" "${KEEP_SETS[@]}" keep-url; }
   wait_for "both state files name every set" 60 both_saved ||
-    fail "state files missing or incomplete: $(ls -l "$STATE_DIR" 2>&1)"
-  ok "3 sets Ready on both nodes, keep-url served over $B's URL; state saved in $(state_file "$A") and $(state_file "$B")"
+    fail "state files missing or incomplete: $(state_dirs)"
+  ok "3 sets Ready on both nodes, keep-url served over $B's URL; state saved in $(node_path "$A" state "$(state_file "$A")") and $(node_path "$B" state "$(state_file "$B")")"
 
   stop_api
   t_kill=$SECONDS
@@ -194,7 +186,7 @@ YAML
   t_drift=$(now)
   for n in "$A" "$B"; do drift "$n"; done
   wait_for "both manifests put back on both nodes" $((RESYNC + 2)) put_back "$A" "$B" ||
-    fail "not put back within one resync (${RESYNC}s) with the API server down: $(for n in "$A" "$B"; do ls -l "$(static_pod_dir "$n")"; done)"
+    fail "not put back within one resync (${RESYNC}s) with the API server down: $(manifest_dirs)"
   repair=$(since "$t_drift")
   # The kubelet runs the put-back pods again (it stopped the deleted one, swapped the edited one).
   restored_runs() { local n; for n in "$A" "$B"; do [[ -n $(container_id "$n" keep-deleted web) ]] || return 1; done; }
@@ -213,7 +205,7 @@ YAML
   # A kubelet restarted now knows its URL pods only from the agent's list: it starts the URL pod's
   # stopped container again only if it got it.
   log "restarting $B's kubelet with the API server down"
-  STATIC_POD_URL_NODE=$B restart_kubelet "$B"
+  kubelet_url_mode "$B" on
   crictl_on "$B" stop --timeout 2 "$url_pod_before" >/dev/null
   url_pod_started() { local id; id=$(container_id "$B" keep-url main); [[ -n $id && $id != "$url_pod_before" ]]; }
   wait_for "$B's restarted kubelet to start keep-url again" 60 url_pod_started ||
@@ -226,7 +218,7 @@ YAML
     sleep 1
   done
   log "starting kube-apiserver again after $((SECONDS - t_kill))s"
-  restore_control_plane
+  apiserver_start || fail "kube-apiserver did not come back"
   t_back=$(now)
   wait_for "every set Ready within 30 s" 30 all_ready "${KEEP_SETS[@]}" keep-url ||
     fail "not every set Ready 30 s after the API server came back"
@@ -240,7 +232,7 @@ YAML
 
   kubectl delete sps -n "$E2E_NS" keep-url --wait=true --timeout=120s >/dev/null || fail "deleting keep-url did not finish"
   kubectl label node "$B" "$LABEL-" >/dev/null
-  STATIC_POD_URL_NODE='' restart_kubelet "$B"
+  kubelet_url_mode "$B" off
   url_kubelet=0
   wait_for "$B Ready" 120 node_ready "$B" || fail "$B not Ready after the kubelet restart"
   echo "measure: outage-drift-repair=${repair}s outage-ready-after-api=${ready_after}s"
@@ -251,30 +243,34 @@ if runs_section 2; then
   apply_keep_sets
   wait_for "the keep sets Ready on both nodes" 180 all_ready "${KEEP_SETS[@]}" || fail "keep sets not Ready"
   record_manifests
-  both_files() { [[ -s $(state_file "$A") && -s $(state_file "$B") ]]; }
+  both_files() { [[ -n $(state_of "$A") && -n $(state_of "$B") ]]; }
   wait_for "both state files" 60 both_files ||
-    fail "no state files: $(ls -l "$STATE_DIR" 2>&1)"
+    fail "no state files: $(state_dirs)"
 
   stop_api
   # With the API server down nothing rewrites the files: A's gets a one-character edit that keeps
   # it valid JSON (only its checksum tells), B's goes.
-  grep -q '"keep-edited"' "$(state_file "$A")" || fail "A's state file does not name keep-edited"
-  sed -i '0,/"keep-edited"/s//"keep-editee"/' "$(state_file "$A")"
-  rm "$(state_file "$B")"
+  [[ $(state_of "$A") == *'"keep-edited"'* ]] || fail "A's state file does not name keep-edited"
+  node_run "$A" sed -i '0,/"keep-edited"/s//"keep-editee"/' "$(node_path "$A" state "$(state_file "$A")")"
+  node_rm "$B" state "$(state_file "$B")"
   restart_agents
   logged() { agent_logs "$1" | grep -i 'last-known state' >/dev/null; }
   for n in "$A" "$B"; do
     wait_for "$n's agent to report its state file" 30 logged "$n" || fail "$n's agent logged nothing about its last-known state"
   done
   for n in "$A" "$B"; do edit_by_hand "$n"; done
-  left=$(sha256sum "$(manifest "$A" keep-edited)" "$(manifest "$A" keep-deleted)" \
-    "$(manifest "$B" keep-edited)" "$(manifest "$B" keep-deleted)")
-  untouched() { sha256sum -c <<<"$left" >/dev/null 2>&1; }
+  keep_sums() {
+    local n
+    for n in "$A" "$B"; do node_sha256 "$n" manifests "$(manifest keep-edited) $(manifest keep-deleted)"; done
+  }
+  left=$(keep_sums)
+  [[ $(grep -c . <<<"$left") == 4 ]] || fail "keep manifests missing before the outage: $left"
+  untouched() { [[ $(keep_sums) == "$left" ]]; }
   # Two resyncs (and the agent's wait for a first list) pass: the agents must not have touched the
   # directory, and must not be acting on a saved state.
   t0=$SECONDS
   while ((SECONDS - t0 < 2 * RESYNC + 10)); do
-    untouched || fail "an agent without a usable state changed the directory after $((SECONDS - t0))s: $(ls -l "$(static_pod_dir "$A")" "$(static_pod_dir "$B")")"
+    untouched || fail "an agent without a usable state changed the directory after $((SECONDS - t0))s: $(manifest_dirs)"
     for n in "$A" "$B"; do
       metric_is "$n" staticpodset_agent_saved_state_in_use 0 || fail "$n's agent acts on a state it should not have"
     done
@@ -287,7 +283,7 @@ if runs_section 2; then
   ok "corrupt state on $A, none on $B: reported (log, metric invalid/missing); every manifest, the edited ones too, left as it was for $((2 * RESYNC + 10))s"
 
   log "starting kube-apiserver again"
-  restore_control_plane
+  apiserver_start || fail "kube-apiserver did not come back"
   t_back=$(now)
   wait_for "manifests put back" 30 put_back "$A" "$B" || fail "manifests not put back after the API server came back"
   # Without a saved state the manifest comes back only after the API server, at about the moment
@@ -299,13 +295,14 @@ if runs_section 2; then
   ready_after_nostate=$(since "$t_back")
   # A header line with the checksum, then the state as JSON.
   state_ok() {
-    head -n1 "$(state_file "$1")" | grep -q '^staticpodset-agent-state sha256:' &&
-      tail -n +2 "$(state_file "$1")" | python3 -m json.tool >/dev/null 2>&1 &&
-      grep -q '"keep-edited"' "$(state_file "$1")"
+    local state; state=$(state_of "$1") || return 1
+    [[ $(head -n1 <<<"$state") == 'staticpodset-agent-state sha256:'* ]] &&
+      tail -n +2 <<<"$state" | python3 -m json.tool >/dev/null 2>&1 &&
+      [[ $state == *'"keep-edited"'* ]]
   }
   both_ok() { state_ok "$A" && state_ok "$B"; }
   wait_for "both state files written again" 30 both_ok ||
-    fail "state files not rewritten: $(ls -l "$STATE_DIR")"
+    fail "state files not rewritten: $(state_dirs)"
   ok "API server back: manifests put back, every set Ready in ${ready_after_nostate}s, both state files written again"
   echo "measure: nostate-ready-after-api=${ready_after_nostate}s"
   kubectl delete sps -n "$E2E_NS" "${KEEP_SETS[@]}" --wait=true --timeout=120s >/dev/null || fail "deleting the keep sets did not finish"
@@ -374,7 +371,7 @@ if runs_section 3; then
   ok "fallback off: fb-off still at ${X[fb-off]} on $A $((FALLBACK_DEADLINE + 30))s after the API server stopped; $B untouched"
 
   log "starting kube-apiserver again"
-  restore_control_plane
+  apiserver_start || fail "kube-apiserver did not come back"
   report() { kubectl get nodestaticpods "$A" -o "jsonpath={.status.pods[?(@.setName==\"$1\")].$2}" 2>/dev/null; }
   entry() { kubectl get nodestaticpods "$A" -o "jsonpath={.spec.pods[?(@.setName==\"$1\")].$2}" 2>/dev/null; }
   degraded() { kubectl get sps -n "$E2E_NS" "$1" -o "jsonpath={.status.conditions[?(@.type==\"Degraded\")].$2}" 2>/dev/null; }

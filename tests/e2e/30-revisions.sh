@@ -10,14 +10,12 @@
 #   -> delete the set -> the garbage collector removes its revisions.
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-# shellcheck source=cluster/lib/node.sh
-source "$HARNESS_DIR/lib/node.sh"
 
 A=${NODES[0]} B=${NODES[1]}
 SET=hist
 
 cleanup() {
-  daemon_running "kubelet-$B" || start_kubelet "$B" >/dev/null 2>&1 || log "could not restart the kubelet of $B"
+  kubelet_start "$B" >/dev/null 2>&1 || log "could not restart the kubelet of $B"
   kubectl delete sps -n "$E2E_NS" "$SET" --wait=true --timeout=120s >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -106,8 +104,7 @@ ok "rollback-to=3: template restored, mirror pods at $hash3 (now revision 5), Ro
 # With B's kubelet stopped, B's agent writes every new manifest but B's mirror pod keeps showing
 # the revision its kubelet last ran: $hash3.
 log "stopping the kubelet of $B"
-kill -TERM "$(cat "$PID_DIR/kubelet-$B.pid")"
-wait_for "kubelet of $B to exit" 60 bash -c "! kill -0 $(cat "$PID_DIR/kubelet-$B.pid")" || fail "kubelet of $B did not stop"
+kubelet_stop "$B" || fail "kubelet of $B did not stop"
 expected="2 4 5"
 for msg in v4 v5 v6; do
   set_yaml "$msg" | kubectl apply -f - >/dev/null
@@ -128,7 +125,7 @@ wait_for "history pruned to the limit, in-use revision kept" 60 numbers_are "5 6
 ok "revisionHistoryLimit=2: revisions 2 and 4 deleted, 6 and 7 kept, 5 kept while $B runs it"
 
 log "starting the kubelet of $B again"
-start_kubelet "$B"
+kubelet_start "$B"
 wait_for "both nodes run revision 8" 180 rolled_out 8 || fail "revision 8 not rolled out after $B came back"
 wait_for "revision 5 pruned once no node runs it" 60 numbers_are "6 7 8" || fail "history after $B caught up: $(history)"
 ok "once $B runs revision 8, revision 5 is pruned too"

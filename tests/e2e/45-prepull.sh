@@ -39,8 +39,7 @@ node_metric() { # node series: the value of the series at the node's agent, 0 wh
 }
 revision_of() { # node set: the revision in the node's manifest file, empty if none (the agent
   # removes the old file before it writes the new one: see node-agent/src/stop_first.rs)
-  local f; f="$(static_pod_dir "$1")/staticpodset_${E2E_NS}_$2.yaml"
-  { sed -n 's/^ *staticpods\.dev\/revision: *"\{0,1\}\([0-9a-f]*\)"\{0,1\}$/\1/p' "$f" 2>/dev/null || true; } | head -n1
+  manifest_revision "$1" "staticpodset_${E2E_NS}_$2.yaml"
 }
 
 # --- 1. the image is on the node before the manifest changes -----------------------------------

@@ -24,10 +24,7 @@ jp() { kubectl get sps -n "$E2E_NS" "$SET" -o "jsonpath=$1" 2>/dev/null; }
 mirror() { kubectl get pod -n "$E2E_NS" "$SET-$1" -o "jsonpath=$2" 2>/dev/null; }
 entry() { kubectl get nodestaticpods "$1" -o "jsonpath={.spec.pods[?(@.setName==\"$SET\")].$2}"; }
 revision() { jp '{.status.updateRevision}'; }
-file_revision() {
-  grep -m1 'staticpods.dev/revision:' "$(static_pod_dir "$1")/staticpodset_${E2E_NS}_${SET}.yaml" 2>/dev/null |
-    sed 's/.*revision: *//; s/["'"'"' ]//g'
-}
+file_revision() { manifest_revision "$1" "staticpodset_${E2E_NS}_${SET}.yaml"; }
 runs() { [[ $(mirror "$1" '{.metadata.annotations.staticpods\.dev/revision}') == "$2" ]] && mirror_ready "$E2E_NS" "$SET-$1"; }
 
 web_set_yaml "$SET" "{}" v1 "progressDeadlineSeconds: 30" | kubectl apply -f - >/dev/null

@@ -90,13 +90,11 @@ primary_file() { echo "staticpodset_${E2E_NS}_$SET.yaml"; }
 surge_file() { echo "staticpodset_${E2E_NS}_${SET}_surge.yaml"; }
 # The set's manifests on node N, by name, space-separated.
 files_on() {
-  local f out=()
-  for f in "$(static_pod_dir "$1")/staticpodset_${E2E_NS}_$SET".yaml "$(static_pod_dir "$1")/staticpodset_${E2E_NS}_${SET}"_*.yaml; do
-    [[ -e $f ]] && out+=("${f##*/}")
-  done
-  echo "${out[*]}"
+  local names
+  names=$(node_ls "$1" manifests "staticpodset_${E2E_NS}_$SET.yaml staticpodset_${E2E_NS}_${SET}_*.yaml")
+  echo "${names//$'\n'/ }"
 }
-file_rev() { sed -n 's/^ *staticpods.dev\/revision: *//p' "$(static_pod_dir "$1")/$2" 2>/dev/null | tr -d '"'; }
+file_rev() { manifest_revision "$1" "$2"; }
 serves() { # message: every node answers with it
   local n
   for n in "${NODES[@]}"; do

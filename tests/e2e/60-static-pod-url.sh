@@ -12,35 +12,33 @@
 #   -> delete a set: its pod leaves B -> remove the label: the set runs from a file on B again.
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-# shellcheck source=cluster/lib/control-plane.sh
-source "$HARNESS_DIR/lib/control-plane.sh"
-# shellcheck source=cluster/lib/node.sh
-source "$HARNESS_DIR/lib/node.sh"
 
 A=${NODES[0]} B=${NODES[1]}
 LABEL=staticpods.dev/manifest-source
-URL=$(static_pod_url "$B")
+URL=$(node_static_pod_url "$B")
 TOKEN=$(static_pod_url_token)
 
-restore_api() { restore_control_plane >/dev/null 2>&1 || true; }
+restore_api() { apiserver_start >/dev/null 2>&1 || true; }
 cleanup() {
   restore_api
   kubectl label node "$B" "$LABEL-" >/dev/null 2>&1 || true
   kubectl delete sps -n "$E2E_NS" moved urlweb --wait=true --timeout=120s >/dev/null 2>&1 || true
   log "restarting $B's kubelet without staticPodURL"
-  STATIC_POD_URL_NODE='' restart_kubelet "$B" >/dev/null 2>&1 || true
+  kubelet_url_mode "$B" off >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
-grep -q conditionsV4 "$(node_dir "$B")/cni/net.d/10-sps.conflist" ||
+if [[ $E2E_PROVIDER == local && $(node_cni_conflist "$B") != *conditionsV4* ]]; then
   die "$B's CNI config predates per-node host ports; run tests/e2e/cluster/down and up"
+fi
 
 install_product
 ensure_e2e_namespace
 
 # --- 1. the endpoint before the kubelet uses it ------------------------------------------------
-code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" "$URL"; }
-body() { curl -sf --max-time 5 -H "$STATIC_POD_URL_HEADER: $TOKEN" "$URL"; }
+# The URL is asked from node B, as its kubelet asks it.
+code() { node_run "$B" curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" "$URL"; }
+body() { node_run "$B" curl -sf --max-time 5 -H "$STATIC_POD_URL_HEADER: $TOKEN" "$URL"; }
 [[ $(code) == 401 ]] || fail "no header: want 401, got $(code)"
 [[ $(code -H "$STATIC_POD_URL_HEADER: wrong") == 401 ]] || fail "wrong header: want 401"
 wait_for "B's endpoint to answer 200" 60 body || fail "B's endpoint: $(code -H "$STATIC_POD_URL_HEADER: $TOKEN")"
@@ -48,13 +46,13 @@ wait_for "B's endpoint to answer 200" 60 body || fail "B's endpoint: $(code -H "
 ok "endpoint at $URL: 401 without the header, an empty PodList while $B is in file mode"
 
 log "restarting $B's kubelet with staticPodURL=$URL"
-STATIC_POD_URL_NODE=$B restart_kubelet "$B"
+kubelet_url_mode "$B" on
 node_ready() { [[ $(kubectl get node "$B" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]; }
 wait_for "$B Ready" 120 node_ready || fail "$B not Ready after the kubelet restart"
 
 # --- 2. a set moves from B's file to B's URL ---------------------------------------------------
 source_of() { kubectl get pod -n "$E2E_NS" "$1" -o jsonpath='{.metadata.annotations.kubernetes\.io/config\.source}' 2>/dev/null; }
-has_file() { [[ -e $(static_pod_dir "$1")/staticpodset_${E2E_NS}_$2.yaml ]]; }
+has_file() { node_has "$1" manifests "staticpodset_${E2E_NS}_$2.yaml"; }
 apply_sleeper_set moved
 wait_for "moved Ready on both nodes" 180 all_mirrors_ready "$E2E_NS" moved || fail "moved not Ready"
 { [[ $(source_of "moved-$B") == file ]] && has_file "$B" moved; } || fail "moved on $B should run from a file"
@@ -81,7 +79,7 @@ counts_are() { # desired ready updated
 }
 wait_for "status 2/2/2" 60 counts_are 2 2 2 || fail "status: $(kubectl get sps -n "$E2E_NS" urlweb -o jsonpath='{.status}')"
 [[ $(kubectl get nodestaticpods "$B" -o jsonpath='{.status.pods[?(@.setName=="urlweb")].source}') == URL ]] || fail "report source on $B not URL"
-! compgen -G "$(static_pod_dir "$B")/staticpodset_*" >/dev/null || fail "files of ours in $B's staticPodPath: $(ls "$(static_pod_dir "$B")")"
+[[ -z $(node_ls "$B" manifests 'staticpodset_*') ]] || fail "files of ours in $B's staticPodPath: $(node_ls "$B" manifests)"
 apply_to_ready=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')
 ok "new set: $B through the URL, $A through a file, status 2/2/2, no file of ours on $B (apply to Ready ${apply_to_ready}s)"
 
@@ -101,8 +99,7 @@ hash2=$(kubectl get pod -n "$E2E_NS" "urlweb-$B" -o jsonpath='{.metadata.annotat
 wait_for "status 2/2/2 at $rev2" 180 counts_are 2 2 2 || fail "status after the edit: $(kubectl get sps -n "$E2E_NS" urlweb -o jsonpath='{.status}')"
 # A re-poll restarts nothing: the same container keeps running over several polls (5 s apart) of
 # B's kubelet, counted by B's agent (its metric counts every request; the suite sends none meanwhile).
-crictl_b=(crictl --runtime-endpoint "unix://$(containerd_sock "$B")")
-running_id() { "${crictl_b[@]}" ps -q --name "$1" --label "io.kubernetes.pod.namespace=$E2E_NS" --state running | head -n1; }
+running_id() { crictl_on "$B" ps -q --name "$1" --label "io.kubernetes.pod.namespace=$E2E_NS" --state running | head -n1; }
 # The agent pod's IP stays while its containers restart, so it is read once, with the API up.
 agent_ip_b=$(agent_ip "$B")
 [[ -n $agent_ip_b ]] || fail "no agent pod IP on $B"
@@ -119,15 +116,13 @@ ok "template edit over the URL: $rev1 -> $rev2, config hash $hash1 -> $hash2; re
 
 # --- 5. API server down, B's agent restarted: an error until loaded, pods keep running ---------
 main_before=$(running_id main)
-agent_before=$("${crictl_b[@]}" ps -q --name agent --state running | head -n1)
+agent_before=$(crictl_on "$B" ps -q --name agent --state running | head -n1)
 [[ -n $main_before && -n $web_before && -n $agent_before ]] || fail "containers missing on $B"
 served_before=$(body)
-agent_logs() { "${crictl_b[@]}" logs "$agent_before" 2>&1; }
+agent_logs() { crictl_on "$B" logs "$agent_before" 2>&1; }
 log_lines_before=$(agent_logs | wc -l)
 log "killing kube-apiserver"
-kill -KILL "$(cat "$PID_DIR/kube-apiserver.pid")"
-wait_for "kube-apiserver to exit" 30 bash -c "! kill -0 $(cat "$PID_DIR/kube-apiserver.pid")" || fail "kube-apiserver did not stop"
-rm -f "$PID_DIR/kube-apiserver.pid"
+apiserver_kill || fail "kube-apiserver did not stop"
 # The list is compared once B's agent has seen the API server go (its watch fails and retries: a new
 # log line) and B's kubelet has polled it since, and got the list.
 lost_api() { agent_logs | tail -n +"$((log_lines_before + 1))" | grep -iE "error|unreachable|refused|retry" >/dev/null; }
@@ -136,12 +131,13 @@ before=$(url_requests 200)
 wait_for "a poll of $B's kubelet answered 200 without the API server" 30 polled 200 "$before" 1 ||
   fail "$B's kubelet got no list from the agent without the API server (200: $before -> $(url_requests 200), 503: $(url_requests 503))"
 [[ $(body) == "$served_before" ]] || fail "the served list changed while the API server is down"
-"${crictl_b[@]}" stop --timeout 5 "$agent_before" >/dev/null
-agent_back() { local id; id=$("${crictl_b[@]}" ps -q --name agent --state running | head -n1); [[ -n $id && $id != "$agent_before" ]]; }
+crictl_on "$B" stop --timeout 5 "$agent_before" >/dev/null
+agent_back() { local id; id=$(crictl_on "$B" ps -q --name agent --state running | head -n1); [[ -n $id && $id != "$agent_before" ]]; }
 wait_for "agent restarted on $B" 120 agent_back || fail "the kubelet did not restart the agent on $B"
 # Restarted with no API server, the agent acts on its saved last-known state: the same list, byte
 # for byte, never a 503 that would leave a restarted kubelet without its URL pods.
-wait_for "the restarted agent to serve its saved list" 30 bash -c "[[ \$(curl -s -o /dev/null -w '%{http_code}' -H '$STATIC_POD_URL_HEADER: $TOKEN' $URL) == 200 ]]" ||
+serves_ok() { [[ $(code -H "$STATIC_POD_URL_HEADER: $TOKEN") == 200 ]]; }
+wait_for "the restarted agent to serve its saved list" 30 serves_ok ||
   fail "restarted agent without API: want 200 from its saved state, got $(code -H "$STATIC_POD_URL_HEADER: $TOKEN")"
 [[ $(body) == "$served_before" ]] || fail "the restarted agent serves another list: $(body)"
 # The restarted agent's counters start at 0; the suite's own requests come before this.
@@ -152,8 +148,8 @@ wait_for "3 polls of $B's kubelet answered 200 by the restarted agent" 60 polled
 [[ $(running_id main) == "$main_before" && $(running_id web) == "$web_before" ]] || fail "URL pods on $B stopped or restarted while the API server was down"
 ok "API down: same list served, also by the restarted agent (from its saved state, never 503); the kubelet keeps both URL pods running"
 log "starting kube-apiserver again"
-restore_control_plane
-wait_for "B's endpoint serves again" 120 bash -c "curl -sf -H '$STATIC_POD_URL_HEADER: $TOKEN' $URL >/dev/null" || fail "endpoint did not recover"
+apiserver_start || fail "kube-apiserver did not come back"
+wait_for "B's endpoint serves again" 120 body || fail "endpoint did not recover"
 [[ $(body) == "$served_before" ]] || fail "after recovery the list differs: $(body)"
 [[ $(running_id main) == "$main_before" && $(running_id web) == "$web_before" ]] || fail "URL pods restarted after recovery"
 ok "API back: byte-identical list, same containers"

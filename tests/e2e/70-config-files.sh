@@ -67,11 +67,14 @@ ok "the static pods on both nodes read the ConfigMap value through their mounted
 mirror_hash() { kubectl get pod -n "$E2E_NS" "conf-$1" -o 'jsonpath={.metadata.annotations.staticpods\.dev/config-hash}' 2>/dev/null; }
 h1=$(mirror_hash "$A")
 [[ -n $h1 && $(mirror_hash "$B") == "$h1" ]] || fail "config hash on the mirror pods: '$h1' / '$(mirror_hash "$B")'"
-hash_dir() { echo "$(resources_dir "$1")/$E2E_NS/conf/$2"; }
+# The set's files on a node: resources/<namespace>/<set>/<config hash>.
+hash_dir() { echo "$E2E_NS/conf/$1"; }
+has_dir() { node_run "$1" test -d "$(node_path "$1" resources "$2")"; }
 for n in "$A" "$B"; do
-  d=$(hash_dir "$n" "$h1")
-  [[ $(cat "$d/conf/greeting") == hello ]] || fail "$d/conf/greeting"
-  got=$(stat -c '%a %U %G' "$d/secret/token" "$d/secret" "$d/conf/greeting" | tr '\n' ',')
+  d=$(hash_dir "$h1")
+  [[ $(node_cat "$n" resources "$d/conf/greeting") == hello ]] || fail "$n: $d/conf/greeting"
+  got=$(node_run "$n" stat -c '%a %U %G' "$(node_path "$n" resources "$d/secret/token")" \
+    "$(node_path "$n" resources "$d/secret")" "$(node_path "$n" resources "$d/conf/greeting")" | tr '\n' ',')
   [[ $got == "600 root root,700 root root,644 root root," ]] ||
     fail "modes and owners on $n (token, its directory, greeting): $got"
 done
@@ -104,15 +107,18 @@ h2=$(mirror_hash "$A")
 [[ $h2 != "$h1" && $(mirror_hash "$B") == "$h2" && $(sps_status conf updateRevisionNumber) -gt $rev1 ]] ||
   fail "new revision: hash $h1 -> $h2, number $rev1 -> $(sps_status conf updateRevisionNumber)"
 ok "changing the ConfigMap rolled out revision $(sps_status conf updateRevisionNumber) (config hash $h2) to both nodes in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')s"
-old_pruned() { [[ ! -e $(hash_dir "$A" "$h1") && ! -e $(hash_dir "$B" "$h1") && -d $(hash_dir "$A" "$h2") && -d $(hash_dir "$B" "$h2") ]]; }
+old_pruned() {
+  ! node_has "$A" resources "$(hash_dir "$h1")" && ! node_has "$B" resources "$(hash_dir "$h1")" &&
+    has_dir "$A" "$(hash_dir "$h2")" && has_dir "$B" "$(hash_dir "$h2")"
+}
 wait_for "the old hash directories are pruned" 60 old_pruned ||
-  fail "hash directories: $(ls "$(resources_dir "$A")/$E2E_NS/conf" "$(resources_dir "$B")/$E2E_NS/conf" 2>&1)"
+  fail "hash directories: $(node_ls "$A" resources "$E2E_NS/conf/*") / $(node_ls "$B" resources "$E2E_NS/conf/*")"
 ok "the old config hash's directories were pruned on both nodes; the running one's kept"
 
 kubectl delete sps conf -n "$E2E_NS" --wait=true --timeout=120s >/dev/null || fail "deleting the set"
-set_dirs_gone() { [[ ! -e $(resources_dir "$A")/$E2E_NS/conf && ! -e $(resources_dir "$B")/$E2E_NS/conf ]]; }
+set_dirs_gone() { ! node_has "$A" resources "$E2E_NS/conf" && ! node_has "$B" resources "$E2E_NS/conf"; }
 wait_for "the set's resource directories are removed" 60 set_dirs_gone ||
-  fail "left behind: $(find "$(resources_dir "$A")" "$(resources_dir "$B")" 2>&1)"
+  fail "left behind: $(node_run "$A" find "$(node_path "$A" resources)" 2>&1) $(node_run "$B" find "$(node_path "$B" resources)" 2>&1)"
 no_bundles() { [[ -z $(kubectl get secrets -n "$CONFIG_NS" -l "staticpods.dev/set-namespace=$E2E_NS,staticpods.dev/set-name=conf" -o name) ]]; }
 wait_for "the set's bundles are deleted" 30 no_bundles || fail "bundles left: $(kubectl get secrets -n "$CONFIG_NS" -o name)"
 ok "deleting the set removed its resource directories on both nodes and its bundles"

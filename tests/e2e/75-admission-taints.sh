@@ -42,7 +42,7 @@ denied() { [[ $(cond "$1" "$2" Valid reason) == AdmissionDenied ]]; }
 no_file_anywhere() {
   local n
   for n in "${NODES[@]}"; do
-    [[ ! -e $(static_pod_dir "$n")/staticpodset_$1_$2.yaml ]] || return 1
+    ! node_has "$n" manifests "staticpodset_$1_$2.yaml" || return 1
     ! kubectl get nodestaticpods "$n" -o jsonpath='{.spec.pods[*].setName}' | grep -qw "$2" || return 1
   done
 }
@@ -183,7 +183,7 @@ wait_for "the running set reported non-compliant" 60 denied "$NS_RAISE" running 
 all_mirrors_ready "$NS_RAISE" running || fail "the running pods were touched"
 [[ $(uids) == "$before" ]] || fail "mirror pods replaced: $before -> $(uids)"
 for n in "${NODES[@]}"; do
-  [[ -e $(static_pod_dir "$n")/staticpodset_${NS_RAISE}_running.yaml ]] || fail "manifest removed from $n"
+  node_has "$n" manifests "staticpodset_${NS_RAISE}_running.yaml" || fail "manifest removed from $n"
 done
 kubectl get events -n "$NS_RAISE" --field-selector reason=AdmissionDenied -o jsonpath='{.items[*].involvedObject.name}' |
   grep -qw running || fail "no Warning Event for the running set"

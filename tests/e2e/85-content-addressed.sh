@@ -51,7 +51,8 @@ YAML
 # The set's entry in NODE's NodeStaticPods spec, and its report in the status: one field of each.
 entry_of() { kubectl get nodestaticpods "$1" -o "jsonpath={.spec.pods[?(@.setName==\"$SET\")].$2}" 2>/dev/null; }
 report_of() { kubectl get nodestaticpods "$1" -o "jsonpath={.status.pods[?(@.setName==\"$SET\")].$2}" 2>/dev/null; }
-manifest_file() { echo "$(static_pod_dir "$1")/staticpodset_${E2E_NS}_$SET.yaml"; }
+manifest_file() { echo "staticpodset_${E2E_NS}_$SET.yaml"; }
+manifest_of() { node_cat "$1" manifests "$(manifest_file)" 2>/dev/null; }
 mirror() { kubectl get pod -n "$E2E_NS" "$SET-$1" -o "jsonpath=$2" 2>/dev/null; }
 running_id() { crictl_on "$1" ps -q --name main --state running --label "io.kubernetes.pod.name=$SET-$1" 2>/dev/null | head -n1; }
 
@@ -60,7 +61,7 @@ forged_seen=
 watch_forgery() {
   local n
   for n in "$A" "$B"; do
-    if grep -qF "$FORGED_MARK" "$(manifest_file "$n")" 2>/dev/null; then forged_seen+=" $n's manifest file"; fi
+    if [[ $(manifest_of "$n") == *"$FORGED_MARK"* ]]; then forged_seen+=" $n's manifest file"; fi
     if [[ $(mirror "$n" '{.spec.containers[*].command}') == *"$FORGED_MARK"* ]]; then forged_seen+=" $n's mirror pod"; fi
   done
 }
@@ -141,7 +142,7 @@ steady 20 at_r1 || fail "after unpausing: a node left $r1 (entries: $(entry_of "
 ok "unpaused with a forged $SET-$r2: the operator refuses it (\"holds a different manifest or digest\"), no node is handed $r2, both pods still run $r1"
 
 # --- 4. R1 replaced, node A's agent must read it again: refused ----------------------------------
-sum_a=$(sha256sum <"$(manifest_file "$A")")
+sum_a=$(manifest_of "$A" | sha256sum)
 uid_a=$(mirror "$A" '{.metadata.uid}')
 container_a=$(running_id "$A")
 [[ -n $container_a ]] || fail "no running container of $SET on $A"
@@ -150,7 +151,7 @@ agent_pod() { kubectl get pods -n "$RELEASE_NS" -l app.kubernetes.io/component=n
 old_agent=$(agent_pod "$A")
 # Without its saved state: an agent restarted with it keeps R1's manifest it verified before and
 # never reads the forged object; without it, it must read R1 again.
-rm -f "$AGENT_STATE_DIR/$A.json"
+node_rm "$A" state "$A.json"
 kubectl delete pod -n "$RELEASE_NS" "$old_agent" --wait=true >/dev/null
 new_agent_ready() {
   local pod; pod=$(agent_pod "$A")
@@ -181,7 +182,7 @@ curl -s --max-time 5 "http://$ip:$AGENT_HTTP_PORT/metrics" | grep '^# HELP stati
 ok "$A counts it: staticpodset_agent_revision_digest_mismatches_total $(agent_metric "$ip" staticpodset_agent_revision_digest_mismatches_total)"
 
 steady 10 at_r1 || fail "a node left $r1 after the refusal"
-[[ $(sha256sum <"$(manifest_file "$A")") == "$sum_a" ]] || fail "$A's manifest file changed"
+[[ $(manifest_of "$A" | sha256sum) == "$sum_a" ]] || fail "$A's manifest file changed"
 [[ $(mirror "$A" '{.metadata.uid}') == "$uid_a" && $(running_id "$A") == "$container_a" ]] ||
   fail "$A's pod was replaced (mirror uid $uid_a -> $(mirror "$A" '{.metadata.uid}'), container $container_a -> $(running_id "$A"))"
 [[ $(report_of "$B" phase) == Written ]] || fail "$B reports phase '$(report_of "$B" phase)': $(report_of "$B" message)"

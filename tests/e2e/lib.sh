@@ -5,6 +5,8 @@
 # touches no cluster (operator/tests/apiserver.sh sources it too, with its own API server).
 # shellcheck source=cluster/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cluster/lib/common.sh"
+# shellcheck source=node-access.sh
+source "$(dirname "${BASH_SOURCE[0]}")/node-access.sh"
 : "${KUBECONFIG:?KUBECONFIG must point at the test cluster (tests/e2e/cluster/up prints it)}"
 
 RELEASE=${RELEASE:-sps}
@@ -106,10 +108,12 @@ registry_image() {
   echo "$reference"
 }
 
-# crictl against NODE's containerd: crictl_on NODE ARGS...
-crictl_on() {
-  local n=$1; shift
-  crictl --runtime-endpoint "unix://$(containerd_sock "$n")" "$@"
+# manifest_revision NODE FILE: the staticpods.dev/revision annotation of FILE in NODE's
+# staticPodPath; empty when there is no such file. (awk reads all its input: no early exit for
+# pipefail to trip on.)
+manifest_revision() {
+  { node_cat "$1" manifests "$2" 2>/dev/null || true; } |
+    awk '/staticpods.dev\/revision:/ && !done {sub(/.*revision: */, ""); gsub(/["'"'"' ]/, ""); print; done = 1}'
 }
 
 # jsonpath of a set's status field, empty when absent.

@@ -11,10 +11,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 node=${NODES[0]}
 name=smoke-static
 mirror=$name-$node
-manifest=$(static_pod_dir "$node")/$name.yaml
+manifest=$name.yaml
 ns=default
 
-cleanup() { rm -f "$manifest"; kubectl delete deployment smoke-deploy -n "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true; }
+cleanup() { node_rm "$node" manifests "$manifest" || true; kubectl delete deployment smoke-deploy -n "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 server_version=$(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')
@@ -24,9 +24,10 @@ for n in "${NODES[@]}"; do
 done
 ok "server $server_version, nodes ${NODES[*]} Ready"
 
-log "static pod: writing $manifest"
-tmp=$(dirname "$manifest")/.$name.yaml.tmp
-cat >"$tmp" <<YAML
+log "static pod: writing $(node_path "$node" manifests "$manifest") on $node"
+# Written beside it and renamed, as a manifest must appear: whole (the kubelet ignores dot files).
+tmp=.$name.yaml.tmp
+node_put "$node" manifests "$tmp" <<YAML
 apiVersion: v1
 kind: Pod
 metadata:
@@ -41,7 +42,7 @@ spec:
     imagePullPolicy: Never
     command: ["sh", "-c", "exec sleep 100000"]
 YAML
-mv "$tmp" "$manifest"
+node_run "$node" mv "$(node_path "$node" manifests "$tmp")" "$(node_path "$node" manifests "$manifest")"
 
 wait_for "mirror pod $mirror" 120 kubectl get pod -n "$ns" "$mirror" || fail "mirror pod $mirror never appeared"
 kubectl wait -n "$ns" --for=condition=Ready "pod/$mirror" --timeout=120s >/dev/null || fail "$mirror not Ready"
@@ -50,7 +51,7 @@ mirror_ann=$(kubectl get pod -n "$ns" "$mirror" -o jsonpath='{.metadata.annotati
 [[ $(kubectl get pod -n "$ns" "$mirror" -o jsonpath='{.spec.nodeName}') == "$node" ]] || fail "$mirror not on $node"
 ok "$mirror Ready with config.mirror=$mirror_ann"
 
-rm -f "$manifest"
+node_rm "$node" manifests "$manifest"
 kubectl wait -n "$ns" --for=delete "pod/$mirror" --timeout=120s >/dev/null || fail "$mirror still present after the manifest was removed"
 ok "$mirror gone after the manifest was removed"
 
