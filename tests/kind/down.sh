@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Deletes the StaticPodSet kind cluster and stops our dockerd (tests/kind/dockerd.sh).
+# KIND_KEEP_DOCKERD=1 keeps dockerd running (the node image stays cached in its data-root either way).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+if [[ -S $DOCKER_SOCK ]] && docker version >/dev/null 2>&1; then
+  if [[ -x $KIND ]] && "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; then
+    timed "kind delete cluster" "$KIND" delete cluster --name "$CLUSTER_NAME" --kubeconfig "$KUBECONFIG_KIND"
+  fi
+fi
+rm -f "$KUBECONFIG_KIND"
+[[ ${KIND_KEEP_DOCKERD:-} == 1 ]] || "$KIND_DIR/dockerd.sh" stop
