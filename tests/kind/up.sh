@@ -49,7 +49,7 @@ install_cni() {
       "type": "bridge",
       "bridge": "sps0",
       "isGateway": true,
-      "ipMasq": true,
+      "ipMasq": false,
       "hairpinMode": true,
       "ipam": {
         "type": "host-local",
