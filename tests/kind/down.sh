@@ -14,4 +14,6 @@ if [[ -S $DOCKER_SOCK ]] && docker version >/dev/null 2>&1; then
   fi
 fi
 rm -f "$KUBECONFIG_KIND"
+# The node image a rebuild replaced stays until no node uses it; drop it now.
+if docker version >/dev/null 2>&1; then docker image prune -f >/dev/null; fi
 [[ ${KIND_KEEP_DOCKERD:-} == 1 ]] || "$KIND_DIR/dockerd.sh" stop

@@ -137,6 +137,12 @@ build_node_image() {
   trap - EXIT
   echo "$hash" >"$STAMP"
   rm -rf "$STAGE"
+  # Keep the data-root small: drop older rootfs bases and the node image this one replaced.
+  local img
+  for img in $(docker images --format '{{.Repository}}:{{.Tag}}' staticpodset.local/kind-rootfs); do
+    [[ $img == "$base" ]] || docker rmi "$img" >/dev/null || true
+  done
+  docker image prune -f >/dev/null
   log "built node image $NODE_IMAGE (inputs $hash)"
 }
 
