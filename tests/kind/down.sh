@@ -7,6 +7,7 @@ if [[ -S $DOCKER_SOCK ]] && docker version >/dev/null 2>&1; then
   if [[ -x $KIND ]] && "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; then
     timed "kind delete cluster" "$KIND" delete cluster --name "$CLUSTER_NAME" --kubeconfig "$KUBECONFIG_KIND"
   fi
+  "$KIND_DIR/registry.sh" stop
   # kind leaves its docker network (a bridge on the host); remove it when no container uses it.
   if docker network inspect kind >/dev/null 2>&1 &&
     [[ -z $(docker network inspect kind -f '{{range .Containers}}x{{end}}') ]]; then

@@ -27,3 +27,11 @@ export DOCKER_HOST=unix://$DOCKER_SOCK DOCKER_API_VERSION=1.41
 export PATH="$KIND_BIN_DIR:$PATH"
 
 KUBECONFIG_KIND=$KIND_CACHE/kubeconfig
+
+# The local registry (registry.sh), kind's documented pattern: a container named kind-registry on
+# kind's network; the host pushes to $KIND_REGISTRY (docker-proxy on loopback), the nodes' containerd
+# resolve $KIND_REGISTRY/... to http://kind-registry:5000. Suites use REGISTRY=$KIND_REGISTRY.
+KIND_REGISTRY_PORT=${KIND_REGISTRY_PORT:-5001}
+KIND_REGISTRY=localhost:$KIND_REGISTRY_PORT
+KIND_REGISTRY_NAME=kind-registry
+KIND_REGISTRY_IMAGE=staticpodset.local/registry:$REGISTRY_VERSION

@@ -2,7 +2,7 @@
 # Brings up the StaticPodSet kind cluster with only our own builds (no pulls):
 #   our dockerd (dockerd.sh) -> kind (build-kind.sh) -> the node image (node-image.sh)
 #   -> kind create cluster --config cluster.yaml (+ failCgroupV1: false on cgroup v1 hosts)
-#   -> our CNI on every node -> all nodes Ready, CoreDNS Ready.
+#   -> our CNI on every node -> all nodes Ready, CoreDNS Ready -> the local registry (registry.sh).
 # Prints the kubeconfig path on stdout. Idempotent: an existing cluster is kept.
 # KIND_KEEP_ON_FAILURE=1 keeps a half-made cluster for inspection (kind create --retain).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -91,6 +91,7 @@ main() {
   timed "CNI install" install_cni
   timed "nodes Ready" wait_for "all nodes Ready" 300 nodes_ready || { kubectl get nodes -o wide >&2; die "nodes not Ready"; }
   timed "CoreDNS Ready" kubectl -n kube-system rollout status deployment/coredns --timeout=300s >&2
+  timed "local registry" "$KIND_DIR/registry.sh" start
   kubectl get nodes -o wide >&2
   echo "$KUBECONFIG_KIND"
 }

@@ -48,17 +48,17 @@ ctr oci spec |
 
 # Preload the images (content only; no snapshotter needed here).
 # ctr warns about cgroup v1 on every call; keep real errors visible.
-quiet() { "$@" 2>&1 | { grep -v DEPRECATION >&2 || true; }; }
+quiet() { "$@" 2>&1 >/dev/null | { grep -v DEPRECATION >&2 || true; }; }
 mkdir -p /run/containerd
 containerd >/tmp/containerd.log 2>&1 &
 cpid=$!
 for _ in $(seq 1 60); do ctr version >/dev/null 2>&1 && break; sleep 0.5; done
 ctr version >/dev/null || { cat /tmp/containerd.log; exit 1; }
 for a in "$s"/images/*.tar; do
-  quiet ctr -n k8s.io images import --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack "$a" >/dev/null
+  quiet ctr -n k8s.io images import --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack "$a"
 done
 while read -r src dst; do
-  [[ -n $src ]] && quiet ctr -n k8s.io images tag --force "$src" "$dst" >/dev/null
+  [[ -n $src ]] && quiet ctr -n k8s.io images tag --force "$src" "$dst"
 done <"$s"/image-tags
 ctr -n k8s.io images ls -q 2>/dev/null
 kill "$cpid"
