@@ -82,6 +82,11 @@ main() {
   export KUBECONFIG=$KUBECONFIG_KIND
   if kind get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; then
     log "kind cluster $CLUSTER_NAME exists"
+    local node_img want_img
+    node_img=$(docker inspect -f '{{.Image}}' "$CLUSTER_NAME-control-plane" 2>/dev/null || true)
+    want_img=$(docker image inspect -f '{{.Id}}' "$NODE_IMAGE")
+    [[ $node_img == "$want_img" ]] ||
+      log "WARNING: the cluster runs an older node image than $NODE_IMAGE: tests/kind/down.sh, then up.sh, to use the new one"
   else
     local cfg args=(); cfg=$(cluster_config)
     [[ ${KIND_KEEP_ON_FAILURE:-} == 1 ]] && args+=(--retain)
