@@ -3,7 +3,7 @@ STATICPODSET_CACHE ?= $(HOME)/.cache/staticpodset
 export STATICPODSET_CACHE
 export CARGO_TARGET_DIR ?= $(STATICPODSET_CACHE)/target
 
-.PHONY: test demo unit lint crds images cluster-up cluster-down bench bench-prepull bench-scale
+.PHONY: test demo unit lint crds images cluster-up cluster-down bench bench-prepull bench-scale kind-up kind-smoke kind-down
 
 ## test: everything — lints, unit tests, real cluster up, e2e suites, the scale small shape, cluster down
 test:
@@ -49,3 +49,15 @@ cluster-up:
 
 cluster-down:
 	bash tests/e2e/cluster/down
+
+## kind-up: a kind cluster (1 control-plane + 2 workers) from our own builds, with our own dockerd (tests/kind/up.sh)
+kind-up:
+	bash tests/kind/up.sh
+
+## kind-smoke: our images loaded with kind, the chart installed with helm, a StaticPodSet Ready on every node (needs kind-up)
+kind-smoke:
+	bash tests/kind/smoke.sh
+
+## kind-down: delete the kind cluster and stop our dockerd
+kind-down:
+	bash tests/kind/down.sh
