@@ -3,7 +3,7 @@ STATICPODSET_CACHE ?= $(HOME)/.cache/staticpodset
 export STATICPODSET_CACHE
 export CARGO_TARGET_DIR ?= $(STATICPODSET_CACHE)/target
 
-.PHONY: test demo unit lint crds images cluster-up cluster-down bench bench-prepull bench-scale kind-up kind-smoke kind-down
+.PHONY: test demo unit lint crds images cluster-up cluster-down bench bench-prepull bench-scale kind-up kind-smoke kind-down e2e-kind
 
 ## test: everything — lints, unit tests, real cluster up, e2e suites, the scale small shape, cluster down
 test:
@@ -57,6 +57,10 @@ kind-up:
 ## kind-smoke: our images loaded with kind, the chart installed with helm, a StaticPodSet Ready on every node (needs kind-up)
 kind-smoke:
 	bash tests/kind/smoke.sh
+
+## e2e-kind: the end-to-end suites on a kind cluster (tests/kind/e2e.sh), deleted afterwards
+e2e-kind:
+	bash tests/kind/e2e.sh
 
 ## kind-down: delete the kind cluster and stop our dockerd
 kind-down:

@@ -45,8 +45,9 @@ agent_ip() {
 }
 # agent_metric IP SERIES: the value of one series of the agent at IP, written as the agent prints
 # it (e.g. 'staticpodset_agent_url_requests_total{code="200"}'); 0 when absent or unreachable.
+# Asked from a node, which reaches every pod IP.
 agent_metric() {
-  { curl -s --max-time 5 "http://$1:$AGENT_HTTP_PORT/metrics" || true; } |
+  { node_run "${NODES[0]}" curl -s --max-time 5 "http://$1:$AGENT_HTTP_PORT/metrics" || true; } |
     awk -v m="$2" '$1 == m {print $2; found=1} END {if (!found) print 0}'
 }
 
@@ -55,6 +56,10 @@ agent_metric() {
 # the header the URL node's kubelet sends; see tests/e2e/60-static-pod-url.sh.
 install_product() {
   timed "product images" bash "$REPO_ROOT/images/build.sh" "$PRODUCT_IMAGES"
+  if [[ $E2E_PROVIDER == kind ]]; then
+    install_product_kind
+    return
+  fi
   timed "image load" bash "$HARNESS_DIR/load-image" "$PRODUCT_IMAGES/operator.tar" "$PRODUCT_IMAGES/node-agent.tar"
   kubectl create namespace "$RELEASE_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   # helm installs CRDs on the first install only; an upgrade needs them applied, as README says.
@@ -76,9 +81,13 @@ install_product() {
     --set agent.criSocket="$RUN_DIR/nodes/containerd.sock" \
     --set agent.criSocketSubPathExpr='$(NODE_NAME)/containerd' \
     --set operator.logFormat=text --set agent.logFormat=text
-  # The images keep their tag (dev) when rebuilt, so helm sees no change in the pod templates:
-  # restart the components when the archives changed since the last install on this cluster.
-  local stamp=$RUN_DIR/product-images.sha256 images
+  restart_on_new_images
+}
+
+# The images keep their tag (dev) when rebuilt, so helm sees no change in the pod templates:
+# restart the components when the archives changed since the last install on this cluster.
+restart_on_new_images() {
+  local stamp=$RUN_DIR/product-images-$E2E_PROVIDER.sha256 images
   images=$(cat "$PRODUCT_IMAGES/operator.tar" "$PRODUCT_IMAGES/node-agent.tar" | sha256sum)
   if [[ -f $stamp && $(cat "$stamp") != "$images" ]]; then
     log "product images changed since the last install: restarting the operator and the agents"
@@ -87,6 +96,29 @@ install_product() {
     kubectl rollout status -n "$RELEASE_NS" "ds/$RELEASE-staticpodset-agent" --timeout=5m >/dev/null
   fi
   echo "$images" >"$stamp"
+}
+
+# On kind, as README tells users: the archives loaded with `kind load image-archive`, the chart's
+# defaults for every node path (kind's nodes are kubeadm nodes). tests/kind/e2e.sh loads the test
+# images.
+install_product_kind() {
+  local archive
+  for archive in "$PRODUCT_IMAGES/operator.tar" "$PRODUCT_IMAGES/node-agent.tar"; do
+    timed "kind load ${archive##*/}" kind load image-archive --name "$KIND_CLUSTER" "$archive" >/dev/null
+  done
+  kubectl create namespace "$RELEASE_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl apply --server-side --force-conflicts -f "$REPO_ROOT/crds/" >/dev/null
+  kubectl create secret generic -n "$RELEASE_NS" sps-static-pod-url --from-literal=token="$(static_pod_url_token)" \
+    --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  timed "helm install" helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/staticpodset" \
+    --namespace "$RELEASE_NS" --create-namespace --wait --timeout 5m \
+    --set agent.staticPodURL.enabled=true --set agent.staticPodURL.port="$STATIC_POD_URL_PORT" \
+    --set agent.staticPodURL.requiredHeader.name="$STATIC_POD_URL_HEADER" \
+    --set agent.staticPodURL.requiredHeader.secretName=sps-static-pod-url \
+    --set configNamespace.name="$CONFIG_NS" \
+    --set image.tag=dev --set image.pullPolicy=Never --set agent.resyncInterval=10s \
+    --set operator.logFormat=text --set agent.logFormat=text
+  restart_on_new_images
 }
 
 # registry_image TAG [PAD_MB]: builds an image that only the local registry has (no node imported

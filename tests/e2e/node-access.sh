@@ -29,7 +29,14 @@
 
 E2E_PROVIDER=${E2E_PROVIDER:-local}
 case $E2E_PROVIDER in
-  local | kind) ;;
+  local) ;;
+  kind)
+    # The suites' two nodes are the kind cluster's workers (tests/kind/cluster.yaml); the
+    # control-plane node runs the control plane's static pods, which the suites leave alone.
+    KIND_CLUSTER=${KIND_CLUSTER:-staticpodset}
+    NODES=("$KIND_CLUSTER-worker" "$KIND_CLUSTER-worker2")
+    mkdir -p "$RUN_DIR"
+    ;;
   *) die "E2E_PROVIDER=$E2E_PROVIDER: use local or kind" ;;
 esac
 
@@ -41,7 +48,7 @@ _node_dir() {
     local/state) echo "$AGENT_STATE_DIR" ;;
     # The chart's defaults, as README installs it.
     kind/manifests) echo /etc/kubernetes/manifests ;;
-    kind/resources) echo /etc/kubernetes/static-pod-resources/staticpodset ;;
+    kind/resources) echo /etc/kubernetes/static-pod-resources ;;
     kind/state) echo /var/lib/staticpodset-agent ;;
     *) die "node_path: unknown directory '$2' (manifests, resources, state)" ;;
   esac
