@@ -158,8 +158,8 @@ YAML
   wait_for "keep-url served to $B's kubelet" 60 url_source || fail "keep-url on $B does not run from the URL"
   ! node_has "$B" manifests "$(manifest keep-url)" || fail "keep-url has a file on $B"
   record_manifests
-  URL=$(static_pod_url "$B")
-  body() { curl -sf --max-time 5 -H "$STATIC_POD_URL_HEADER: $(static_pod_url_token)" "$URL"; }
+  URL=$(node_static_pod_url "$B")
+  body() { node_run "$B" curl -sf --max-time 5 -H "$STATIC_POD_URL_HEADER: $(static_pod_url_token)" "$URL"; }
   served_before=$(body) || fail "$B's endpoint does not answer"
   jq -e '[.items[].metadata.name] == ["keep-url"]' <<<"$served_before" >/dev/null || fail "$B serves: $served_before"
   url_pod_before=$(container_id "$B" keep-url main)

@@ -57,7 +57,7 @@ YAML
 pod_ip() { kubectl get pod -n "$E2E_NS" "conf-$1" -o jsonpath='{.status.podIP}' 2>/dev/null; }
 serves() { # node value
   local ip; ip=$(pod_ip "$1")
-  [[ -n $ip && $(curl -sf --max-time 2 "http://$ip:8080/greeting") == "$2" ]]
+  [[ -n $ip && $(node_run "$1" curl -sf --max-time 2 "http://$ip:8080/greeting") == "$2" ]]
 }
 both_serve() { serves "$A" "$1" && serves "$B" "$1"; }
 wait_for "both pods serve the ConfigMap's value from their files" 180 both_serve hello ||
@@ -87,12 +87,13 @@ ok "the mirror pod references no ConfigMap or Secret; the data is in bundle stat
 
 # Drift on the node: an edited ConfigMap file and a deleted Secret file are put back in place (the
 # running pod's mount holds the directory, so it sees the repair without a restart).
-d=$(hash_dir "$A" "$h1")
-echo tampered >"$d/conf/greeting"
-rm "$d/secret/token"
-repaired() { [[ $(cat "$d/conf/greeting") == hello && $(stat -c '%a %U' "$d/secret/token" 2>/dev/null) == "600 root" ]] && serves "$A" hello; }
+d=$(hash_dir "$h1")
+echo tampered | node_put "$A" resources "$d/conf/greeting"
+node_rm "$A" resources "$d/secret/token"
+token_mode() { node_run "$A" stat -c '%a %U' "$(node_path "$A" resources "$d/secret/token")" 2>&1; }
+repaired() { [[ $(node_cat "$A" resources "$d/conf/greeting") == hello && $(token_mode) == "600 root" ]] && serves "$A" hello; }
 wait_for "the agent puts the files back" 60 repaired ||
-  fail "after tampering on $A: greeting '$(cat "$d/conf/greeting")', token $(stat -c '%a %U' "$d/secret/token" 2>&1)"
+  fail "after tampering on $A: greeting '$(node_cat "$A" resources "$d/conf/greeting")', token $(token_mode)"
 restored=$(agent_metric "$(agent_ip "$A")" 'staticpodset_agent_config_files_total{action="restored"}')
 ((restored >= 2)) || fail "staticpodset_agent_config_files_total{action=\"restored\"} is '${restored}'"
 ok "an edited and a deleted file on $A were put back (the pod serves 'hello' again); metric restored=$restored"
@@ -101,7 +102,7 @@ rev1=$(sps_status conf updateRevisionNumber)
 t0=$(date +%s.%N)
 config_map bonjour
 wait_for "both pods serve the new value" 180 both_serve bonjour ||
-  fail "after the ConfigMap change: $(curl -s "http://$(pod_ip "$A"):8080/greeting") / $(curl -s "http://$(pod_ip "$B"):8080/greeting")"
+  fail "after the ConfigMap change: $(node_run "$A" curl -s "http://$(pod_ip "$A"):8080/greeting") / $(node_run "$B" curl -s "http://$(pod_ip "$B"):8080/greeting")"
 t1=$(date +%s.%N)
 h2=$(mirror_hash "$A")
 [[ $h2 != "$h1" && $(mirror_hash "$B") == "$h2" && $(sps_status conf updateRevisionNumber) -gt $rev1 ]] ||

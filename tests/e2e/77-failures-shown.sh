@@ -44,7 +44,7 @@ ok "Valid=False TemplateTooLarge: \"${message:0:160}...\""
 # Nothing fails, so nothing is retried: reconciles come from changes and the resync. Three changes
 # (an annotation) make three reconciles of the same spec; still one Event.
 reconciles() {
-  curl -s --max-time 5 "http://$(operator_ip):9101/metrics" |
+  node_run "${NODES[0]}" curl -s --max-time 5 "http://$(operator_ip):9101/metrics" |
     awk '$1 ~ /^staticpodset_operator_reconciles_total\{result="success"\}/ {printf "%d", $2}' | head -n1
 }
 operator_ip() {

@@ -177,7 +177,7 @@ ip=$(agent_ip "$A")
 mismatches() { (($(agent_metric "$ip" staticpodset_agent_revision_digest_mismatches_total) >= 1)); }
 wait_for "the mismatch in $A's metrics" 30 mismatches ||
   fail "staticpodset_agent_revision_digest_mismatches_total on $A: $(agent_metric "$ip" staticpodset_agent_revision_digest_mismatches_total)"
-curl -s --max-time 5 "http://$ip:$AGENT_HTTP_PORT/metrics" | grep '^# HELP staticpodset_agent_revision_digest_mismatches_total ' >/dev/null ||
+node_run "$A" curl -s --max-time 5 "http://$ip:$AGENT_HTTP_PORT/metrics" | grep '^# HELP staticpodset_agent_revision_digest_mismatches_total ' >/dev/null ||
   fail "no # HELP for staticpodset_agent_revision_digest_mismatches_total"
 ok "$A counts it: staticpodset_agent_revision_digest_mismatches_total $(agent_metric "$ip" staticpodset_agent_revision_digest_mismatches_total)"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end suites on kind (`make e2e-kind`): a kind cluster from tests/kind/cluster.yaml
-# (tests/kind/up.sh: our own dockerd and node image here, or an existing docker and cluster with
-# KIND_USE_EXISTING=1), then the cluster smoke test and the suites with E2E_PROVIDER=kind (the
+# (tests/kind/up.sh: our own dockerd and node image), or with KIND_USE_EXISTING=1 the machine's
+# docker and an existing cluster named $KIND_CLUSTER_NAME (hosted CI, .github/workflows), then the cluster smoke test and the suites with E2E_PROVIDER=kind (the
 # node-access layer in tests/e2e/node-access.sh), each installing the chart as README tells users
 # after `kind load image-archive`; then `kind delete cluster`, on failure too (KEEP_CLUSTER=1 keeps it).
 #
@@ -16,7 +16,7 @@ read -r -a suites <<<"${KIND_SUITES:-${DEFAULT_SUITES[*]}}"
 
 teardown() {
   local rc=$?
-  if [[ ${KEEP_CLUSTER:-0} == 1 ]]; then
+  if [[ ${KEEP_CLUSTER:-0} == 1 || ${KIND_USE_EXISTING:-0} == 1 ]]; then
     log "KEEP_CLUSTER=1: the kind cluster stays (KUBECONFIG=$KUBECONFIG_KIND)"
   else
     "$KIND_DIR/down.sh" || rc=1
@@ -27,7 +27,12 @@ trap teardown EXIT
 
 # The suites' test images (busybox, the web server) come from the harness's image build.
 [[ -f $IMAGES_DIR/busybox.tar && -f $IMAGES_DIR/web.tar ]] || bash "$HARNESS_DIR/images/build.sh"
-"$KIND_DIR/up.sh" >/dev/null
+if [[ ${KIND_USE_EXISTING:-0} == 1 ]]; then
+  mkdir -p "$KIND_CACHE"
+  kind get kubeconfig --name "$CLUSTER_NAME" >"$KUBECONFIG_KIND"
+else
+  "$KIND_DIR/up.sh" >/dev/null
+fi
 export KUBECONFIG=$KUBECONFIG_KIND E2E_PROVIDER=kind KIND_CLUSTER=$CLUSTER_NAME REGISTRY=$KIND_REGISTRY
 # The suites' scratch files (watch logs, the static pod URL token) stay out of the local harness's
 # run folder.

@@ -22,8 +22,11 @@ DOCKER_EXEC_ROOT=/run/sps-kind-docker
 DOCKER_SOCK=$DOCKER_EXEC_ROOT/docker.sock
 DOCKER_PIDFILE=$DOCKER_EXEC_ROOT/dockerd.pid
 DOCKER_LOG=$KIND_CACHE/dockerd.log
-# Our docker CLI is 28.x; Debian's daemon is 20.10 (API 1.41).
-export DOCKER_HOST=unix://$DOCKER_SOCK DOCKER_API_VERSION=1.41
+# Our docker CLI is 28.x; Debian's daemon is 20.10 (API 1.41). KIND_USE_EXISTING=1 (hosted CI): the
+# machine's own docker and an existing kind cluster instead.
+if [[ ${KIND_USE_EXISTING:-0} != 1 ]]; then
+  export DOCKER_HOST=unix://$DOCKER_SOCK DOCKER_API_VERSION=1.41
+fi
 export PATH="$KIND_BIN_DIR:$PATH"
 
 KUBECONFIG_KIND=$KIND_CACHE/kubeconfig
