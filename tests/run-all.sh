@@ -8,7 +8,10 @@
 #   4. the chart                        tests/chart/check.sh (needs the helm that cluster up builds)
 #   5. end-to-end suites                tests/e2e/*.sh against that cluster
 #   6. the scale bench's small shape    tests/scale/small.sh (its own API server, kwok nodes)
-#   7. tear-down                        tests/e2e/cluster/down (also on failure)
+#   7. the suites on kind               tests/kind/e2e.sh (`make e2e-kind`: own dockerd, node image
+#                                       from our builds, kind cluster created and deleted), once the
+#                                       local cluster is down
+#   8. tear-down                        tests/e2e/cluster/down (also on failure)
 # Caches (cargo target dir, Kubernetes binaries, images) live in ${STATICPODSET_CACHE:-~/.cache/staticpodset}.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -66,3 +69,6 @@ for t in tests/e2e/[0-9][0-9]-*.sh; do
 done
 # Its own throw-away API server with kwok nodes, beside the cluster: correctness only, no timings.
 suite "scale: small shape (300 kwok nodes x 10 sets)" bash tests/scale/small.sh
+# The same suites on kind; the local cluster goes first, leaving the machine's two cores to kind.
+tests/e2e/cluster/down
+suite "e2e on kind (make e2e-kind)" bash tests/kind/e2e.sh

@@ -66,7 +66,9 @@ CNI
       ocidr=${node_cidr[$other]} oip=${node_ip[$other]}
       docker exec "$n" ip route replace "$ocidr" via "$oip"
     done
-    log "CNI on $n: $cidr (node address $ip)"
+    # This host reaches the pods (the suites' Prometheus scrapes them) through their node.
+    ip route replace "$cidr" via "$ip"
+    log "CNI on $n: $cidr (node address $ip, routed from this host)"
   done
 }
 

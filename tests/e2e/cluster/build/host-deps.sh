@@ -12,11 +12,13 @@
 #                                and promtool, which checks and unit-tests the chart's alert rules
 #   python3-yaml                 PyYAML, with which tests/chart/check.sh reads rendered manifests
 #   jq                           JSON in the e2e suites (22, 60, 80)
+#   debootstrap                  the root filesystem of the kind node image (tests/kind/rootfs.sh)
+#                                (tests/kind/dockerd.sh installs docker.io itself, when it starts it)
 # and the package shellcheck, the lint of every shell script (tests/shellcheck.sh: make lint, make test).
 # shellcheck source=../lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 
-PACKAGES=(containernetworking-plugins libseccomp-dev pkg-config busybox-static iptables conntrack openssl gcc libc6-dev curl prometheus python3-yaml jq protobuf-compiler shellcheck)
+PACKAGES=(containernetworking-plugins libseccomp-dev pkg-config busybox-static iptables conntrack openssl gcc libc6-dev curl prometheus python3-yaml jq protobuf-compiler shellcheck debootstrap)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
