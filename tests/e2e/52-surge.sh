@@ -17,19 +17,22 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SET=edge
 WATCH_OUT=$RUN_DIR/surge-watch.json
 watcher=""
-declare -A PORT
+declare -A PORT ADDRESS
 i=0
-for n in "${NODES[@]}"; do i=$((i + 1)); PORT[$n]=$((18180 + i)); done
+for n in "${NODES[@]}"; do i=$((i + 1)); PORT[$n]=$((18180 + i)); ADDRESS[$n]=$(node_address "$n"); done
+LISTEN=$(node_listen_address)
 
 # Connections queued at the old pod's socket when it closes would be reset; with
 # tcp_migrate_req the kernel hands them to the new pod's socket in the same SO_REUSEPORT group,
 # which is what docs/rollouts.md tells users of hostNetwork pods to set.
 MIGRATE=/proc/sys/net/ipv4/tcp_migrate_req
-migrate_before=$(cat "$MIGRATE")
-echo 1 >"$MIGRATE"
+declare -A migrate_before
+for n in "${NODES[@]}"; do migrate_before[$n]=$(node_run "$n" cat "$MIGRATE"); done
+for n in "${NODES[@]}"; do node_run "$n" sh -c "echo 1 >$MIGRATE"; done
 
 cleanup() {
-  echo "$migrate_before" >"$MIGRATE"
+  local n
+  for n in "${NODES[@]}"; do node_run "$n" sh -c "echo ${migrate_before[$n]} >$MIGRATE" || true; done
   if [[ -n $watcher ]]; then kill "$watcher" 2>/dev/null || true; fi
   kubectl delete sps -n "$E2E_NS" "$SET" --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1 || true
 }
@@ -47,7 +50,7 @@ ports_case() {
   echo "$out"
 }
 
-# set_yaml MESSAGE [IMAGE] [DEADLINE]: the pod serves MESSAGE on 127.0.0.1:<its node's port>, with
+# set_yaml MESSAGE [IMAGE] [DEADLINE]: the pod serves MESSAGE on $LISTEN:<its node's port>, with
 # SO_REUSEPORT so that two pods of the set can listen at once.
 set_yaml() {
   cat <<YAML
@@ -70,7 +73,7 @@ spec:
         env:
         - {name: MESSAGE, value: "$1"}
         - {name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
-        command: ["sh", "-c", "case \$NODE in $(ports_case) esac; echo \$MESSAGE > /tmp/index.html && exec web 127.0.0.1:\$P /tmp/index.html /tmp/listening"]
+        command: ["sh", "-c", "case \$NODE in $(ports_case) esac; echo \$MESSAGE > /tmp/index.html && exec web $LISTEN:\$P /tmp/index.html /tmp/listening"]
         readinessProbe:
           exec: {command: [cat, /tmp/listening]}
           periodSeconds: 1
@@ -98,7 +101,7 @@ file_rev() { manifest_revision "$1" "$2"; }
 serves() { # message: every node answers with it
   local n
   for n in "${NODES[@]}"; do
-    [[ $(curl -s --max-time 1 "http://127.0.0.1:${PORT[$n]}/") == "$1" ]] || return 1
+    [[ $(curl -s --max-time 1 "http://${ADDRESS[$n]}:${PORT[$n]}/") == "$1" ]] || return 1
   done
 }
 # only_name NAME: on every node, only the set's manifest NAME (primary or surge) and only its
@@ -119,7 +122,7 @@ only_name() {
 start_watch() {
   local primed=$RUN_DIR/surge-watch.primed targets=() n
   rm -f "$primed"
-  for n in "${NODES[@]}"; do targets+=("$n=http://127.0.0.1:${PORT[$n]}/"); done
+  for n in "${NODES[@]}"; do targets+=("$n=http://${ADDRESS[$n]}:${PORT[$n]}/"); done
   PRIMED_FILE=$primed KUBECTL=$(command -v kubectl) python3 "$REPO_ROOT/tests/e2e/surge-watch.py" \
     "$E2E_NS" "$SET" "${targets[@]}" >"$WATCH_OUT" &
   watcher=$!

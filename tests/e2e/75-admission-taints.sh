@@ -23,7 +23,9 @@ TAINT_KEY=e2e.staticpods.dev/dedicated
 EVICT_KEY=e2e.staticpods.dev/evict
 
 cleanup() {
-  kubectl taint node "$B" "$TAINT_KEY-" "$EVICT_KEY-" >/dev/null 2>&1 || true
+  # One at a time: kubectl removes none of them when one is not there.
+  kubectl taint node "$B" "$TAINT_KEY-" >/dev/null 2>&1 || true
+  kubectl taint node "$B" "$EVICT_KEY-" >/dev/null 2>&1 || true
   for ns in "$NS_RESTRICTED" "$NS_BASELINE" "$NS_VAP" "$NS_RAISE" "$E2E_NS"; do
     kubectl delete sps --all -n "$ns" --wait=true --timeout=120s >/dev/null 2>&1 || true
   done
@@ -192,7 +194,7 @@ ok "a running set made non-compliant is reported (Valid=False AdmissionDenied, E
 # --- 6. taints and tolerations, as for a DaemonSet -------------------------------------------------
 
 kubectl taint node "$B" "$TAINT_KEY=x:NoSchedule" --overwrite >/dev/null
-apply_sleeper_set tainted
+apply_sleeper_set tainted "$(test_nodes_selector)"
 wait_for "the set on $A" 120 mirror_ready "$E2E_NS" "tainted-$A" || fail "set not Ready on $A"
 excluded() { [[ $(cond "$E2E_NS" tainted NodesExcluded reason) == UntoleratedTaints ]]; }
 wait_for "NodesExcluded" 30 excluded || fail "no NodesExcluded condition"

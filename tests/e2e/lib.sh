@@ -159,13 +159,15 @@ ensure_e2e_namespace() {
   kubectl create namespace "$E2E_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 }
 
-# apply_sleeper_set NAME: a set of one busybox container that sleeps, on every node.
+# apply_sleeper_set NAME [SELECTOR]: a set of one busybox container that sleeps, on every node (or
+# those SELECTOR, a nodeSelector in flow style, selects).
 apply_sleeper_set() {
   kubectl apply -f - >/dev/null <<YAML
 apiVersion: staticpods.dev/v1alpha1
 kind: StaticPodSet
 metadata: {name: $1, namespace: $E2E_NS}
 spec:
+  nodeSelector: ${2:-"{}"}
   template:
     metadata: {labels: {app: $1}}
     spec:
@@ -173,6 +175,13 @@ spec:
       containers:
       - {name: main, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: [sleep, "100000"]}
 YAML
+}
+
+# test_nodes_selector: a nodeSelector for exactly the suites' nodes (a cluster may have others, such
+# as kind's control plane with its taint).
+test_nodes_selector() {
+  local IFS=,
+  echo "{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [${NODES[*]}]}]}"
 }
 
 # all_mirrors_ready NS SET: the set's mirror pod is Ready on every node.

@@ -24,6 +24,8 @@
 #   kubelet_stop NODE / kubelet_start NODE / kubelet_restart NODE
 #   kubelet_url_mode NODE on|off     restart NODE's kubelet reading its static pods from its agent's
 #                                    URL (on) or from its staticPodPath (off)
+#   node_address NODE                where this host reaches NODE's host-network ports
+#   node_listen_address              the address a hostNetwork test server listens on, for that
 #   node_static_pod_url NODE         the static pod URL NODE's kubelet asks in URL mode (from NODE)
 #   node_cni_conflist NODE           print NODE's CNI configuration
 
@@ -92,6 +94,17 @@ crictl_on() {
     crictl --runtime-endpoint "unix://$(containerd_sock "$n")" "$@"
   fi
 }
+
+# Local nodes share this host's network namespace (each test server gets its own port); a kind
+# node has its own, reached at its address on kind's docker network.
+node_address() {
+  if [[ $E2E_PROVIDER == kind ]]; then
+    docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"
+  else
+    echo 127.0.0.1
+  fi
+}
+node_listen_address() { if [[ $E2E_PROVIDER == kind ]]; then echo 0.0.0.0; else echo 127.0.0.1; fi; }
 
 node_static_pod_url() {
   if [[ $E2E_PROVIDER == kind ]]; then
