@@ -285,7 +285,9 @@ if runs_section 2; then
   log "starting kube-apiserver again"
   apiserver_start || fail "kube-apiserver did not come back"
   t_back=$(now)
-  wait_for "manifests put back" 30 put_back "$A" "$B" || fail "manifests not put back after the API server came back"
+  # The agents' watches retry with a backoff of up to 30 s while the API server is away, and a
+  # kind API server is only ready some seconds after its first answer: up to 90 s.
+  wait_for "manifests put back" 90 put_back "$A" "$B" || fail "manifests not put back after the API server came back"
   # Without a saved state the manifest comes back only after the API server, at about the moment
   # the kubelet deletes the mirror pod of the edited-away pod; the kubelet may then leave the
   # restored pod without a mirror pod until its next periodic sync of the pod (60-90 s): what
