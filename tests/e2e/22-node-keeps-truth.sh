@@ -385,7 +385,9 @@ if runs_section 3; then
     [[ $(report fb-on fallback.fromRevision) == "${X[fb-on]}" && $(report fb-on fallback.toRevision) == "${R[fb-on]}" &&
        $(entry fb-on lastFailure.reason) == NodeFallback && $(degraded fb-on status) == True ]] && (($(event_count fb-on) >= 1))
   }
-  wait_for "fb-on to show the fallback" 60 shown ||
+  # In-cluster clients reach the API server again only once the kubernetes Service routes to it
+  # (on kind, kube-proxy's own watch backs off too): up to 150 s.
+  wait_for "fb-on to show the fallback" 150 shown ||
     fail "fb-on after the API server came back: report fallback '$(report fb-on fallback)', lastFailure '$(entry fb-on lastFailure)', Degraded '$(degraded fb-on status)', NodeFallback events $(event_count fb-on)"
   [[ $(file_revision "$A" fb-on) == "${R[fb-on]}" ]] || fail "$A's fb-on went back to $(file_revision "$A" fb-on) once the API server returned"
   ok "API back: fb-on shows it (report ${X[fb-on]} -> ${R[fb-on]}, lastFailure NodeFallback, Degraded: $(degraded fb-on reason), Event NodeFallback); $A still runs ${R[fb-on]}"

@@ -5,14 +5,19 @@
 # node-access layer in tests/e2e/node-access.sh), each installing the chart as README tells users
 # after `kind load image-archive`; then `kind delete cluster`, on failure too (KEEP_CLUSTER=1 keeps it).
 #
-# KIND_SUITES: the suites to run (names without .sh), default every one that passes on kind (see
-# docs/testing.md for the rest and why).
+# KIND_SUITES: the suites to run (names without .sh), default every tests/e2e/NN-*.sh, as on the
+# local cluster.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-DEFAULT_SUITES=(05-crd-admission 10-staticpodset 20-api-server-down 30-revisions 47-failed-revision-kept
-  70-config-files 75-admission-taints 77-failures-shown 80-node-bound-agents 85-content-addressed
-  90-kubectl-plugin 95-helm-test)
-read -r -a suites <<<"${KIND_SUITES:-${DEFAULT_SUITES[*]}}"
+if [[ -n ${KIND_SUITES:-} ]]; then
+  read -r -a suites <<<"$KIND_SUITES"
+else
+  suites=()
+  for t in "$REPO_ROOT"/tests/e2e/[0-9][0-9]-*.sh; do
+    t=${t##*/}
+    suites+=("${t%.sh}")
+  done
+fi
 
 teardown() {
   local rc=$?
