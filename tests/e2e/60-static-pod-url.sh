@@ -155,7 +155,10 @@ wait_for "B's endpoint serves again" 120 body || fail "endpoint did not recover"
 ok "API back: byte-identical list, same containers"
 
 # --- 6. deletion reaches B through the URL -----------------------------------------------------
-kubectl delete sps -n "$E2E_NS" urlweb --wait=true --timeout=120s >/dev/null || fail "deleting urlweb did not finish"
+# Right after the API server's return: the operator and the agents reach it again only once the
+# kubernetes Service routes to it and their watches' backoff ends (on kind, kube-proxy's own watch
+# recovers first, over a minute), and the deletion waits for both agents to let go: up to 300 s.
+kubectl delete sps -n "$E2E_NS" urlweb --wait=true --timeout=300s >/dev/null || fail "deleting urlweb did not finish"
 gone_from_b() {
   ! kubectl get pod -n "$E2E_NS" "urlweb-$B" >/dev/null 2>&1 && [[ -z $(running_id web) ]] &&
     body | jq -e '[.items[].metadata.name] == ["moved"]' >/dev/null
