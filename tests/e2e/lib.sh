@@ -61,11 +61,7 @@ install_product() {
     return
   fi
   timed "image load" bash "$HARNESS_DIR/load-image" "$PRODUCT_IMAGES/operator.tar" "$PRODUCT_IMAGES/node-agent.tar"
-  kubectl create namespace "$RELEASE_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  # helm installs CRDs on the first install only; an upgrade needs them applied, as README says.
-  kubectl apply --server-side --force-conflicts -f "$REPO_ROOT/crds/" >/dev/null
-  kubectl create secret generic -n "$RELEASE_NS" sps-static-pod-url --from-literal=token="$(static_pod_url_token)" \
-    --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  install_prerequisites
   # shellcheck disable=SC2016  # '$(NODE_NAME)' is for Kubernetes (subPathExpr), not for the shell
   timed "helm install" helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/staticpodset" \
     --namespace "$RELEASE_NS" --create-namespace --wait --timeout 5m \
@@ -82,6 +78,17 @@ install_product() {
     --set agent.criSocketSubPathExpr='$(NODE_NAME)/containerd' \
     --set operator.logFormat=text --set agent.logFormat=text
   restart_on_new_images
+}
+
+# What the chart needs before helm runs: the release namespace, the CRDs (helm installs them on
+# the first install only; an upgrade needs them applied, as README says) and the static pod URL's
+# header Secret.
+install_prerequisites() {
+  kubectl create namespace "$RELEASE_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  # helm installs CRDs on the first install only; an upgrade needs them applied, as README says.
+  kubectl apply --server-side --force-conflicts -f "$REPO_ROOT/crds/" >/dev/null
+  kubectl create secret generic -n "$RELEASE_NS" sps-static-pod-url --from-literal=token="$(static_pod_url_token)" \
+    --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 }
 
 # The images keep their tag (dev) when rebuilt, so helm sees no change in the pod templates:
@@ -106,10 +113,7 @@ install_product_kind() {
   for archive in "$PRODUCT_IMAGES/operator.tar" "$PRODUCT_IMAGES/node-agent.tar"; do
     timed "kind load ${archive##*/}" kind load image-archive --name "$KIND_CLUSTER" "$archive" >/dev/null
   done
-  kubectl create namespace "$RELEASE_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  kubectl apply --server-side --force-conflicts -f "$REPO_ROOT/crds/" >/dev/null
-  kubectl create secret generic -n "$RELEASE_NS" sps-static-pod-url --from-literal=token="$(static_pod_url_token)" \
-    --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  install_prerequisites
   timed "helm install" helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/staticpodset" \
     --namespace "$RELEASE_NS" --create-namespace --wait --timeout 5m \
     --set agent.staticPodURL.enabled=true --set agent.staticPodURL.port="$STATIC_POD_URL_PORT" \

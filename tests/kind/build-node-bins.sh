@@ -13,20 +13,9 @@ CNI_PLUGINS=(bridge host-local loopback portmap)
 # The same wrapper module (staging replaces, version -X flags) as components.sh's build_kubernetes.
 build_kubeadm() {
   if [[ -x $KUBEADM ]]; then log "kubeadm $K8S_VERSION: cached"; return; fi
-  local staging_ver="v0.${K8S_VERSION#v1.}" gomod
-  gomod=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-  [[ -f $gomod ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION's go.mod"
-  local replaces godebug body
-  replaces=$(awk -v v="$staging_ver" '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" { printf "\t%s => %s %s\n", $1, $1, v }' "$gomod" | sort -u)
-  godebug=$(grep -E '^godebug ' "$gomod" || true)
-  body=$(printf '%s\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n%s\n)\n' "$godebug" "$K8S_VERSION" "$replaces")
-  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  local ld="" pkg
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld+=" -X '$pkg.gitVersion=$K8S_VERSION' -X '$pkg.gitMajor=1' -X '$pkg.gitMinor=$minor'"
-    ld+=" -X '$pkg.gitTreeState=clean' -X '$pkg.buildDate=$date' -X '$pkg.gitCommit=$K8S_VERSION'"
-  done
+  local body ld
+  body=$(k8s_wrapper_body)
+  ld=$(k8s_version_ldflags)
   go_wrapper_build kubeadm "$BIN_DIR" "$body" "$ld" k8s.io/kubernetes/cmd/kubeadm
 }
 

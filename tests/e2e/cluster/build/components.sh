@@ -22,24 +22,9 @@ have_all() {
 build_kubernetes() {
   local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
   if have_all "$BIN_DIR" "${cmds[@]}"; then log "kubernetes $K8S_VERSION: cached"; return; fi
-  local staging_ver="v0.${K8S_VERSION#v1.}"
-  local gomod
-  gomod=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-  [[ -f $gomod ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION's go.mod"
-  local replaces godebug
-  replaces=$(awk -v v="$staging_ver" '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" { printf "\t%s => %s %s\n", $1, $1, v }' "$gomod" | sort -u)
-  godebug=$(grep -E '^godebug ' "$gomod" || true)
-  local body
-  body=$(printf '%s\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n%s\n)\n' "$godebug" "$K8S_VERSION" "$replaces")
-  # The same -X flags as upstream's hack/lib/version.sh, so /version reports the real release
-  # (helm's kubeVersion checks and feature gating read it).
-  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  local ld="" pkg
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld+=" -X '$pkg.gitVersion=$K8S_VERSION' -X '$pkg.gitMajor=1' -X '$pkg.gitMinor=$minor'"
-    ld+=" -X '$pkg.gitTreeState=clean' -X '$pkg.buildDate=$date' -X '$pkg.gitCommit=$K8S_VERSION'"
-  done
+  local body ld pkg
+  body=$(k8s_wrapper_body)
+  ld=$(k8s_version_ldflags)
   local pkgs=()
   for pkg in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$pkg"); done
   go_wrapper_build kubernetes "$BIN_DIR" "$body" "$ld" "${pkgs[@]}"

@@ -32,3 +32,28 @@ go_wrapper_build() {
     done
   )
 }
+
+# k8s_wrapper_body: the wrapper go.mod body for commands of k8s.io/kubernetes@$K8S_VERSION: its
+# staging modules (v0.0.0 in its go.mod) replaced by their published v0.<minor> releases, and its
+# godebug line.
+k8s_wrapper_body() {
+  local staging_ver="v0.${K8S_VERSION#v1.}" gomod replaces godebug
+  gomod=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  [[ -f $gomod ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION's go.mod"
+  replaces=$(awk -v v="$staging_ver" '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" { printf "\t%s => %s %s\n", $1, $1, v }' "$gomod" | sort -u)
+  godebug=$(grep -E '^godebug ' "$gomod" || true)
+  printf '%s\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n%s\n)\n' "$godebug" "$K8S_VERSION" "$replaces"
+}
+
+# k8s_version_ldflags: the same -X flags as upstream's hack/lib/version.sh, so /version reports the
+# real release (helm's kubeVersion checks and feature gating read it).
+k8s_version_ldflags() {
+  local minor=${K8S_VERSION#v1.} date ld="" pkg
+  minor=${minor%%.*}
+  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X '$pkg.gitVersion=$K8S_VERSION' -X '$pkg.gitMajor=1' -X '$pkg.gitMinor=$minor'"
+    ld+=" -X '$pkg.gitTreeState=clean' -X '$pkg.buildDate=$date' -X '$pkg.gitCommit=$K8S_VERSION'"
+  done
+  echo "$ld"
+}
