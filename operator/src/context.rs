@@ -80,7 +80,7 @@ pub struct Context {
     /// Admission verdicts on sets' mirror pods, while their revision and namespace are unchanged.
     pub admission: VerdictCache,
     /// Node-object writes sent that the cache may not show yet (see [`crate::sent_writes`]).
-    pub sent_writes: SentWrites,
+    pub sent_writes: Arc<SentWrites>,
 }
 
 impl Context {
@@ -105,7 +105,7 @@ impl Context {
             config_cache: Arc::default(),
             namespaces: stores.4,
             admission: VerdictCache::default(),
-            sent_writes: SentWrites::default(),
+            sent_writes: Arc::default(),
         }
     }
 

@@ -48,6 +48,7 @@ use crate::planner::{self, NodeWrite};
 use crate::revision_writes;
 use crate::revisions;
 use crate::rollback::{self, Rollback};
+use crate::sent_writes::SentWrites;
 use crate::triggers::{
     changed_sets, node_fingerprint, node_object_fingerprint, set_ref, sets_for_node, Tracker,
 };
@@ -154,8 +155,10 @@ pub async fn run(
         .flatten()
     };
 
+    let sent_writes = Arc::new(SentWrites::default());
     let object_triggers = {
         let wake = wake.clone();
+        let sent_writes = sent_writes.clone();
         let mut tracker = Tracker::default();
         watcher(
             Api::<NodeStaticPods>::all(client.clone()),
@@ -170,6 +173,13 @@ pub async fn run(
         .filter_map(move |event| {
             let keys: BTreeSet<SetKey> = match event {
                 Ok(event) => {
+                    match &event {
+                        Event::Apply(o) | Event::InitApply(o) => {
+                            sent_writes.observe(o, Instant::now());
+                        }
+                        Event::Delete(o) => sent_writes.observe_deleted(&o.name_any()),
+                        Event::Init | Event::InitDone => {}
+                    }
                     let changes = tracker.observe(&event, node_object_fingerprint);
                     if changes.iter().any(|c| c.old.is_none() || c.new.is_none()) {
                         wake.notify_one();
@@ -274,6 +284,7 @@ pub async fn run(
         settings.clone(),
     );
     ctx.config_cache = config_cache;
+    ctx.sent_writes = sent_writes;
     let ctx = Arc::new(ctx);
 
     let controller_done = controller
@@ -594,7 +605,7 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
         tracing::warn!(node = %failure.node, revision = %failure.revision, reason, "{}", failure.message);
         ctx.publish(set, true, reason, &failure.message).await;
     }
-    let write_result = execute(ctx, key, decision.writes, &objects).await;
+    let write_result = execute(ctx, key, decision.writes).await;
     if decision.status_changed {
         let api: Api<StaticPodSet> = Api::namespaced(ctx.client.clone(), namespace);
         api.patch_status(
@@ -613,12 +624,14 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
                 .await;
         }
     }
-    write_result?;
+    let recheck = write_result?;
     if let Some(plan) = &decision.history {
         let deleted = revision_writes::prune_history(ctx, key, &plan.prune).await;
         revision_writes::prune_config(ctx, key, &history, config.as_ref(), &deleted).await;
     }
-    Ok(Action::requeue(decision.requeue))
+    Ok(Action::requeue(
+        recheck.map_or(decision.requeue, |r| r.min(decision.requeue)),
+    ))
 }
 
 /// Withdraws a set being deleted from every node, waits until their agents let go of it (or
@@ -626,13 +639,8 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
 async fn cleanup(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action, Error> {
     let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let objects = ctx.objects_by_name();
-    execute(
-        ctx,
-        key,
-        planner::plan_removal(namespace, name, &objects),
-        &objects,
-    )
-    .await?;
+    // Removals still expected leave their entries in the cache: the decision below waits.
+    execute(ctx, key, planner::plan_removal(namespace, name, &objects)).await?;
     let nodes: BTreeMap<String, Arc<Node>> = ctx
         .nodes
         .state()
@@ -686,30 +694,31 @@ async fn cleanup(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Acti
     Ok(Action::await_change())
 }
 
-/// Performs a set's node writes, planned from the node objects `planned_from`, a bounded number
-/// at a time. A write already sent that the cache does not show yet is not sent again. Every
-/// other write is attempted; the result reports the failures.
+/// Performs a set's node writes, a bounded number at a time. A write already sent that the
+/// cache does not show yet is not sent again; the result then says when to look again, in case
+/// it never shows (see [`crate::sent_writes`]). Every other write is attempted; the result
+/// reports the failures.
 async fn execute(
     ctx: &Context,
     key: &SetKey,
     writes: Vec<NodeWrite>,
-    planned_from: &BTreeMap<String, Arc<NodeStaticPods>>,
-) -> Result<(), Error> {
-    let version = |node: &str| {
-        planned_from
-            .get(node)
-            .and_then(|o| o.metadata.resource_version.clone())
-    };
+) -> Result<Option<Duration>, Error> {
+    let now = Instant::now();
     let planned = writes.len();
-    let writes: Vec<(NodeWrite, Option<String>)> = writes
+    let mut recheck: Option<Duration> = None;
+    let writes: Vec<NodeWrite> = writes
         .into_iter()
-        .map(|w| {
-            let v = version(&w.node);
-            (w, v)
-        })
-        .filter(|(w, v)| {
-            !ctx.sent_writes
-                .already_sent(key, &w.node, w.entry.as_ref(), v.as_deref())
+        .filter(|w| {
+            match ctx
+                .sent_writes
+                .expected(key, &w.node, w.entry.as_ref(), now)
+            {
+                Some(left) => {
+                    recheck = Some(recheck.map_or(left, |r| r.min(left)));
+                    false
+                }
+                None => true,
+            }
         })
         .collect();
     if planned > writes.len() {
@@ -719,16 +728,19 @@ async fn execute(
         );
     }
     if writes.is_empty() {
-        return Ok(());
+        return Ok(recheck);
     }
     let total = writes.len();
     tracing::info!(writes = total, "writing node objects");
     let results: Vec<Result<(), Error>> = stream::iter(writes)
-        .map(|(w, planned_from)| async move {
+        .map(|w| async move {
+            // Expected before it is sent: the watch may deliver it before the response.
+            ctx.sent_writes
+                .expect(key, &w.node, w.entry.as_ref(), Instant::now());
             let result = node_writes::write(&ctx.client, ctx.settings.write_mode, key, &w).await;
-            if result.is_ok() {
-                ctx.sent_writes
-                    .record(key, &w.node, w.entry.as_ref(), planned_from.as_deref());
+            if result.is_err() {
+                ctx.sent_writes.sending_failed(key, &w.node);
+            } else {
                 let op = if w.entry.is_some() { "apply" } else { "remove" };
                 ctx.metrics
                     .node_object_writes
@@ -742,7 +754,7 @@ async fn execute(
         .await;
     let mut failures = results.into_iter().filter_map(Result::err);
     match failures.next() {
-        None => Ok(()),
+        None => Ok(recheck),
         Some(first) => {
             let failed = 1 + failures.count();
             Err(Error::NodeWrites {

@@ -1,32 +1,42 @@
-//! The node-object writes the operator sent that its cache may not show yet.
+//! The node-object writes the operator sent that its cache does not show yet: expectations.
 //!
 //! A set's reconcile plans its writes from the NodeStaticPods cache. Under load the watch lags
-//! behind the writes, and the next reconcile (a node's report arrives meanwhile) would plan the
-//! same writes again from the stale copies: at 1,000 nodes a quarter of all entry applies were
-//! such repeats, each a server-side apply of a whole node object. So every successful write is
-//! remembered with the resourceVersion of the copy it was planned from; while the cache still
-//! holds exactly that copy, the same write is not sent again. Once the cache moves on (our write
-//! arrived, or anyone else's), it is the truth again: a write someone undid is repaired.
+//! behind the writes, and the next reconcile (a node's report, or another set's write to the same
+//! node, arrives meanwhile) would plan the same writes again from copies that predate them: at
+//! 1,000 nodes a quarter of all entry applies were such repeats, each a server-side apply into a
+//! whole node object. So, as Kubernetes' own controllers do with their expectations, every write
+//! is expected before it is sent, and the expectation is met when the watch delivers a copy of the
+//! node object that shows the write (the entry as written, or no entry for a removal). While a
+//! write is expected, the same write is not sent again.
 //!
-//! Resource versions are only compared for equality, as the API asks of clients.
+//! An expectation that is never met (the write landed, then someone undid it while the watch was
+//! re-listing, so no copy with it ever arrived) lapses after [`EXPECTATION_TTL`]; the reconcile that
+//! skipped a write is requeued for then, so nothing waits for an event that will not come. Every
+//! other undoing of a write arrives after the write itself, which met its expectation: it is
+//! repaired at once.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use staticpodset_api::{AssignedPod, SetKey};
+use kube::ResourceExt;
+use staticpodset_api::{AssignedPod, NodeStaticPods, SetKey};
 
-/// What was sent for one (set, node): the entry's fingerprint (`None` for a removal) and the
-/// resourceVersion of the node object the write was planned from (`None`: no object yet).
+/// How long a sent write is expected to show in the cache before it may be sent again. Longer
+/// than the watch lags under load (tens of seconds at 1,000 nodes on a saturated API server).
+pub const EXPECTATION_TTL: Duration = Duration::from_secs(60);
+
+/// One expected write: the entry's fingerprint (`None` for a removal) and when it was sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Sent {
+struct Expected {
     entry: Option<u64>,
-    planned_from: Option<String>,
+    sent: Instant,
 }
 
-/// Remembered writes, per (set, node). One per leadership term.
+/// Expected writes, per node and set. One per leadership term.
 #[derive(Debug, Default)]
-pub struct SentWrites(Mutex<HashMap<(SetKey, String), Sent>>);
+pub struct SentWrites(Mutex<HashMap<String, HashMap<SetKey, Expected>>>);
 
 /// A fingerprint of an entry (or of its removal), so memory stays small with 100,000 entries.
 /// `assignedTime` is left out: a reconcile that plans from a copy without the entry hands the
@@ -46,67 +56,100 @@ fn fingerprint(entry: Option<&AssignedPod>) -> Option<u64> {
 }
 
 impl SentWrites {
-    /// Whether the write of `entry` (`None`: the removal) for `set` on `node` was already sent
-    /// while the cache still shows the copy it was planned from, `current`. A record the cache has
-    /// moved past is forgotten.
-    pub fn already_sent(
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<SetKey, Expected>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// If the write of `entry` (`None`: the removal) for `set` on `node` is still expected at
+    /// `now`, how long until it lapses; `None` when it is not expected (send it). A lapsed or
+    /// different expectation is dropped.
+    pub fn expected(
         &self,
         set: &SetKey,
         node: &str,
         entry: Option<&AssignedPod>,
-        current: Option<&str>,
-    ) -> bool {
-        let mut sent = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = (set.clone(), node.to_owned());
-        match sent.get(&key) {
-            Some(s) if s.planned_from.as_deref() == current => s.entry == fingerprint(entry),
-            Some(_) => {
-                sent.remove(&key);
-                false
+        now: Instant,
+    ) -> Option<Duration> {
+        let mut all = self.lock();
+        let per_node = all.get_mut(node)?;
+        let expected = per_node.get(set)?;
+        let left = EXPECTATION_TTL.checked_sub(now.saturating_duration_since(expected.sent));
+        match left {
+            Some(left) if !left.is_zero() && expected.entry == fingerprint(entry) => Some(left),
+            _ => {
+                per_node.remove(set);
+                if per_node.is_empty() {
+                    all.remove(node);
+                }
+                None
             }
-            None => false,
         }
     }
 
-    /// Remembers a successful write planned from the copy at resourceVersion `planned_from`.
-    pub fn record(
-        &self,
-        set: &SetKey,
-        node: &str,
-        entry: Option<&AssignedPod>,
-        planned_from: Option<&str>,
-    ) {
-        let mut sent = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        sent.insert(
-            (set.clone(), node.to_owned()),
-            Sent {
+    /// Expects a write about to be sent at `now`.
+    pub fn expect(&self, set: &SetKey, node: &str, entry: Option<&AssignedPod>, now: Instant) {
+        self.lock().entry(node.to_owned()).or_default().insert(
+            set.clone(),
+            Expected {
                 entry: fingerprint(entry),
-                planned_from: planned_from.map(str::to_owned),
+                sent: now,
             },
         );
     }
 
-    /// Forgets a set's writes (it is gone).
-    pub fn forget_set(&self, set: &SetKey) {
-        let mut sent = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        sent.retain(|(s, _), _| s != set);
+    /// Drops the expectation of a write that failed: nothing of it will show.
+    pub fn sending_failed(&self, set: &SetKey, node: &str) {
+        let mut all = self.lock();
+        if let Some(per_node) = all.get_mut(node) {
+            per_node.remove(set);
+            if per_node.is_empty() {
+                all.remove(node);
+            }
+        }
     }
 
-    /// How many writes are remembered.
+    /// Meets the expectations a copy of a node object, as the watch delivered it, shows; drops
+    /// the node's lapsed ones.
+    pub fn observe(&self, object: &NodeStaticPods, now: Instant) {
+        let node = object.name_any();
+        let mut all = self.lock();
+        let Some(per_node) = all.get_mut(&node) else {
+            return;
+        };
+        per_node.retain(|set, expected| {
+            let shown = object
+                .spec
+                .pods
+                .iter()
+                .find(|p| p.set_namespace == set.namespace && p.set_name == set.name);
+            let met = fingerprint(shown) == expected.entry;
+            let lapsed = now.saturating_duration_since(expected.sent) >= EXPECTATION_TTL;
+            !met && !lapsed
+        });
+        if per_node.is_empty() {
+            all.remove(&node);
+        }
+    }
+
+    /// A node object was deleted: whatever was expected of it, the cache is the truth again.
+    pub fn observe_deleted(&self, node: &str) {
+        self.lock().remove(node);
+    }
+
+    /// Forgets a set's expectations (it is gone).
+    pub fn forget_set(&self, set: &SetKey) {
+        let mut all = self.lock();
+        all.retain(|_, per_node| {
+            per_node.remove(set);
+            !per_node.is_empty()
+        });
+    }
+
+    /// How many writes are expected.
     pub fn len(&self) -> usize {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        self.lock().values().map(HashMap::len).sum()
     }
 
     /// Whether none is.
@@ -118,6 +161,8 @@ impl SentWrites {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::api::ObjectMeta;
+    use staticpodset_api::NodeStaticPodsSpec;
 
     fn entry(revision: &str) -> AssignedPod {
         AssignedPod {
@@ -128,54 +173,105 @@ mod tests {
         }
     }
 
+    fn object(node: &str, pods: Vec<AssignedPod>) -> NodeStaticPods {
+        NodeStaticPods {
+            metadata: ObjectMeta {
+                name: Some(node.into()),
+                ..Default::default()
+            },
+            spec: NodeStaticPodsSpec { pods },
+            status: None,
+        }
+    }
+
     #[test]
-    fn a_write_is_not_repeated_while_the_cache_shows_the_copy_it_was_planned_from() {
+    fn a_write_is_not_repeated_until_the_watch_shows_it() {
         let sent = SentWrites::default();
         let set = SetKey::new("ns", "s");
         let e = entry("r1");
-        assert!(!sent.already_sent(&set, "n1", Some(&e), Some("10")));
-        sent.record(&set, "n1", Some(&e), Some("10"));
-        assert!(sent.already_sent(&set, "n1", Some(&e), Some("10")));
-        // Another node, another set, another entry: not sent.
-        assert!(!sent.already_sent(&set, "n2", Some(&e), Some("10")));
-        assert!(!sent.already_sent(&SetKey::new("ns", "t"), "n1", Some(&e), Some("10")));
-        assert!(!sent.already_sent(&set, "n1", Some(&entry("r2")), Some("10")));
-        assert!(!sent.already_sent(&set, "n1", None, Some("10")));
-        // The same revision handed over again from the same stale copy, at a later time: a repeat.
+        let t0 = Instant::now();
+        assert_eq!(sent.expected(&set, "n1", Some(&e), t0), None);
+        sent.expect(&set, "n1", Some(&e), t0);
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(
+            sent.expected(&set, "n1", Some(&e), t1),
+            Some(EXPECTATION_TTL - Duration::from_secs(5))
+        );
+        // Another node, another set, another entry: not expected.
+        assert_eq!(sent.expected(&set, "n2", Some(&e), t1), None);
+        assert_eq!(
+            sent.expected(&SetKey::new("ns", "t"), "n1", Some(&e), t1),
+            None
+        );
+        sent.expect(&set, "n1", Some(&e), t0);
+        // The same revision handed over again from a stale copy, at a later time: a repeat.
         let later = AssignedPod {
             assigned_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::from_second(100).unwrap(),
             )),
             ..e.clone()
         };
-        assert!(sent.already_sent(&set, "n1", Some(&later), Some("10")));
+        assert!(sent.expected(&set, "n1", Some(&later), t1).is_some());
+        // Copies that do not show it yet (another set's write moved the object on) leave it
+        // expected; the copy that shows it meets it.
+        let other = AssignedPod {
+            set_name: "t".into(),
+            ..entry("r9")
+        };
+        sent.observe(&object("n1", vec![other.clone()]), t1);
+        assert!(sent.expected(&set, "n1", Some(&e), t1).is_some());
+        sent.observe(&object("n1", vec![other, e.clone()]), t1);
+        assert!(sent.is_empty());
+        // Undone after that: planned again and sent.
+        assert_eq!(sent.expected(&set, "n1", Some(&e), t1), None);
     }
 
     #[test]
-    fn the_cache_moving_on_makes_it_the_truth_again() {
+    fn a_different_write_or_a_lapsed_one_is_sent() {
         let sent = SentWrites::default();
         let set = SetKey::new("ns", "s");
-        let e = entry("r1");
-        sent.record(&set, "n1", Some(&e), Some("10"));
-        // The cache now shows a newer copy that still lacks the entry (someone removed it):
-        // the write is planned again, and sent.
-        assert!(!sent.already_sent(&set, "n1", Some(&e), Some("11")));
+        let t0 = Instant::now();
+        sent.expect(&set, "n1", Some(&entry("r1")), t0);
+        assert_eq!(sent.expected(&set, "n1", Some(&entry("r2")), t0), None);
         assert!(
             sent.is_empty(),
-            "the record the cache moved past is forgotten"
+            "a different write replaces the expectation"
         );
+        sent.expect(&set, "n1", Some(&entry("r1")), t0);
+        assert_eq!(
+            sent.expected(&set, "n1", Some(&entry("r1")), t0 + EXPECTATION_TTL),
+            None
+        );
+        assert!(sent.is_empty());
+        // Lapsed ones also go when their node is next seen.
+        sent.expect(&set, "n1", Some(&entry("r1")), t0);
+        sent.observe(&object("n1", vec![]), t0 + EXPECTATION_TTL);
+        assert!(sent.is_empty());
     }
 
     #[test]
-    fn creation_and_removal_are_remembered_too() {
+    fn removals_failures_deletions_and_sets_going() {
         let sent = SentWrites::default();
         let set = SetKey::new("ns", "s");
-        // The apply that creates the node object: planned from no object.
-        sent.record(&set, "n1", Some(&entry("r1")), None);
-        assert!(sent.already_sent(&set, "n1", Some(&entry("r1")), None));
-        sent.record(&set, "n2", None, Some("7"));
-        assert!(sent.already_sent(&set, "n2", None, Some("7")));
-        sent.forget_set(&set);
+        let t0 = Instant::now();
+        sent.expect(&set, "n1", None, t0);
+        assert!(sent.expected(&set, "n1", None, t0).is_some());
+        sent.observe(&object("n1", vec![entry("r1")]), t0);
+        assert!(sent.expected(&set, "n1", None, t0).is_some());
+        sent.observe(&object("n1", vec![]), t0);
+        assert!(sent.is_empty(), "a copy without the entry meets a removal");
+
+        sent.expect(&set, "n1", Some(&entry("r1")), t0);
+        sent.sending_failed(&set, "n1");
         assert!(sent.is_empty());
+
+        sent.expect(&set, "n1", Some(&entry("r1")), t0);
+        sent.observe_deleted("n1");
+        assert!(sent.is_empty());
+
+        sent.expect(&set, "n1", Some(&entry("r1")), t0);
+        sent.expect(&SetKey::new("ns", "t"), "n2", None, t0);
+        sent.forget_set(&set);
+        assert_eq!(sent.len(), 1);
     }
 }
