@@ -16,6 +16,7 @@ use staticpodset_api::{NodeStaticPods, SetKey, StaticPodRevision, StaticPodSet};
 use crate::admission::VerdictCache;
 use crate::config;
 use crate::metrics::Metrics;
+use crate::node_batches::NodeBatches;
 use crate::node_writes::WriteMode;
 use crate::sent_writes::SentWrites;
 use crate::Error;
@@ -81,6 +82,8 @@ pub struct Context {
     pub admission: VerdictCache,
     /// Node-object writes sent that the cache may not show yet (see [`crate::sent_writes`]).
     pub sent_writes: Arc<SentWrites>,
+    /// Node-object writes queued per node, in `batch` write mode.
+    pub node_batches: Arc<NodeBatches>,
 }
 
 impl Context {
@@ -92,6 +95,7 @@ impl Context {
         stores: Stores,
         settings: Settings,
     ) -> Self {
+        let node_batches = NodeBatches::new(client.clone(), stores.2.clone());
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -106,6 +110,7 @@ impl Context {
             namespaces: stores.4,
             admission: VerdictCache::default(),
             sent_writes: Arc::default(),
+            node_batches,
         }
     }
 

@@ -43,7 +43,7 @@ use crate::deletion::cleanup_decision;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::node_match::trim_node;
-use crate::node_writes;
+use crate::node_writes::{self, WriteMode};
 use crate::planner::{self, NodeWrite};
 use crate::revision_writes;
 use crate::revisions;
@@ -605,7 +605,7 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
         tracing::warn!(node = %failure.node, revision = %failure.revision, reason, "{}", failure.message);
         ctx.publish(set, true, reason, &failure.message).await;
     }
-    let write_result = execute(ctx, key, decision.writes).await;
+    let write_result = execute(ctx, key, decision.writes, &objects).await;
     if decision.status_changed {
         let api: Api<StaticPodSet> = Api::namespaced(ctx.client.clone(), namespace);
         api.patch_status(
@@ -640,7 +640,13 @@ async fn cleanup(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Acti
     let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let objects = ctx.objects_by_name();
     // Removals still expected leave their entries in the cache: the decision below waits.
-    execute(ctx, key, planner::plan_removal(namespace, name, &objects)).await?;
+    execute(
+        ctx,
+        key,
+        planner::plan_removal(namespace, name, &objects),
+        &objects,
+    )
+    .await?;
     let nodes: BTreeMap<String, Arc<Node>> = ctx
         .nodes
         .state()
@@ -702,6 +708,7 @@ async fn execute(
     ctx: &Context,
     key: &SetKey,
     writes: Vec<NodeWrite>,
+    cached: &BTreeMap<String, Arc<NodeStaticPods>>,
 ) -> Result<Option<Duration>, Error> {
     let now = Instant::now();
     let planned = writes.len();
@@ -737,7 +744,26 @@ async fn execute(
             // Expected before it is sent: the watch may deliver it before the response.
             ctx.sent_writes
                 .expect(key, &w.node, w.entry.as_ref(), Instant::now());
-            let result = node_writes::write(&ctx.client, ctx.settings.write_mode, key, &w).await;
+            let result = match ctx.settings.write_mode {
+                WriteMode::Batch => ctx
+                    .node_batches
+                    .write(key, &w.node, w.entry.clone())
+                    .await
+                    .map_err(|source| Error::NodeWrite {
+                        op: if w.entry.is_some() {
+                            "writing"
+                        } else {
+                            "removing"
+                        },
+                        set: key.clone(),
+                        node: w.node.clone(),
+                        source,
+                    }),
+                mode => {
+                    let cached = cached.get(&w.node).map(AsRef::as_ref);
+                    node_writes::write(&ctx.client, mode, key, &w, cached).await
+                }
+            };
             if result.is_err() {
                 ctx.sent_writes.sending_failed(key, &w.node);
             } else {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use staticpodset_api::{NodeStaticPods, SetKey, StaticPodSet};
@@ -172,7 +172,8 @@ pub async fn run(
                 entry: None,
                 repair: false,
             };
-            match node_writes::write(&client, mode, &set, &write).await {
+            let cached = objects.get(&ObjectRef::new(&node));
+            match node_writes::write(&client, mode, &set, &write, cached.as_deref()).await {
                 Ok(()) => {
                     metrics
                         .node_object_writes

@@ -37,6 +37,9 @@ pub enum WriteMode {
     Apply,
     /// Read-modify-write with resourceVersion preconditions.
     Update,
+    /// One JSON patch per node carrying every set's pending change to it, guarded by the
+    /// entries' keys (see [`crate::node_batches`]); the operator's field manager owns the entries.
+    Batch,
 }
 
 /// The field manager of update-mode writes and of node object creation.
@@ -44,7 +47,7 @@ pub const OPERATOR_MANAGER: &str = "staticpodset-operator";
 
 /// How often a write is retried after a resourceVersion conflict before giving up for this
 /// reconcile (the error policy retries later).
-const CONFLICT_RETRIES: usize = 5;
+pub(crate) const CONFLICT_RETRIES: usize = 5;
 
 /// The owner reference that ties a node object to its Node, so the garbage collector deletes it
 /// with the Node. Not a controller reference and no blockOwnerDeletion: the Node does not wait
@@ -106,22 +109,26 @@ pub fn replace_entry(
     Some(out)
 }
 
-/// Performs one write for `set`.
+/// Performs one write for `set`; `cached` is the node object as the cache holds it, if it does.
 pub async fn write(
     client: &Client,
     mode: WriteMode,
     set: &SetKey,
     write: &NodeWrite,
+    cached: Option<&NodeStaticPods>,
 ) -> Result<(), Error> {
     let (namespace, name) = (set.namespace.as_str(), set.name.as_str());
     let api: Api<NodeStaticPods> = Api::all(client.clone());
     let (op, result) = match (&write.entry, mode) {
-        (None, _) => ("removing", remove(&api, namespace, name, &write.node).await),
-        (Some(entry), WriteMode::Apply) if write.repair => (
+        (None, _) => (
+            "removing",
+            remove(&api, namespace, name, &write.node, cached).await,
+        ),
+        (Some(entry), WriteMode::Apply | WriteMode::Batch) if write.repair => (
             "repairing",
             repair(&api, namespace, name, &write.node, entry).await,
         ),
-        (Some(entry), WriteMode::Apply) => (
+        (Some(entry), WriteMode::Apply | WriteMode::Batch) => (
             "applying",
             apply(&api, namespace, name, &write.node, entry).await,
         ),
@@ -138,7 +145,7 @@ pub async fn write(
     })
 }
 
-async fn apply(
+pub(crate) async fn apply(
     api: &Api<NodeStaticPods>,
     namespace: &str,
     name: &str,
@@ -178,18 +185,28 @@ pub fn conflicts_only_inside_entries(status: &Status) -> bool {
         && causes.iter().all(|c| c.field.starts_with(".spec.pods["))
 }
 
+/// Removes the set's entry. The first try trusts the index the cached copy shows, guarded by the
+/// patch's `test` operations; only when those fail (the list moved meanwhile) is the object read.
 async fn remove(
     api: &Api<NodeStaticPods>,
     namespace: &str,
     name: &str,
     node: &str,
+    cached: Option<&NodeStaticPods>,
 ) -> Result<(), kube::Error> {
+    let mut hint = cached.and_then(|o| entry_index(o, namespace, name));
     for _ in 0..CONFLICT_RETRIES {
-        let Some(obj) = api.get_opt(node).await? else {
-            return Ok(());
-        };
-        let Some(index) = entry_index(&obj, namespace, name) else {
-            return Ok(());
+        let index = match hint.take() {
+            Some(index) => index,
+            None => {
+                let Some(obj) = api.get_opt(node).await? else {
+                    return Ok(());
+                };
+                let Some(index) = entry_index(&obj, namespace, name) else {
+                    return Ok(());
+                };
+                index
+            }
         };
         match guarded_json_patch(api, node, removal_patch(index, namespace, name)).await {
             Ok(Sent::Done) => return Ok(()),
@@ -202,7 +219,7 @@ async fn remove(
 }
 
 /// The outcome of a guarded write that may have to be redone on a fresh read.
-enum Sent {
+pub(crate) enum Sent {
     Done,
     /// The object changed under us (a conflict, or a failed `test` operation, which the API
     /// server reports as invalid): read it again and retry.
@@ -226,7 +243,7 @@ fn entry_index(obj: &NodeStaticPods, namespace: &str, name: &str) -> Option<usiz
 }
 
 /// Sends a JSON patch whose `test` operations guard the index it touches.
-async fn guarded_json_patch(
+pub(crate) async fn guarded_json_patch(
     api: &Api<NodeStaticPods>,
     node: &str,
     patch: Value,
@@ -313,7 +330,7 @@ async fn update(
     Err(conflict_exhausted(node))
 }
 
-fn conflict_exhausted(node: &str) -> kube::Error {
+pub(crate) fn conflict_exhausted(node: &str) -> kube::Error {
     kube::Error::Api(
         Status::failure(
             &format!(

@@ -296,7 +296,8 @@ def cmd_table(path):
     m = doc.get("meta", {})
     print(f'shape {m.get("shape")}: {m.get("nodes")} nodes x {m.get("sets")} sets, '
           f'{m.get("entries")} (set,node) entries, operator {m.get("profile")} build, '
-          f'ready delay {m.get("ready_delay")}, machine {m.get("machine")}')
+          f'node writes {m.get("write_mode", "apply")}, ready delay {m.get("ready_delay")}, '
+          f'machine {m.get("machine")}')
     print()
     print(f'{"phase":<18}{"seconds":>9}{"op CPU s":>10}{"op RSS MiB":>11}{"mut. req":>10}'
           f'{"mut p99<=s":>11}  detail')
