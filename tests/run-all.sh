@@ -62,7 +62,6 @@ export PATH="$STATICPODSET_CACHE/k8s-$K8S_VERSION/bin:$STATICPODSET_CACHE/tools/
 suite "chart: lint, render, schema, alert rules, server-side dry run" bash tests/chart/check.sh
 
 suite "operator vs a throw-away API server" bash operator/tests/apiserver.sh
-suite "operator vs a throw-away API server, --node-write-mode=batch" env NODE_WRITE_MODE=batch bash operator/tests/apiserver.sh
 suite "e2e: cluster smoke" tests/e2e/smoke.sh
 for t in tests/e2e/[0-9][0-9]-*.sh; do
   [[ -e $t ]] || continue

@@ -16,7 +16,6 @@ use staticpodset_api::{NodeStaticPods, SetKey, StaticPodRevision, StaticPodSet};
 use crate::admission::VerdictCache;
 use crate::config;
 use crate::metrics::Metrics;
-use crate::node_batches::NodeBatches;
 use crate::node_writes::WriteMode;
 use crate::sent_writes::SentWrites;
 use crate::Error;
@@ -82,8 +81,6 @@ pub struct Context {
     pub admission: VerdictCache,
     /// Node-object writes sent that the cache may not show yet (see [`crate::sent_writes`]).
     pub sent_writes: Arc<SentWrites>,
-    /// Node-object writes queued per node, in `batch` write mode.
-    pub node_batches: Arc<NodeBatches>,
 }
 
 impl Context {
@@ -95,7 +92,6 @@ impl Context {
         stores: Stores,
         settings: Settings,
     ) -> Self {
-        let node_batches = NodeBatches::new(client.clone(), stores.2.clone());
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -110,7 +106,6 @@ impl Context {
             namespaces: stores.4,
             admission: VerdictCache::default(),
             sent_writes: Arc::default(),
-            node_batches,
         }
     }
 

@@ -43,7 +43,7 @@ use crate::deletion::cleanup_decision;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::node_match::trim_node;
-use crate::node_writes::{self, WriteMode};
+use crate::node_writes;
 use crate::planner::{self, NodeWrite};
 use crate::revision_writes;
 use crate::revisions;
@@ -744,26 +744,9 @@ async fn execute(
             // Expected before it is sent: the watch may deliver it before the response.
             ctx.sent_writes
                 .expect(key, &w.node, w.entry.as_ref(), Instant::now());
-            let result = match ctx.settings.write_mode {
-                WriteMode::Batch => ctx
-                    .node_batches
-                    .write(key, &w.node, w.entry.clone())
-                    .await
-                    .map_err(|source| Error::NodeWrite {
-                        op: if w.entry.is_some() {
-                            "writing"
-                        } else {
-                            "removing"
-                        },
-                        set: key.clone(),
-                        node: w.node.clone(),
-                        source,
-                    }),
-                mode => {
-                    let cached = cached.get(&w.node).map(AsRef::as_ref);
-                    node_writes::write(&ctx.client, mode, key, &w, cached).await
-                }
-            };
+            let cached = cached.get(&w.node).map(AsRef::as_ref);
+            let result =
+                node_writes::write(&ctx.client, ctx.settings.write_mode, key, &w, cached).await;
             if result.is_err() {
                 ctx.sent_writes.sending_failed(key, &w.node);
             } else {

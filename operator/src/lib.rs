@@ -33,7 +33,6 @@ mod fixtures;
 pub mod http;
 pub mod leader;
 pub mod metrics;
-pub mod node_batches;
 pub mod node_match;
 pub mod node_objects;
 pub mod node_writes;

@@ -37,9 +37,6 @@ pub enum WriteMode {
     Apply,
     /// Read-modify-write with resourceVersion preconditions.
     Update,
-    /// One JSON patch per node carrying every set's pending change to it, guarded by the
-    /// entries' keys (see [`crate::node_batches`]); the operator's field manager owns the entries.
-    Batch,
 }
 
 /// The field manager of update-mode writes and of node object creation.
@@ -47,7 +44,7 @@ pub const OPERATOR_MANAGER: &str = "staticpodset-operator";
 
 /// How often a write is retried after a resourceVersion conflict before giving up for this
 /// reconcile (the error policy retries later).
-pub(crate) const CONFLICT_RETRIES: usize = 5;
+const CONFLICT_RETRIES: usize = 5;
 
 /// The owner reference that ties a node object to its Node, so the garbage collector deletes it
 /// with the Node. Not a controller reference and no blockOwnerDeletion: the Node does not wait
@@ -124,11 +121,11 @@ pub async fn write(
             "removing",
             remove(&api, namespace, name, &write.node, cached).await,
         ),
-        (Some(entry), WriteMode::Apply | WriteMode::Batch) if write.repair => (
+        (Some(entry), WriteMode::Apply) if write.repair => (
             "repairing",
             repair(&api, namespace, name, &write.node, entry).await,
         ),
-        (Some(entry), WriteMode::Apply | WriteMode::Batch) => (
+        (Some(entry), WriteMode::Apply) => (
             "applying",
             apply(&api, namespace, name, &write.node, entry).await,
         ),
@@ -145,7 +142,7 @@ pub async fn write(
     })
 }
 
-pub(crate) async fn apply(
+async fn apply(
     api: &Api<NodeStaticPods>,
     namespace: &str,
     name: &str,
@@ -219,7 +216,7 @@ async fn remove(
 }
 
 /// The outcome of a guarded write that may have to be redone on a fresh read.
-pub(crate) enum Sent {
+enum Sent {
     Done,
     /// The object changed under us (a conflict, or a failed `test` operation, which the API
     /// server reports as invalid): read it again and retry.
@@ -243,7 +240,7 @@ fn entry_index(obj: &NodeStaticPods, namespace: &str, name: &str) -> Option<usiz
 }
 
 /// Sends a JSON patch whose `test` operations guard the index it touches.
-pub(crate) async fn guarded_json_patch(
+async fn guarded_json_patch(
     api: &Api<NodeStaticPods>,
     node: &str,
     patch: Value,
@@ -330,7 +327,7 @@ async fn update(
     Err(conflict_exhausted(node))
 }
 
-pub(crate) fn conflict_exhausted(node: &str) -> kube::Error {
+fn conflict_exhausted(node: &str) -> kube::Error {
     kube::Error::Api(
         Status::failure(
             &format!(

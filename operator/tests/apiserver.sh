@@ -18,7 +18,7 @@
 # it; `make test` builds them before this runs). Missing, they are a failure, not a skip: set
 # SPS_ALLOW_SKIP=1 to skip instead on a machine without them. Usage: bash operator/tests/apiserver.sh
 # (about 2.5 minutes, most of it waiting for the orphan grace period). KEEP=1 keeps the work directory;
-# NODE_WRITE_MODE=batch|update runs the operator with that --node-write-mode (default apply).
+# NODE_WRITE_MODE=update runs the operator with that --node-write-mode (default apply).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=../../tests/e2e/cluster/versions.sh
@@ -284,7 +284,7 @@ eventually 10 "both nodes assigned $rev2" entries_at_update
 agent node-a && agent node-b
 eventually 10 "currentRevision moves to $rev2 once every node runs it" current_is "$rev2" "$rev2"
 
-if [[ $MODE != update ]]; then
+if [[ $MODE == apply ]]; then
   i=$(k get nsp node-a -o json | python3 -c 'import json,sys; print([p["setName"] for p in json.load(sys.stdin)["spec"]["pods"]].index("vip"))')
   k patch nsp node-a --field-manager=human --type=json \
     -p "[{\"op\":\"replace\",\"path\":\"/spec/pods/$i/revisionName\",\"value\":\"by-hand\"}]" >/dev/null

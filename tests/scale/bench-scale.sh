@@ -15,7 +15,7 @@
 # CHECK=1 asserts correctness only (tests/scale/small.sh): every entry written, all Ready, rollouts
 # complete, nothing left after deletion; no timing is judged. Other knobs: NODES, SETS, SLICES,
 # READY_DELAY (2s: simulated mirror pods and kwok's DaemonSet pods alike), FAILURE_FRACTION (0),
-# WRITE_MODE (the operator's --node-write-mode: apply|batch|update), STEADY (60), PROFILE
+# WRITE_MODE (the operator's --node-write-mode: apply|update), STEADY (60), PROFILE
 # (release|debug), OUT (results dir),
 # API_PORT (26443), ETCD_PORT (22379), PEER_PORT (22380), KEEP=1 keeps the work directory.
 # Needs etcd, kube-apiserver, kube-controller-manager, kubectl in $STATICPODSET_CACHE (see
