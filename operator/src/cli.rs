@@ -6,7 +6,6 @@ use std::time::Duration;
 use clap::Parser;
 use staticpodset_api::duration::parse_flag;
 
-use crate::node_writes::WriteMode;
 use crate::telemetry::LogFormat;
 
 /// The StaticPodSet operator: distributes StaticPodSets to their nodes' agents through one
@@ -53,12 +52,8 @@ pub struct Args {
     #[arg(long, default_value = "5m", value_parser = parse_flag)]
     pub node_gone_timeout: Duration,
 
-    /// How entries are written into NodeStaticPods: `apply` (server-side apply, one field manager
-    /// per set; needs the CRD's list-map on spec.pods) or `update` (read-modify-write).
-    #[arg(long, value_enum, default_value_t = WriteMode::Apply)]
-    pub node_write_mode: WriteMode,
-
-    /// NodeStaticPods writes in flight per reconcile.
+    /// NodeStaticPods writes in flight, over all sets (each carries every set's change to one
+    /// node).
     #[arg(long, default_value_t = 16)]
     pub node_write_concurrency: usize,
 
@@ -95,7 +90,6 @@ mod tests {
         assert!(a.leader_elect);
         assert_eq!(a.lease_name, "staticpodset-operator");
         assert_eq!(a.node_gone_timeout, Duration::from_secs(300));
-        assert_eq!(a.node_write_mode, WriteMode::Apply);
         assert_eq!(a.log_format, LogFormat::Text);
         assert_eq!(a.reconcile_debounce, Duration::from_millis(100));
         let off =

@@ -16,7 +16,7 @@ use staticpodset_api::{NodeStaticPods, SetKey, StaticPodRevision, StaticPodSet};
 use crate::admission::VerdictCache;
 use crate::config;
 use crate::metrics::Metrics;
-use crate::node_writes::WriteMode;
+use crate::node_writer::NodeWriter;
 use crate::sent_writes::SentWrites;
 use crate::Error;
 
@@ -30,9 +30,7 @@ const MAX_EVENT_NOTE: usize = 1024;
 pub struct Settings {
     /// A deleted set stops waiting for a node whose agent has not synced for this long.
     pub node_gone_timeout: Duration,
-    /// How entries are written into node objects.
-    pub write_mode: WriteMode,
-    /// Node object writes in flight per reconcile.
+    /// Node object writes in flight (the node writer's workers).
     pub write_concurrency: usize,
     /// Sets reconciled in parallel.
     pub reconcile_concurrency: u16,
@@ -81,6 +79,8 @@ pub struct Context {
     pub admission: VerdictCache,
     /// Node-object writes sent that the cache may not show yet (see [`crate::sent_writes`]).
     pub sent_writes: Arc<SentWrites>,
+    /// The one writer of node objects' entries (see [`crate::node_writer`]).
+    pub node_writer: Arc<NodeWriter>,
 }
 
 impl Context {
@@ -106,6 +106,7 @@ impl Context {
             namespaces: stores.4,
             admission: VerdictCache::default(),
             sent_writes: Arc::default(),
+            node_writer: NodeWriter::new(Arc::default()).0,
         }
     }
 

@@ -43,7 +43,7 @@ use crate::deletion::cleanup_decision;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::node_match::trim_node;
-use crate::node_writes;
+use crate::node_writer::NodeWriter;
 use crate::planner::{self, NodeWrite};
 use crate::revision_writes;
 use crate::revisions;
@@ -284,8 +284,14 @@ pub async fn run(
         settings.clone(),
     );
     ctx.config_cache = config_cache;
+    let (node_writer, writer_channels) = NodeWriter::new(sent_writes.clone());
     ctx.sent_writes = sent_writes;
+    ctx.node_writer = node_writer.clone();
     let ctx = Arc::new(ctx);
+    // A set whose write failed is reconciled at once, so the failure shows on it.
+    let retry_triggers = stream::unfold(writer_channels.retries, |mut rx| async move {
+        rx.recv().await.map(|key| (set_ref(key), rx))
+    });
 
     let controller_done = controller
         .reconcile_on(node_triggers)
@@ -294,6 +300,7 @@ pub async fn run(
         .reconcile_on(configmap_triggers)
         .reconcile_on(secret_triggers)
         .reconcile_on(namespace_triggers)
+        .reconcile_on(retry_triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
@@ -321,17 +328,15 @@ pub async fn run(
         }
     };
 
+    let writes = node_writer.clone().run(
+        client.clone(),
+        objects.clone(),
+        metrics.clone(),
+        settings.write_concurrency,
+        writer_channels.nodes,
+    );
     let node_objects = async move {
-        crate::node_objects::run(
-            client,
-            settings.write_mode,
-            nodes,
-            objects,
-            sets,
-            metrics,
-            wake,
-        )
-        .await;
+        crate::node_objects::run(client, node_writer, nodes, objects, sets, metrics, wake).await;
         future::pending::<()>().await
     };
 
@@ -339,6 +344,7 @@ pub async fn run(
         _ = controller_done => {}
         _ = synced => {}
         _ = node_objects => {}
+        _ = writes => {}
     }
 }
 
@@ -605,7 +611,7 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
         tracing::warn!(node = %failure.node, revision = %failure.revision, reason, "{}", failure.message);
         ctx.publish(set, true, reason, &failure.message).await;
     }
-    let write_result = execute(ctx, key, decision.writes, &objects).await;
+    let write_result = execute(ctx, key, decision.writes);
     if decision.status_changed {
         let api: Api<StaticPodSet> = Api::namespaced(ctx.client.clone(), namespace);
         api.patch_status(
@@ -624,7 +630,7 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
                 .await;
         }
     }
-    let recheck = write_result?;
+    let recheck = write_result.map_err(|e| *e)?;
     if let Some(plan) = &decision.history {
         let deleted = revision_writes::prune_history(ctx, key, &plan.prune).await;
         revision_writes::prune_config(ctx, key, &history, config.as_ref(), &deleted).await;
@@ -640,13 +646,7 @@ async fn cleanup(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Acti
     let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let objects = ctx.objects_by_name();
     // Removals still expected leave their entries in the cache: the decision below waits.
-    execute(
-        ctx,
-        key,
-        planner::plan_removal(namespace, name, &objects),
-        &objects,
-    )
-    .await?;
+    execute(ctx, key, planner::plan_removal(namespace, name, &objects)).map_err(|e| *e)?;
     let nodes: BTreeMap<String, Arc<Node>> = ctx
         .nodes
         .state()
@@ -697,81 +697,17 @@ async fn cleanup(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Acti
         .with_label_values(&["delete"])
         .inc_by(gone.len() as u64);
     ctx.sent_writes.forget_set(key);
+    ctx.node_writer.forget_set(key);
     Ok(Action::await_change())
 }
 
-/// Performs a set's node writes, a bounded number at a time. A write already sent that the
-/// cache does not show yet is not sent again; the result then says when to look again, in case
-/// it never shows (see [`crate::sent_writes`]). Every other write is attempted; the result
-/// reports the failures.
-async fn execute(
+/// Hands a set's node writes to the node writer (see [`crate::node_writer`]). The result says
+/// when to look again (a write not yet shown in the cache, or held back after a failure), or is
+/// the set's failed writes.
+fn execute(
     ctx: &Context,
     key: &SetKey,
     writes: Vec<NodeWrite>,
-    cached: &BTreeMap<String, Arc<NodeStaticPods>>,
-) -> Result<Option<Duration>, Error> {
-    let now = Instant::now();
-    let planned = writes.len();
-    let mut recheck: Option<Duration> = None;
-    let writes: Vec<NodeWrite> = writes
-        .into_iter()
-        .filter(|w| {
-            match ctx
-                .sent_writes
-                .expected(key, &w.node, w.entry.as_ref(), now)
-            {
-                Some(left) => {
-                    recheck = Some(recheck.map_or(left, |r| r.min(left)));
-                    false
-                }
-                None => true,
-            }
-        })
-        .collect();
-    if planned > writes.len() {
-        tracing::debug!(
-            repeats = planned - writes.len(),
-            "not repeating writes the cache does not show yet"
-        );
-    }
-    if writes.is_empty() {
-        return Ok(recheck);
-    }
-    let total = writes.len();
-    tracing::info!(writes = total, "writing node objects");
-    let results: Vec<Result<(), Error>> = stream::iter(writes)
-        .map(|w| async move {
-            // Expected before it is sent: the watch may deliver it before the response.
-            ctx.sent_writes
-                .expect(key, &w.node, w.entry.as_ref(), Instant::now());
-            let cached = cached.get(&w.node).map(AsRef::as_ref);
-            let result =
-                node_writes::write(&ctx.client, ctx.settings.write_mode, key, &w, cached).await;
-            if result.is_err() {
-                ctx.sent_writes.sending_failed(key, &w.node);
-            } else {
-                let op = if w.entry.is_some() { "apply" } else { "remove" };
-                ctx.metrics
-                    .node_object_writes
-                    .with_label_values(&[op])
-                    .inc();
-            }
-            result
-        })
-        .buffer_unordered(ctx.settings.write_concurrency.max(1))
-        .collect()
-        .await;
-    let mut failures = results.into_iter().filter_map(Result::err);
-    match failures.next() {
-        None => Ok(recheck),
-        Some(first) => {
-            let failed = 1 + failures.count();
-            Err(Error::NodeWrites {
-                set: key.clone(),
-                failed,
-                total,
-                first: Box::new(first),
-            })
-        }
-    }
+) -> Result<Option<Duration>, Box<Error>> {
+    ctx.node_writer.submit(key, writes)
 }

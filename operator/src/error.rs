@@ -16,15 +16,15 @@ pub enum Error {
     /// A write into one node object failed.
     #[error("{op} the entry of set {set} in NodeStaticPods {node}: {source}")]
     NodeWrite {
-        /// "applying" or "removing".
+        /// "writing" or "removing".
         op: &'static str,
         /// `<namespace>/<name>` of the set.
         set: SetKey,
         /// The node object (= node) name.
         node: String,
-        /// The API error.
+        /// The API error (shared: one request carries several sets' entries).
         #[source]
-        source: kube::Error,
+        source: std::sync::Arc<kube::Error>,
     },
 
     /// Some of a set's node writes failed; the others went through.
@@ -332,10 +332,10 @@ mod tests {
             failed: 1,
             total: 2,
             first: Box::new(Error::NodeWrite {
-                op: "applying",
+                op: "writing",
                 set: key(),
                 node: "n".into(),
-                source: api(403),
+                source: std::sync::Arc::new(api(403)),
             }),
         };
         assert_eq!(writes.set_reason(), Some(REASON_NODE_WRITE_FAILED));

@@ -35,6 +35,7 @@ pub mod leader;
 pub mod metrics;
 pub mod node_match;
 pub mod node_objects;
+pub mod node_writer;
 pub mod node_writes;
 pub mod planner;
 pub mod plugin;

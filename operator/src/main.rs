@@ -40,7 +40,6 @@ async fn main() -> anyhow::Result<()> {
     };
     let settings = Settings {
         node_gone_timeout: args.node_gone_timeout,
-        write_mode: args.node_write_mode,
         write_concurrency: args.node_write_concurrency,
         reconcile_concurrency: args.concurrency,
         reconcile_debounce: args.reconcile_debounce,

@@ -22,8 +22,10 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// StaticPodSets in the cache.
     pub sets: IntGauge,
-    /// Writes into NodeStaticPods objects, by operation: `apply`, `remove`.
+    /// Set entries written into NodeStaticPods objects, by operation: `apply`, `remove`.
     pub node_object_writes: IntCounterVec,
+    /// Requests that wrote node objects' entries: one carries every set's change to its node.
+    pub node_object_requests: IntCounter,
     /// NodeStaticPods objects created for nodes, or given the owner reference to their Node.
     pub node_objects_ensured: IntCounter,
     /// Writes of StaticPodRevisions and rollbacks, by operation: `create`, `renumber`, `delete`,
@@ -77,9 +79,13 @@ impl Metrics {
         let node_object_writes = IntCounterVec::new(
             Opts::new(
                 "staticpodset_operator_node_object_writes_total",
-                "Writes of set entries into NodeStaticPods objects, by operation",
+                "Set entries written into NodeStaticPods objects, by operation",
             ),
             &["op"],
+        )?;
+        let node_object_requests = IntCounter::new(
+            "staticpodset_operator_node_object_requests_total",
+            "Requests that wrote entries into NodeStaticPods objects; one carries every set's change to its node",
         )?;
         let node_objects_ensured = IntCounter::new(
             "staticpodset_operator_node_objects_ensured_total",
@@ -101,6 +107,7 @@ impl Metrics {
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(sets.clone()))?;
         registry.register(Box::new(node_object_writes.clone()))?;
+        registry.register(Box::new(node_object_requests.clone()))?;
         registry.register(Box::new(node_objects_ensured.clone()))?;
         registry.register(Box::new(revision_writes.clone()))?;
         let config_reads = IntCounterVec::new(
@@ -147,6 +154,7 @@ impl Metrics {
             reconcile_duration,
             sets,
             node_object_writes,
+            node_object_requests,
             node_objects_ensured,
             revision_writes,
             leader,

@@ -18,14 +18,15 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use staticpodset_api::{NodeStaticPods, SetKey, StaticPodSet};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-use crate::node_writes::{self, node_owner_reference, WriteMode, OPERATOR_MANAGER};
+use crate::node_writer::NodeWriter;
+use crate::node_writes::{node_owner_reference, OPERATOR_MANAGER};
 use crate::planner::NodeWrite;
 
 /// How long an entry of an unknown set must stay orphaned before it is removed.
@@ -123,7 +124,7 @@ impl OrphanClock {
 /// notified (a node or node object appeared or vanished), and every minute.
 pub async fn run(
     client: Client,
-    mode: WriteMode,
+    writer: Arc<NodeWriter>,
     nodes: Store<Node>,
     objects: Store<NodeStaticPods>,
     sets: Store<StaticPodSet>,
@@ -172,16 +173,9 @@ pub async fn run(
                 entry: None,
                 repair: false,
             };
-            let cached = objects.get(&ObjectRef::new(&node));
-            match node_writes::write(&client, mode, &set, &write, cached.as_deref()).await {
-                Ok(()) => {
-                    metrics
-                        .node_object_writes
-                        .with_label_values(&["remove"])
-                        .inc();
-                    tracing::info!(%node, %set, "removed the entry of a set that no longer exists");
-                }
-                Err(error) => tracing::warn!(%error, "removing an orphaned entry"),
+            tracing::info!(%node, %set, "removing the entry of a set that no longer exists");
+            if let Err(error) = writer.submit(&set, vec![write]) {
+                tracing::warn!(%error, "removing an orphaned entry");
             }
         }
         tokio::select! {

@@ -148,25 +148,6 @@ pub fn name_problem(set_name: &str, node_name: &str) -> Option<String> {
     })
 }
 
-/// Longest field manager name the API server accepts.
-const MAX_FIELD_MANAGER: usize = 128;
-
-/// The server-side apply field manager under which set `namespace/name` writes its entries into
-/// node objects. One manager per set is what lets sets write the same object without contending:
-/// each owns exactly its own list entry. Names too long for the API's 128-character limit get a
-/// stable hash instead.
-pub fn field_manager(namespace: &str, name: &str) -> String {
-    let plain = format!("staticpodset/{namespace}/{name}");
-    if plain.len() <= MAX_FIELD_MANAGER {
-        return plain;
-    }
-    let digest = revision_of(&Value::String(format!("{namespace}/{name}")));
-    let mut short: String = plain.chars().take(MAX_FIELD_MANAGER - 11).collect();
-    short.push('~');
-    short.push_str(&digest);
-    short
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,16 +361,5 @@ mod tests {
         // A node name that alone is too long still yields a sensible message.
         let problem = name_problem("a", &"n".repeat(70)).unwrap();
         assert!(problem.contains("at most 0 characters"), "{problem}");
-    }
-
-    #[test]
-    fn field_managers_are_per_set_and_short_enough() {
-        assert_eq!(field_manager("ns", "vip"), "staticpodset/ns/vip");
-        assert_ne!(field_manager("ns", "a"), field_manager("ns", "b"));
-        let long_a = field_manager(&"n".repeat(63), &"a".repeat(200));
-        let long_b = field_manager(&"n".repeat(63), &format!("{}b", "a".repeat(199)));
-        assert!(long_a.len() <= 128, "{}", long_a.len());
-        assert_ne!(long_a, long_b);
-        assert_eq!(long_a, field_manager(&"n".repeat(63), &"a".repeat(200)));
     }
 }

@@ -3,9 +3,9 @@
 //! A set's reconcile plans its writes from the NodeStaticPods cache. Under load the watch lags
 //! behind the writes, and the next reconcile (a node's report, or another set's write to the same
 //! node, arrives meanwhile) would plan the same writes again from copies that predate them: at
-//! 1,000 nodes a quarter of all entry applies were such repeats, each a server-side apply into a
-//! whole node object. So, as Kubernetes' own controllers do with their expectations, every write
-//! is expected before it is sent, and the expectation is met when the watch delivers a copy of the
+//! 1,000 nodes a quarter of all entry applies were such repeats, each a write of a whole node
+//! object. So, as Kubernetes' own controllers do with their expectations, every write is expected
+//! when it is handed to the node writer (before it is sent), and the expectation is met when the watch delivers a copy of the
 //! node object that shows the write (the entry as written, or no entry for a removal). While a
 //! write is expected, the same write is not sent again.
 //!

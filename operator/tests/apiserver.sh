@@ -8,7 +8,7 @@
 #   -> template change -> new revision written; hand edit of an entry -> taken back
 #   -> rollback by annotation (restored template, reused revision renumbered), refused rollback
 #   -> history pruned to revisionHistoryLimit, never a revision a node still runs
-#   -> node relabelled -> entry removed, the set's field manager gone from managedFields
+#   -> node relabelled -> entry removed; one field manager (the operator's) for every set's entries
 #   -> set deleted -> finalizer waits for the live agent, skips the NotReady node, releases
 #   -> finalizer removed by hand -> orphaned entry removed by the node-objects loop
 #   -> API server paused -> the leader steps down before its Lease expires, and leads again
@@ -17,8 +17,7 @@
 # Uses etcd and kube-apiserver from $STATICPODSET_CACHE (tests/e2e/cluster/build/components.sh fills
 # it; `make test` builds them before this runs). Missing, they are a failure, not a skip: set
 # SPS_ALLOW_SKIP=1 to skip instead on a machine without them. Usage: bash operator/tests/apiserver.sh
-# (about 2.5 minutes, most of it waiting for the orphan grace period). KEEP=1 keeps the work directory;
-# NODE_WRITE_MODE=update runs the operator with that --node-write-mode (default apply).
+# (about 2.5 minutes, most of it waiting for the orphan grace period). KEEP=1 keeps the work directory.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=../../tests/e2e/cluster/versions.sh
@@ -122,11 +121,6 @@ eventually 120 "API server ready" k get --raw /readyz
 k apply --server-side -f "$ROOT/crds/" >/dev/null
 eventually 30 "CRDs established" k wait --for condition=Established --timeout=5s \
   crd/staticpodsets.staticpods.dev crd/nodestaticpods.staticpods.dev crd/staticpodrevisions.staticpods.dev
-MODE=${NODE_WRITE_MODE:-apply}
-if [[ $MODE == apply ]] && ! grep -q 'x-kubernetes-list-type: map' "$ROOT/crds/nodestaticpods.staticpods.dev.yaml"; then
-  MODE=update
-  echo "NOTE: the NodeStaticPods CRD has no list-map on spec.pods; testing --node-write-mode=update"
-fi
 k create namespace sps-system >/dev/null
 k create namespace sps-config >/dev/null
 k create namespace apps >/dev/null
@@ -175,7 +169,7 @@ PY
 (cd "$ROOT" && cargo build -q -p staticpodset-operator)
 KUBECONFIG=$WORK/operator.kubeconfig POD_NAME=op-test RUST_LOG=info,staticpodset_operator=debug \
   "$CARGO_TARGET_DIR/debug/staticpodset-operator" --lease-namespace sps-system --config-namespace sps-config \
-  --http-addr "127.0.0.1:$HTTP_PORT" --node-write-mode "$MODE" --lease-duration 6 >operator.log 2>&1 &
+  --http-addr "127.0.0.1:$HTTP_PORT" --lease-duration 6 >operator.log 2>&1 &
 OPERATOR_PID=$!
 PIDS+=("$OPERATOR_PID")
 eventually 30 "operator ready (leader, caches synced)" curl -sf "http://127.0.0.1:$HTTP_PORT/readyz"
@@ -284,13 +278,11 @@ eventually 10 "both nodes assigned $rev2" entries_at_update
 agent node-a && agent node-b
 eventually 10 "currentRevision moves to $rev2 once every node runs it" current_is "$rev2" "$rev2"
 
-if [[ $MODE == apply ]]; then
-  i=$(k get nsp node-a -o json | python3 -c 'import json,sys; print([p["setName"] for p in json.load(sys.stdin)["spec"]["pods"]].index("vip"))')
-  k patch nsp node-a --field-manager=human --type=json \
-    -p "[{\"op\":\"replace\",\"path\":\"/spec/pods/$i/revisionName\",\"value\":\"by-hand\"}]" >/dev/null
-  not_edited() { ! k get nsp node-a -o json | grep -q by-hand; }
-  eventually 15 "an entry edited by hand is taken back" not_edited
-fi
+i=$(k get nsp node-a -o json | python3 -c 'import json,sys; print([p["setName"] for p in json.load(sys.stdin)["spec"]["pods"]].index("vip"))')
+k patch nsp node-a --field-manager=human --type=json \
+  -p "[{\"op\":\"replace\",\"path\":\"/spec/pods/$i/revisionName\",\"value\":\"by-hand\"}]" >/dev/null
+not_edited() { ! k get nsp node-a -o json | grep -q by-hand; }
+eventually 15 "an entry edited by hand is taken back" not_edited
 
 # Rollback to revision 1: its template comes back whole; its object is reused as number 3.
 k -n apps annotate sps vip staticpods.dev/rollback-to=1 >/dev/null
@@ -340,11 +332,13 @@ ok "revisionHistoryLimit below 0 is rejected"
 
 k label node node-b zone=y --overwrite >/dev/null
 eventually 10 "relabelled node loses the entry" has_entries node-b everywhere
-if [[ $MODE == apply ]]; then
-  ! k get nsp node-b -o json --show-managed-fields | grep '"manager": "staticpodset/apps/vip"' >/dev/null \
-    || fail "the set's field manager left on node-b"
-  ok "the set's field manager left node-b's managedFields"
-fi
+spec_managers() { # node: "manager operation" of every managedFields record touching spec
+  k get nsp "$1" -o json --show-managed-fields |
+    jq -r '.metadata.managedFields[] | select(.fieldsV1."f:spec"."f:pods" != null) | "\(.manager) \(.operation)"' | sort -u
+}
+[[ $(spec_managers node-a) == "staticpodset-operator Update" ]] \
+  || fail "node-a's entries of two sets are not all the operator's: $(spec_managers node-a | tr '\n' ';')"
+ok "node-a's entries, two sets' and a hand edit taken back, have one field manager: the operator's"
 
 agent node-a && agent node-b
 set_ready node-c False   # its agent still reports 'everywhere', but the node is down

@@ -5,7 +5,7 @@ snapshots, the audit log, the operator's /proc samples, object lists) and prints
 Subcommands (all print to stdout):
   progress SET LIST.json            "<nodes with SET's entry> <nodes at the set's updateRevision>"
   entries LIST.json PREFIX SLICES BACKGROUND   checks each node carries exactly its sets
-  nsp-times LIST.json SET T0        per-node written / ready seconds after T0 (p50, p99, max)
+  nsp-times LIST.json SET T0 [DELAY] per-node written (seen by the agent: Ready less DELAY s) / ready seconds after T0
   pod-times PODS.json T0            per-pod Running/Ready seconds after T0 (p50, p99, max)
   phase NAME T0 T1 BEFORE AFTER AUDIT SAMPLES   one phase: requests, p99, writes by user, CPU, RSS
   sizes DIR                         largest NodeStaticPods and bytes per resource, from DIR/*.json
@@ -199,24 +199,31 @@ def cmd_entries(path, prefix, slices, background):
         print("  " + b, file=sys.stderr)
 
 
-def cmd_nsp_times(path, set_name, t0):
-    t0 = float(t0)
+def cmd_nsp_times(path, set_name, t0, ready_delay="0"):
+    """Per node: when the set's entry was written and when its mirror pod was Ready.
+
+    Written is when the (simulated) agent saw the entry: its mirror pod's readySince less the
+    fleet's fixed Ready delay. Entries of earlier releases, applied by a field manager per set,
+    have that manager's time; entries not Ready yet fall back to assignedTime (when planned).
+    """
+    t0, delay = float(t0), float(ready_delay)
     written, ready = [], []
-    manager = None
     for o in nsp_items(path):
         entry = next((p for p in o.get("spec", {}).get("pods", []) if p["setName"] == set_name), None)
         if entry is None:
             continue
-        ns = entry["setNamespace"]
-        manager = f"staticpodset/{ns}/{set_name}"
+        manager = f"staticpodset/{entry['setNamespace']}/{set_name}"
         mf = [m for m in o["metadata"].get("managedFields", []) if m.get("manager") == manager]
-        if mf and mf[0].get("time"):
-            written.append(max(0.0, ts(mf[0]["time"]) - t0))
-        elif entry.get("assignedTime"):
-            written.append(max(0.0, ts(entry["assignedTime"]) - t0))
         rep = next((p for p in o.get("status", {}).get("pods", []) if p["setName"] == set_name), None)
         mirror = (rep or {}).get("mirrorPod") or {}
-        if mirror.get("ready") and mirror.get("upToDate") and mirror.get("readySince"):
+        is_ready = mirror.get("ready") and mirror.get("upToDate") and mirror.get("readySince")
+        if mf and mf[0].get("time"):
+            written.append(max(0.0, ts(mf[0]["time"]) - t0))
+        elif is_ready:
+            written.append(max(0.0, ts(mirror["readySince"]) - delay - t0))
+        elif entry.get("assignedTime"):
+            written.append(max(0.0, ts(entry["assignedTime"]) - t0))
+        if is_ready:
             ready.append(max(0.0, ts(mirror["readySince"]) - t0))
     print(json.dumps({"written": pct(written), "ready": pct(ready)}))
 

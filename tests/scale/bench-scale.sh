@@ -15,7 +15,7 @@
 # CHECK=1 asserts correctness only (tests/scale/small.sh): every entry written, all Ready, rollouts
 # complete, nothing left after deletion; no timing is judged. Other knobs: NODES, SETS, SLICES,
 # READY_DELAY (2s: simulated mirror pods and kwok's DaemonSet pods alike), FAILURE_FRACTION (0),
-# WRITE_MODE (the operator's --node-write-mode: apply|update), STEADY (60), PROFILE
+# STEADY (60), PROFILE
 # (release|debug), OUT (results dir),
 # API_PORT (26443), ETCD_PORT (22379), PEER_PORT (22380), KEEP=1 keeps the work directory.
 # Needs etcd, kube-apiserver, kube-controller-manager, kubectl in $STATICPODSET_CACHE (see
@@ -45,7 +45,7 @@ case $SHAPE in
   *) echo "unknown SHAPE=$SHAPE (small, 1k, 5k, 5k200)" >&2; exit 2 ;;
 esac
 NODES=${NODES:-$nodes} SETS=${SETS:-$sets} SLICES=${SLICES:-$slices}
-READY_DELAY=${READY_DELAY:-2s} FAILURE_FRACTION=${FAILURE_FRACTION:-0} WRITE_MODE=${WRITE_MODE:-apply}
+READY_DELAY=${READY_DELAY:-2s} FAILURE_FRACTION=${FAILURE_FRACTION:-0}
 STEADY=${STEADY:-60} PROFILE=${PROFILE:-release}
 # delay_ms DURATION (2s, 500ms, 1m): the duration in milliseconds.
 delay_ms() {
@@ -282,7 +282,7 @@ ok "$NODES Nodes Ready, not-ready taints lifted (kwok + nodelifecycle)"
 start_operator() {
   KUBECONFIG=$WORK/operator.kubeconfig POD_NAME=scale-op RUST_LOG=info \
     "$BIN/staticpodset-operator" --lease-namespace sps-system --config-namespace sps-config \
-    --http-addr "127.0.0.1:$OP_PORT" --node-write-mode "$WRITE_MODE" >>operator.log 2>&1 &
+    --http-addr "127.0.0.1:$OP_PORT" >>operator.log 2>&1 &
   OPERATOR_PID=$!
   echo "$OPERATOR_PID" >operator.pid
 }
@@ -393,7 +393,7 @@ bench_ready() {
 until_true 3600 "bench set all Ready" bench_ready
 t_ready=$(elapsed "$t0")
 nsp_list nsp.json
-times=$(python3 "$HERE/analyze.py" nsp-times nsp.json bench "$t0")
+times=$(python3 "$HERE/analyze.py" nsp-times nsp.json bench "$t0" "$(python3 -c "print($(delay_ms "$READY_DELAY") / 1000)")")
 phase_end "all_written_s=$t_written" "all_ready_s=$t_ready" \
   "entries_written=$(jq -c .written <<<"$times")" "to_ready=$(jq -c .ready <<<"$times")"
 ok "bench set: every entry written after ${t_written}s, all Ready after ${t_ready}s"
@@ -498,7 +498,7 @@ rm -rf sizes
 entries=$(python3 -c "import json; print(sum(len(o['spec'].get('pods', [])) for o in json.load(open('nsp.json'))['items']))")
 cat >results/meta.json <<EOF
 {"meta": {"shape": "$SHAPE", "nodes": $NODES, "sets": $SETS, "groups": $SLICES, "entries": $entries,
-  "profile": "$PROFILE", "write_mode": "$WRITE_MODE", "ready_delay": "$READY_DELAY", "steady_seconds": $STEADY, "failure_fraction": $FAILURE_FRACTION,
+  "profile": "$PROFILE", "write_mode": "node-writer", "ready_delay": "$READY_DELAY", "steady_seconds": $STEADY, "failure_fraction": $FAILURE_FRACTION,
   "machine": "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)",
   "date": "$(date -u +%FT%TZ)", "commit": "$(git -C "$ROOT" rev-parse --short HEAD)"},
  "sizes": $sizes, "etcd_db_bytes": $db}
