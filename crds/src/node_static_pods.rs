@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct NodeStaticPodsSpec {
     /// One entry per StaticPodSet that selects this node.
-    // A map keyed by set, so that each set's server-side apply owns only its own entry and sets
-    // never conflict over one node's object.
+    // A map keyed by set: the API server rejects a second entry for a set, which is what makes
+    // the operator's append of an entry safe when its cache lags behind its own writes.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["setNamespace", "setName"]))]
     pub pods: Vec<AssignedPod>,

@@ -70,7 +70,7 @@ pub fn entries_patch(pods: &[AssignedPod], changes: &EntryChanges) -> Option<Val
     for (set, want) in changes {
         let index = pods.iter().position(|p| SetKey::of(p) == *set);
         match (index, want) {
-            (Some(i), Some(entry)) if pods[i] == *entry => {}
+            (Some(i), Some(entry)) if same_assignment(&pods[i], entry) => {}
             (Some(i), Some(entry)) => {
                 replaces.extend(key_tests(i, set));
                 replaces.push(
@@ -92,6 +92,19 @@ pub fn entries_patch(pods: &[AssignedPod], changes: &EntryChanges) -> Option<Val
     }
     ops.extend(appends);
     (!ops.is_empty()).then_some(Value::Array(ops))
+}
+
+/// Whether `current` already is the assignment `wanted` asks for. Only the time may differ: a set
+/// that planned from a cache without its entry (the watch behind the writes) assigns the same
+/// revision again with a later time, and that is no reason to write, nor to restart the node's
+/// deadlines.
+pub fn same_assignment(current: &AssignedPod, wanted: &AssignedPod) -> bool {
+    let timeless = |p: &AssignedPod| AssignedPod {
+        assigned_time: None,
+        ..p.clone()
+    };
+    (current.assigned_time.is_some() || wanted.assigned_time.is_none())
+        && timeless(current) == timeless(wanted)
 }
 
 /// The entries a node object created from scratch holds: those `changes` want, in set order.
@@ -119,11 +132,15 @@ pub async fn write_entries(
 ) -> Result<(), kube::Error> {
     let mut base = cached.cloned();
     let mut last_refusal = None;
+    // The resourceVersion of a fresh read whose patch was refused: if the next read shows the
+    // same version, nothing moved, and the refusal is the server's answer (admission, schema),
+    // not a stale copy's failed guard.
+    let mut refused_at: Option<String> = None;
     for _ in 0..CONFLICT_RETRIES {
-        let obj = match base.take() {
-            Some(obj) => obj,
+        let (obj, fresh) = match base.take() {
+            Some(obj) => (obj, false),
             None => match api.get_opt(node).await? {
-                Some(obj) => obj,
+                Some(obj) => (obj, true),
                 None => {
                     let pods = created_entries(changes);
                     if pods.is_empty() {
@@ -144,6 +161,12 @@ pub async fn write_entries(
                 }
             },
         };
+        if let (Some(refusal), Some(at)) = (&last_refusal, &refused_at) {
+            if obj.metadata.resource_version.as_ref() == Some(at) {
+                tracing::debug!(%node, %refusal, "refused against an unchanged object");
+                break;
+            }
+        }
         let Some(patch) = entries_patch(&obj.spec.pods, changes) else {
             return Ok(());
         };
@@ -156,7 +179,14 @@ pub async fn write_entries(
             Ok(_) => return Ok(()),
             // A failed `test` is reported as invalid, an appended entry already there (the
             // cache lagged) as invalid too (a duplicate key of the list-map): read and redo.
-            Err(e) if is_conflict(&e) || is_invalid(&e) => last_refusal = Some(e),
+            Err(e) if is_conflict(&e) || is_invalid(&e) => {
+                last_refusal = Some(e);
+                refused_at = if fresh {
+                    obj.metadata.resource_version.clone()
+                } else {
+                    None
+                };
+            }
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(e),
         }
@@ -263,6 +293,34 @@ mod tests {
         let mut doc = json!({ "spec": { "pods": [entry("b", "1")] } });
         let patch: json_patch::Patch = serde_json::from_value(patch).unwrap();
         assert!(json_patch::patch(&mut doc, &patch).is_err());
+    }
+
+    #[test]
+    fn a_later_time_alone_is_no_change() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let at = |s: i64| Some(Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap()));
+        let current = AssignedPod {
+            assigned_time: at(100),
+            ..entry("a", "1")
+        };
+        let again = AssignedPod {
+            assigned_time: at(160),
+            ..entry("a", "1")
+        };
+        let pods = vec![current.clone()];
+        assert_eq!(entries_patch(&pods, &changes(&[("a", Some(again))])), None);
+        let next = AssignedPod {
+            assigned_time: at(160),
+            ..entry("a", "2")
+        };
+        assert!(entries_patch(&pods, &changes(&[("a", Some(next))])).is_some());
+        // An entry without a time (edited by hand) gets the planned one.
+        let untimed = vec![entry("a", "1")];
+        let timed = AssignedPod {
+            assigned_time: at(100),
+            ..entry("a", "1")
+        };
+        assert!(entries_patch(&untimed, &changes(&[("a", Some(timed))])).is_some());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 #   -> rollback by annotation (restored template, reused revision renumbered), refused rollback
 #   -> history pruned to revisionHistoryLimit, never a revision a node still runs
 #   -> node relabelled -> entry removed; one field manager (the operator's) for every set's entries
+#   -> a node object the API server refuses to change: shown on the set, retried until it lands
 #   -> set deleted -> finalizer waits for the live agent, skips the NotReady node, releases
 #   -> finalizer removed by hand -> orphaned entry removed by the node-objects loop
 #   -> API server paused -> the leader steps down before its Lease expires, and leads again
@@ -339,6 +340,63 @@ spec_managers() { # node: "manager operation" of every managedFields record touc
 [[ $(spec_managers node-a) == "staticpodset-operator Update" ]] \
   || fail "node-a's entries of two sets are not all the operator's: $(spec_managers node-a | tr '\n' ';')"
 ok "node-a's entries, two sets' and a hand edit taken back, have one field manager: the operator's"
+
+# A node object the API server refuses to change: the set shows it (condition and Warning Event with
+# the server's message), its other node is written all the same, and the refused write is retried
+# (with back-off) until it lands once the refusal is lifted.
+k apply -f - >/dev/null <<'EOF'
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: freeze-node-c}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [staticpods.dev], apiVersions: ["*"], operations: [UPDATE], resources: [nodestaticpods]}
+  validations:
+  - {expression: "object.metadata.name != 'node-c'", message: "node-c is frozen by the test"}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: freeze-node-c}
+spec: {policyName: freeze-node-c, validationActions: [Deny]}
+EOF
+frozen() { # (output captured first: grep -q would cut the pipe short, and pipefail is on)
+  local out; out=$(k patch nsp node-c --dry-run=server --type=merge -p '{"metadata":{"labels":{"probe":"x"}}}' 2>&1) || true
+  grep -q "frozen by the test" <<<"$out"
+}
+eventually 30 "the policy refuses changes to node-c" frozen
+k apply -f - >/dev/null <<'EOF'
+apiVersion: staticpods.dev/v1alpha1
+kind: StaticPodSet
+metadata: {name: zone-y, namespace: apps}
+spec:
+  nodeSelector: {matchLabels: {zone: "y"}}
+  template:
+    spec:
+      containers: [{name: c, image: "busybox:1.36", command: [sleep, "3600"]}]
+EOF
+refused_shown() {
+  is zone-y '{.status.conditions[?(@.type=="ReconcileFailure")].reason}' NodeWriteFailed &&
+    [[ $(jp zone-y '{.status.conditions[?(@.type=="ReconcileFailure")].message}') == *node-c*"frozen by the test"* ]]
+}
+eventually 30 "the refused write shows on the set: ReconcileFailure NodeWriteFailed, naming node-c and the server's message" refused_shown
+k -n apps get events.events.k8s.io \
+  -o jsonpath='{range .items[?(@.reason=="NodeWriteFailed")]}{.type}/{.regarding.name}{"\n"}{end}' | grep -qx Warning/zone-y \
+  || fail "a Warning Event NodeWriteFailed on zone-y"
+ok "a Warning Event NodeWriteFailed on zone-y"
+has_entries node-b 'everywhere zone-y' || fail "node-b written despite node-c's refusal: $(entries node-b)"
+ok "node-b is written all the same"
+k delete validatingadmissionpolicybinding freeze-node-c >/dev/null
+k delete validatingadmissionpolicy freeze-node-c >/dev/null
+landed() { has_entries node-c 'everywhere zone-y' && ! is zone-y '{.status.conditions[?(@.type=="ReconcileFailure")].status}' True; }
+eventually 60 "once the refusal is lifted, the retried write lands and the failure is cleared" landed
+k -n apps delete sps zone-y --wait=false >/dev/null
+withdrawn() { has_entries node-b everywhere && has_entries node-c everywhere; }
+eventually 20 "zone-y deleted: its entries are withdrawn" withdrawn
+agent node-b && agent node-c notready
+gone() { ! k -n apps get sps zone-y >/dev/null 2>&1; }
+eventually 20 "zone-y released once its agents let go" gone
 
 agent node-a && agent node-b
 set_ready node-c False   # its agent still reports 'everywhere', but the node is down
