@@ -392,11 +392,11 @@ k delete validatingadmissionpolicy freeze-node-c >/dev/null
 landed() { has_entries node-c 'everywhere zone-y' && ! is zone-y '{.status.conditions[?(@.type=="ReconcileFailure")].status}' True; }
 eventually 60 "once the refusal is lifted, the retried write lands and the failure is cleared" landed
 k -n apps delete sps zone-y --wait=false >/dev/null
-withdrawn() { has_entries node-b everywhere && has_entries node-c everywhere; }
-eventually 20 "zone-y deleted: its entries are withdrawn" withdrawn
+zone_y_withdrawn() { has_entries node-b everywhere && has_entries node-c everywhere; }
+eventually 20 "zone-y deleted: its entries are withdrawn" zone_y_withdrawn
 agent node-b && agent node-c notready
-gone() { ! k -n apps get sps zone-y >/dev/null 2>&1; }
-eventually 20 "zone-y released once its agents let go" gone
+zone_y_gone() { ! k -n apps get sps zone-y >/dev/null 2>&1; }
+eventually 20 "zone-y released once its agents let go" zone_y_gone
 
 agent node-a && agent node-b
 set_ready node-c False   # its agent still reports 'everywhere', but the node is down
