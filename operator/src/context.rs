@@ -14,6 +14,7 @@ use kube::{Client, Resource, ResourceExt};
 use staticpodset_api::{NodeStaticPods, SetKey, StaticPodRevision, StaticPodSet};
 
 use crate::admission::VerdictCache;
+use crate::backoff::backoff_delay;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::node_writer::NodeWriter;
@@ -192,12 +193,6 @@ pub fn event_action(note: &str) -> String {
     )
 }
 
-/// Delay before retry number `failures` (1-based): 1s, 2s, 4s... capped at 300s.
-pub fn backoff_delay(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(9);
-    Duration::from_secs((1u64 << exp).min(300))
-}
-
 fn truncate(text: &str, max_bytes: usize) -> String {
     if text.len() <= max_bytes {
         return text.to_string();
@@ -212,13 +207,6 @@ fn truncate(text: &str, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let delays: Vec<u64> = (1..=11).map(|n| backoff_delay(n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
-        assert_eq!(backoff_delay(u32::MAX).as_secs(), 300);
-    }
 
     #[test]
     fn event_actions_differ_by_note_only() {

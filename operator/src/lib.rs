@@ -20,6 +20,7 @@
 
 pub mod admission;
 pub mod admission_check;
+pub mod backoff;
 pub mod cli;
 pub mod conditions;
 pub mod config;

@@ -24,7 +24,7 @@ use kube::{Api, Client};
 use staticpodset_api::{NodeStaticPods, SetKey};
 use tokio::sync::mpsc;
 
-use crate::context::backoff_delay;
+use crate::backoff::backoff_delay;
 use crate::metrics::Metrics;
 use crate::node_writes::{self, EntryChanges};
 use crate::planner::NodeWrite;
