@@ -223,8 +223,11 @@ YAML
   wait_for "every set Ready within 30 s" 30 all_ready "${KEEP_SETS[@]}" keep-url ||
     fail "not every set Ready 30 s after the API server came back"
   ready_after=$(since "$t_back")
+  # After minutes without an API server the agent's watch retries every 30 s (kube-runtime's
+  # default backoff at its cap, with jitter), so its first list may come that long after the
+  # API server is back: 60 s, not less.
   for n in "$A" "$B"; do
-    wait_for "$n's agent back on the API server" 30 metric_is "$n" staticpodset_agent_saved_state_in_use 0 ||
+    wait_for "$n's agent back on the API server" 60 metric_is "$n" staticpodset_agent_saved_state_in_use 0 ||
       fail "$n's agent still acts on its saved state"
   done
   put_back "$A" "$B" || fail "manifests differ from the API's after the outage"
