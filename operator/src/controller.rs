@@ -44,7 +44,7 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::node_match::trim_node;
 use crate::node_writer::NodeWriter;
-use crate::planner::{self, NodeWrite};
+use crate::planner;
 use crate::revision_writes;
 use crate::revisions;
 use crate::rollback::{self, Rollback};
@@ -611,7 +611,8 @@ async fn apply(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Action
         tracing::warn!(node = %failure.node, revision = %failure.revision, reason, "{}", failure.message);
         ctx.publish(set, true, reason, &failure.message).await;
     }
-    let write_result = execute(ctx, key, decision.writes);
+    // Handed over, not sent: the writer says when to look again, or what failed before.
+    let write_result = ctx.node_writer.submit(key, decision.writes);
     if decision.status_changed {
         let api: Api<StaticPodSet> = Api::namespaced(ctx.client.clone(), namespace);
         api.patch_status(
@@ -646,7 +647,9 @@ async fn cleanup(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Acti
     let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let objects = ctx.objects_by_name();
     // Removals still expected leave their entries in the cache: the decision below waits.
-    execute(ctx, key, planner::plan_removal(namespace, name, &objects)).map_err(|e| *e)?;
+    ctx.node_writer
+        .submit(key, planner::plan_removal(namespace, name, &objects))
+        .map_err(|e| *e)?;
     let nodes: BTreeMap<String, Arc<Node>> = ctx
         .nodes
         .state()
@@ -699,15 +702,4 @@ async fn cleanup(set: &StaticPodSet, key: &SetKey, ctx: &Context) -> Result<Acti
     ctx.sent_writes.forget_set(key);
     ctx.node_writer.forget_set(key);
     Ok(Action::await_change())
-}
-
-/// Hands a set's node writes to the node writer (see [`crate::node_writer`]). The result says
-/// when to look again (a write not yet shown in the cache, or held back after a failure), or is
-/// the set's failed writes.
-fn execute(
-    ctx: &Context,
-    key: &SetKey,
-    writes: Vec<NodeWrite>,
-) -> Result<Option<Duration>, Box<Error>> {
-    ctx.node_writer.submit(key, writes)
 }

@@ -66,7 +66,8 @@ impl Queue {
     pub fn submit(&mut self, set: &SetKey, writes: Vec<NodeWrite>, now: Instant) -> Submitted {
         let mut out = Submitted::default();
         if let Some(failed) = self.failed.get_mut(set) {
-            failed.retain(|node, _| writes.iter().any(|w| &w.node == node));
+            let wanted: HashSet<&str> = writes.iter().map(|w| w.node.as_str()).collect();
+            failed.retain(|node, _| wanted.contains(node.as_str()));
         }
         for write in writes {
             if let Some(f) = self.failed.get(set).and_then(|f| f.get(&write.node)) {
@@ -300,7 +301,7 @@ impl NodeWriter {
             Ok(())
         } else {
             let cached = objects.get(&ObjectRef::new(&node));
-            node_writes::write_entries(api, &node, &changes, cached.as_deref()).await
+            node_writes::write_entries(api, &node, &changes, cached).await
         };
         match &outcome {
             Ok(()) => {

@@ -18,6 +18,7 @@
 //! node-objects loop owns them ([`node_owner_reference`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::Status;
@@ -94,15 +95,19 @@ pub fn entries_patch(pods: &[AssignedPod], changes: &EntryChanges) -> Option<Val
     (!ops.is_empty()).then_some(Value::Array(ops))
 }
 
+/// The entry without its `assignedTime`: what an assignment is, whenever it was made.
+pub fn timeless(entry: &AssignedPod) -> AssignedPod {
+    AssignedPod {
+        assigned_time: None,
+        ..entry.clone()
+    }
+}
+
 /// Whether `current` already is the assignment `wanted` asks for. Only the time may differ: a set
 /// that planned from a cache without its entry (the watch behind the writes) assigns the same
 /// revision again with a later time, and that is no reason to write, nor to restart the node's
 /// deadlines.
 pub fn same_assignment(current: &AssignedPod, wanted: &AssignedPod) -> bool {
-    let timeless = |p: &AssignedPod| AssignedPod {
-        assigned_time: None,
-        ..p.clone()
-    };
     (current.assigned_time.is_some() || wanted.assigned_time.is_none())
         && timeless(current) == timeless(wanted)
 }
@@ -128,9 +133,9 @@ pub async fn write_entries(
     api: &Api<NodeStaticPods>,
     node: &str,
     changes: &EntryChanges,
-    cached: Option<&NodeStaticPods>,
+    cached: Option<Arc<NodeStaticPods>>,
 ) -> Result<(), kube::Error> {
-    let mut base = cached.cloned();
+    let mut base = cached;
     let mut last_refusal = None;
     // The resourceVersion of a fresh read whose patch was refused: if the next read shows the
     // same version, nothing moved, and the refusal is the server's answer (admission, schema),
@@ -140,14 +145,13 @@ pub async fn write_entries(
         let (obj, fresh) = match base.take() {
             Some(obj) => (obj, false),
             None => match api.get_opt(node).await? {
-                Some(obj) => (obj, true),
+                Some(obj) => (Arc::new(obj), true),
                 None => {
                     let pods = created_entries(changes);
                     if pods.is_empty() {
                         return Ok(());
                     }
-                    let mut obj = NodeStaticPods::new(node, NodeStaticPodsSpec { pods });
-                    obj.metadata.name = Some(node.into());
+                    let obj = NodeStaticPods::new(node, NodeStaticPodsSpec { pods });
                     let params = PostParams {
                         field_manager: Some(OPERATOR_MANAGER.into()),
                         ..Default::default()

@@ -21,8 +21,7 @@ pub struct NodeWrite {
     /// The entry to put; `None` removes the set's entry.
     pub entry: Option<AssignedPod>,
     /// The entry is there at the wanted revision but its content differs: someone edited it.
-    /// Server-side apply cannot remove fields another manager added, so the entry is replaced
-    /// as a whole instead.
+    /// Every entry is written whole, so this changes only what is logged: the edit is undone.
     pub repair: bool,
 }
 
@@ -124,11 +123,9 @@ pub fn writes(
 
 /// The entry is there at the wanted revision but differs in what the set always writes whole,
 /// so the difference can only be an edit that did not go through the set. The rollout's
-/// bookkeeping (`assignedTime`, `lastFailure`) changes by server-side apply and is no edit.
-///
-/// A `fallbackDeadlineSeconds` the set does not want is replaced too: apply removes it only if
-/// the set's own manager wrote it, and one left behind by anyone else would let the agent fall
-/// back for a set that has not opted in.
+/// bookkeeping (`assignedTime`, `lastFailure`) changes with the set's own writes and is no edit;
+/// a `fallbackDeadlineSeconds` the set does not want is one (it would let the agent fall back
+/// for a set that has not opted in).
 fn edited(current: &AssignedPod, want: &AssignedPod) -> bool {
     current.revision == want.revision
         && current.file_name == want.file_name

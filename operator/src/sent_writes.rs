@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use staticpodset_api::{AssignedPod, NodeStaticPods, SetKey};
 
+use crate::node_writes::timeless;
+
 /// How long a sent write is expected to show in the cache before it may be sent again. Longer
 /// than the watch lags under load (tens of seconds at 1,000 nodes on a saturated API server).
 pub const EXPECTATION_TTL: Duration = Duration::from_secs(60);
@@ -43,12 +45,8 @@ pub struct SentWrites(Mutex<HashMap<String, HashMap<SetKey, Expected>>>);
 /// same revision over again with a later time, and that is the very repeat to avoid.
 fn fingerprint(entry: Option<&AssignedPod>) -> Option<u64> {
     entry.map(|e| {
-        let timeless = AssignedPod {
-            assigned_time: None,
-            ..e.clone()
-        };
         let mut h = DefaultHasher::new();
-        serde_json::to_string(&timeless)
+        serde_json::to_string(&timeless(e))
             .unwrap_or_default()
             .hash(&mut h);
         h.finish()
