@@ -165,10 +165,7 @@ pub async fn run(
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
-        // With a field manager per set, managedFields can outweigh the data: not kept in memory.
-        .modify(|o: &mut NodeStaticPods| {
-            o.metadata.managed_fields = None;
-        })
+        .modify(planner::trim_node_object)
         .reflect(objects_writer)
         .filter_map(move |event| {
             let keys: BTreeSet<SetKey> = match event {

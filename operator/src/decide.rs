@@ -14,10 +14,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use staticpodset_api::validation;
 use staticpodset_api::{
-    AssignedPod, NodeStaticPods, SetKey, StaticPodRevision, StaticPodSet, StaticPodSetStatus,
+    NodeStaticPods, SetKey, StaticPodRevision, StaticPodSet, StaticPodSetStatus,
 };
 
 use crate::conditions::{
@@ -26,7 +25,7 @@ use crate::conditions::{
 };
 use crate::config;
 use crate::node_match::NodeSelector;
-use crate::planner::{self, entry_of, report_of, MatchedNode, NodeWrite};
+use crate::planner::{self, MatchedNode, NodeWrite, SetOnNodes};
 use crate::render::{render, RenderError, Rendered};
 use crate::revision_size;
 use crate::revisions;
@@ -208,8 +207,11 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
             previous.and_then(|s| s.update_revision_number),
         ),
     };
-    let nodes_by_name: BTreeMap<String, &Node> =
-        nodes.iter().map(|n| (n.name_any(), &**n)).collect();
+    let nodes_by_name: BTreeMap<&str, &Node> = nodes
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, &**n)))
+        .collect();
+    let on_nodes = SetOnNodes::new(objects, namespace, name);
     let mut matched = match &evaluation.selector {
         // With surge the longer of the set's two mirror pod names must fit.
         Some(selector) if validation::surges(&set.spec) => planner::matched(
@@ -219,11 +221,11 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
         ),
         Some(selector) => planner::matched(name, selector, nodes),
         // Without a usable selector, the nodes that carry the set are the ones it is on.
-        None => objects
+        None => on_nodes
             .iter()
-            .filter(|(_, o)| entry_of(o, namespace, name).is_some())
+            .filter(|(_, on)| on.entry.is_some())
             .map(|(node, _)| MatchedNode {
-                name: node.clone(),
+                name: node.to_string(),
                 name_problem: None,
             })
             .collect(),
@@ -234,12 +236,10 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
     if evaluation.selector.is_some() {
         let tolerations = taints::daemon_tolerations(set.spec.template.spec.as_ref());
         matched.retain(|m| {
-            let Some(node) = nodes_by_name.get(&m.name) else {
+            let Some(node) = nodes_by_name.get(m.name.as_str()) else {
                 return true;
             };
-            let running = objects
-                .get(&m.name)
-                .is_some_and(|o| entry_of(o, namespace, name).is_some());
+            let running = on_nodes.entry(&m.name).is_some();
             let left = taints::untolerated(&tolerations, node, running);
             if left.is_empty() {
                 return true;
@@ -255,34 +255,29 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
         .map(|m| {
             rollout_state::node_facts(
                 &m.name,
-                nodes_by_name.get(&m.name).copied(),
-                objects.get(&m.name).map(|o| &**o),
-                namespace,
-                name,
+                nodes_by_name.get(m.name.as_str()).copied(),
+                on_nodes.entry(&m.name),
+                on_nodes.report(&m.name),
                 now,
             )
         })
         .collect();
-    let rollout = revision.as_ref().map(|update| {
-        plan_rollout(&RolloutInput {
-            update_revision: update.clone(),
-            last_healthy_revision: previous.and_then(|s| s.current_revision.clone()),
-            revision_numbers: snapshot
-                .history
-                .iter()
-                .map(|r| (r.spec.hash.clone(), r.spec.revision))
-                .collect(),
-            strategy: strategy.clone(),
-            nodes: facts.clone(),
-            now,
-        })
+    let input = revision.as_ref().map(|update| RolloutInput {
+        update_revision: update.clone(),
+        last_healthy_revision: previous.and_then(|s| s.current_revision.clone()),
+        revision_numbers: snapshot
+            .history
+            .iter()
+            .map(|r| (r.spec.hash.clone(), r.spec.revision))
+            .collect(),
+        strategy: strategy.clone(),
+        nodes: facts,
+        now,
     });
+    let rollout = input.as_ref().map(plan_rollout);
     let writes = match (&evaluation.selector, &evaluation.rendered, &rollout) {
         (Some(_), Ok(rendered), Some(rollout)) => {
-            let current: BTreeMap<String, AssignedPod> = objects
-                .iter()
-                .filter_map(|(node, o)| Some((node.clone(), entry_of(o, namespace, name)?.clone())))
-                .collect();
+            let current = on_nodes.entries();
             let digests = rollout_state::revision_digests(snapshot.history, rendered, &current);
             let wanted = rollout_state::desired_entries(
                 rollout,
@@ -293,14 +288,15 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
                 rollout_state::agent_settings_of(&set.spec),
                 now,
             );
-            planner::writes(namespace, name, &matched, &wanted, nodes, objects)
+            planner::writes(&matched, &wanted, nodes, &current)
         }
         _ => Vec::new(),
     };
     // A rollout's clocks (progress deadline, minReadySeconds) run out without any event.
     let requeue = rollout
         .as_ref()
-        .and_then(|r| rollout_state::next_check(r, &facts, strategy))
+        .zip(input.as_ref())
+        .and_then(|(r, input)| rollout_state::next_check(r, &input.nodes, strategy))
         .and_then(|at| Duration::try_from(at.duration_since(now)).ok())
         .map_or(snapshot.resync, |wait| {
             wait.clamp(MIN_REQUEUE, snapshot.resync.max(MIN_REQUEUE))
@@ -321,9 +317,7 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
             .iter()
             .map(|m| NodeState {
                 node: &m.name,
-                report: objects
-                    .get(&m.name)
-                    .and_then(|o| report_of(o, namespace, name)),
+                report: on_nodes.report(&m.name),
                 name_problem: m.name_problem.as_deref(),
             })
             .collect(),
@@ -337,7 +331,7 @@ pub fn decide(snapshot: &Snapshot<'_>) -> Decision {
         Vec::new()
     };
     let history = evaluation.rendered.as_ref().ok().map(|rendered| {
-        let mut keep = revisions::in_use(objects, namespace, name);
+        let mut keep = revisions::in_use(&on_nodes);
         keep.insert(rendered.revision.clone());
         keep.extend(status.current_revision.clone());
         let prune = revisions::prune(snapshot.history, &keep, revisions::history_limit(set))
@@ -369,6 +363,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
         LabelSelector, LabelSelectorRequirement, ObjectMeta,
     };
+    use staticpodset_api::AssignedPod;
     use staticpodset_api::{
         FallbackReport, ManifestPhase, MirrorPodReport, NodeStaticPodsStatus, PodReport,
         StaticPodSetSpec, DEFAULT_FALLBACK_DEADLINE_SECONDS,

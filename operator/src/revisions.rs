@@ -17,13 +17,13 @@ use sha2::{Digest, Sha256};
 use staticpodset_api::config_files::CONFIG_HASH;
 use staticpodset_api::keys::{revision_object_name, LABEL_SET_NAME};
 use staticpodset_api::{
-    NodeStaticPods, StaticPodRevision, StaticPodRevisionSpec, StaticPodSet,
-    DEFAULT_REVISION_HISTORY_LIMIT,
+    StaticPodRevision, StaticPodRevisionSpec, StaticPodSet, DEFAULT_REVISION_HISTORY_LIMIT,
 };
 
 use crate::conditions::{
     RollbackProblem, REASON_INVALID_ROLLBACK_REVISION, REASON_ROLLBACK_REVISION_NOT_FOUND,
 };
+use crate::planner::SetOnNodes;
 use crate::render::{canonical_json, Rendered};
 
 /// Replaces a cached revision's manifest with its digest ([`cache_digest`]) and drops its
@@ -310,29 +310,24 @@ pub fn revision_object(
     })
 }
 
-/// The revisions (hashes) of set `namespace/name` that some node still needs: assigned in a
-/// node object's spec, or reported in its status as written to disk or run by the mirror pod.
-pub fn in_use(
-    objects: &BTreeMap<String, Arc<NodeStaticPods>>,
-    namespace: &str,
-    name: &str,
-) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for obj in objects.values() {
-        for entry in &obj.spec.pods {
-            if entry.set_namespace == namespace && entry.set_name == name {
-                out.insert(entry.revision.clone());
-            }
-        }
-        for report in obj.status.iter().flat_map(|s| &s.pods) {
-            if report.set_namespace != namespace || report.set_name != name {
-                continue;
-            }
-            out.extend(report.written_revision.iter().cloned());
-            out.extend(report.mirror_pod.iter().filter_map(|m| m.revision.clone()));
+/// The revisions (hashes) of a set that some node still needs: assigned in a node object's spec,
+/// or reported in its status as written to disk or run by the mirror pod.
+pub fn in_use(on_nodes: &SetOnNodes<'_>) -> BTreeSet<String> {
+    // Borrowed until the end: thousands of nodes share a handful of revisions.
+    let mut used: BTreeSet<&str> = BTreeSet::new();
+    for (_, on) in on_nodes.iter() {
+        used.extend(on.entry.map(|e| e.revision.as_str()));
+        if let Some(report) = on.report {
+            used.extend(report.written_revision.as_deref());
+            used.extend(
+                report
+                    .mirror_pod
+                    .iter()
+                    .filter_map(|m| m.revision.as_deref()),
+            );
         }
     }
-    out
+    used.into_iter().map(str::to_string).collect()
 }
 
 /// The effective `spec.revisionHistoryLimit`: default 10, never negative.
@@ -435,6 +430,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::PodTemplateSpec;
     use staticpodset_api::keys::ANNOTATION_ROLLBACK_TO;
+    use staticpodset_api::NodeStaticPods;
     use staticpodset_api::{
         AssignedPod, ManifestPhase, MirrorPodReport, NodeStaticPodsSpec, NodeStaticPodsStatus,
         PodReport, StaticPodSetSpec,
@@ -734,12 +730,12 @@ mod tests {
             ),
             obj("b", vec![], vec![report("vip", None, Some("r0"))]),
         ]);
-        let used = in_use(&objects, "ns", "vip");
+        let used = in_use(&SetOnNodes::new(&objects, "ns", "vip"));
         assert_eq!(
             used.into_iter().collect::<Vec<_>>(),
             ["r0", "r1", "r2", "r3"]
         );
-        assert!(in_use(&objects, "other-ns", "vip").is_empty());
+        assert!(in_use(&SetOnNodes::new(&objects, "other-ns", "vip")).is_empty());
     }
 
     #[test]

@@ -19,13 +19,12 @@ use k8s_openapi::jiff::Timestamp;
 use staticpodset_api::digest::is_full_digest;
 use staticpodset_api::keys::{manifest_file_name, revision_object_name};
 use staticpodset_api::{
-    AssignedPod, NodeStaticPods, RevisionFailure, StaticPodRevision, StaticPodSetSpec,
+    AssignedPod, PodReport, RevisionFailure, StaticPodRevision, StaticPodSetSpec,
     DEFAULT_FALLBACK_DEADLINE_SECONDS, DEFAULT_PROGRESS_DEADLINE_SECONDS,
 };
 
 use crate::conditions::failure_reason;
 use crate::node_match::ready_condition;
-use crate::planner::{entry_of, report_of};
 use crate::render::Rendered;
 use crate::rollout::{
     Assignment, Fallback, InvalidMaxUnavailable, MaxUnavailable, MirrorPod, NodeFacts, NodeFailure,
@@ -109,13 +108,10 @@ pub fn fallback_deadline_of(spec: &StaticPodSetSpec) -> Option<i32> {
 pub fn node_facts(
     node_name: &str,
     node: Option<&Node>,
-    object: Option<&NodeStaticPods>,
-    namespace: &str,
-    name: &str,
+    entry: Option<&AssignedPod>,
+    report: Option<&PodReport>,
     now: Timestamp,
 ) -> NodeFacts {
-    let entry = object.and_then(|o| entry_of(o, namespace, name));
-    let report = object.and_then(|o| report_of(o, namespace, name));
     let health = match node {
         None => NodeHealth::Gone,
         Some(node) => {
@@ -177,7 +173,7 @@ fn mirror_pod(m: &staticpodset_api::MirrorPodReport) -> MirrorPod {
 pub fn revision_digests(
     history: &[Arc<StaticPodRevision>],
     rendered: &Rendered,
-    current: &BTreeMap<String, AssignedPod>,
+    current: &BTreeMap<&str, &AssignedPod>,
 ) -> BTreeMap<String, String> {
     let from_history = history
         .iter()
@@ -185,12 +181,16 @@ pub fn revision_digests(
     let from_entries = current
         .values()
         .filter_map(|e| Some((&e.revision, e.digest.as_ref()?)));
-    from_history
+    // Borrowed until the end: thousands of entries share a handful of revisions.
+    let digests: BTreeMap<&String, &String> = from_history
         .chain(from_entries)
         .chain(std::iter::once((&rendered.revision, &rendered.digest)))
         .filter(|(revision, digest)| {
             is_full_digest(digest) && digest.starts_with(revision.as_str())
         })
+        .collect();
+    digests
+        .into_iter()
         .map(|(revision, digest)| (revision.clone(), digest.clone()))
         .collect()
 }
@@ -205,7 +205,7 @@ pub fn desired_entries(
     plan: &RolloutPlan,
     namespace: &str,
     name: &str,
-    current: &BTreeMap<String, AssignedPod>,
+    current: &BTreeMap<&str, &AssignedPod>,
     digests: &BTreeMap<String, String>,
     settings: AgentSettings,
     now: Timestamp,
@@ -215,11 +215,17 @@ pub fn desired_entries(
         .iter()
         .map(|f| (f.node.as_str(), f))
         .collect();
+    let file_name = manifest_file_name(namespace, name);
+    let mut revision_names: BTreeMap<&str, String> = BTreeMap::new();
     plan.nodes
         .iter()
         .filter_map(|node| {
             let revision = node.revision.as_deref()?;
-            let old = current.get(&node.name);
+            let revision_name = revision_names
+                .entry(revision)
+                .or_insert_with(|| revision_object_name(name, revision))
+                .clone();
+            let old = current.get(node.name.as_str()).copied();
             let kept = old.filter(|e| e.revision == revision);
             let assigned_time = kept
                 .and_then(|e| e.assigned_time.clone())
@@ -237,9 +243,9 @@ pub fn desired_entries(
                 set_namespace: namespace.to_string(),
                 set_name: name.to_string(),
                 revision: revision.to_string(),
-                revision_name: revision_object_name(name, revision),
+                revision_name,
                 digest: digests.get(revision).cloned(),
-                file_name: manifest_file_name(namespace, name),
+                file_name: file_name.clone(),
                 assigned_time: Some(assigned_time),
                 last_failure,
                 fallback_deadline_seconds: settings.fallback_deadline_seconds,
@@ -296,10 +302,11 @@ pub fn next_check(
 mod tests {
     use super::*;
     use crate::conditions::REASON_NODE_FALLBACK;
+    use crate::planner::{entry_of, report_of};
     use crate::rollout::{plan_rollout, RolloutInput};
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use staticpodset_api::{
-        FallbackReport, MirrorPodReport, NodeFallback, NodeStaticPodsStatus, PodReport,
+        FallbackReport, MirrorPodReport, NodeFallback, NodeStaticPods, NodeStaticPodsStatus,
         RollingUpdate, UpdateStrategy,
     };
 
@@ -423,7 +430,13 @@ mod tests {
             Some(entry("r2", Some(100), Some("r1"))),
             Some(("r1", true, 50)),
         );
-        let f = node_facts("n1", Some(&ready_node(10)), Some(&o), "ns", "set", at(200));
+        let f = node_facts(
+            "n1",
+            Some(&ready_node(10)),
+            entry_of(&o, "ns", "set"),
+            report_of(&o, "ns", "set"),
+            at(200),
+        );
         assert_eq!(
             f.assignment,
             Some(Assignment {
@@ -449,7 +462,13 @@ mod tests {
     fn an_entry_without_time_counts_as_handed_now_and_is_stamped() {
         let o = object(Some(entry("r2", None, None)), None);
         let now = at(500);
-        let f = node_facts("n1", Some(&ready_node(10)), Some(&o), "ns", "set", now);
+        let f = node_facts(
+            "n1",
+            Some(&ready_node(10)),
+            entry_of(&o, "ns", "set"),
+            report_of(&o, "ns", "set"),
+            now,
+        );
         assert_eq!(f.assignment.as_ref().unwrap().since, now);
         let plan = plan_rollout(&RolloutInput {
             update_revision: "r2".into(),
@@ -459,7 +478,8 @@ mod tests {
             nodes: vec![f],
             now,
         });
-        let current = BTreeMap::from([("n1".to_string(), entry("r2", None, None))]);
+        let on_n1 = entry("r2", None, None);
+        let current = BTreeMap::from([("n1", &on_n1)]);
         let desired = desired_entries(
             &plan,
             "ns",
@@ -474,7 +494,7 @@ mod tests {
 
     #[test]
     fn no_node_object_and_no_node() {
-        let f = node_facts("gone", None, None, "ns", "set", at(1));
+        let f = node_facts("gone", None, None, None, at(1));
         assert_eq!(f.health, NodeHealth::Gone);
         assert_eq!((f.assignment, f.mirror_pod), (None, None));
     }
@@ -507,12 +527,20 @@ mod tests {
             .collect();
         let facts: Vec<NodeFacts> = objects
             .iter()
-            .map(|(n, o)| node_facts(n, Some(&ready_node(1)), Some(o), "ns", "set", at(100)))
+            .map(|(n, o)| {
+                node_facts(
+                    n,
+                    Some(&ready_node(1)),
+                    entry_of(o, "ns", "set"),
+                    report_of(o, "ns", "set"),
+                    at(100),
+                )
+            })
             .collect();
         let plan = plan_rollout(&input(facts, 100, Strategy::default()));
-        let current: BTreeMap<String, AssignedPod> = objects
+        let current: BTreeMap<&str, &AssignedPod> = objects
             .iter()
-            .map(|(n, o)| (n.clone(), o.spec.pods[0].clone()))
+            .map(|(n, o)| (n.as_str(), &o.spec.pods[0]))
             .collect();
         let desired = desired_entries(
             &plan,
@@ -526,7 +554,7 @@ mod tests {
         assert_eq!(desired["n1"].revision, "r2");
         assert_eq!(desired["n1"].revision_name, "set-r2");
         assert_eq!(desired["n1"].assigned_time, Some(Time(at(100))));
-        assert_eq!(desired["n2"], current["n2"], "n2 waits, untouched");
+        assert_eq!(&desired["n2"], current["n2"], "n2 waits, untouched");
         assert_eq!(
             desired["n1"]
                 .last_failure
@@ -553,12 +581,24 @@ mod tests {
             max_surge: Some(MaxUnavailable::Count(1)),
             ..Strategy::default()
         };
-        let early = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(120));
+        let early = node_facts(
+            "n1",
+            Some(&ready_node(1)),
+            entry_of(&o, "ns", "set"),
+            report_of(&o, "ns", "set"),
+            at(120),
+        );
         assert!(early.previous_pod.is_some());
         let plan = plan_rollout(&input(vec![early.clone()], 120, strategy.clone()));
         assert!(plan.nodes[0].surging && plan.nodes[0].unavailable.is_none());
         assert_eq!(next_check(&plan, &[early], &strategy), Some(at(161)));
-        let late = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(161));
+        let late = node_facts(
+            "n1",
+            Some(&ready_node(1)),
+            entry_of(&o, "ns", "set"),
+            report_of(&o, "ns", "set"),
+            at(161),
+        );
         let plan = plan_rollout(&input(vec![late], 161, strategy));
         assert_eq!(plan.newly_failed.len(), 1);
     }
@@ -570,14 +610,26 @@ mod tests {
             progress_deadline_seconds: Some(60),
             ..Strategy::default()
         };
-        let early = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(120));
+        let early = node_facts(
+            "n1",
+            Some(&ready_node(1)),
+            entry_of(&o, "ns", "set"),
+            report_of(&o, "ns", "set"),
+            at(120),
+        );
         let plan = plan_rollout(&input(vec![early.clone()], 120, strategy.clone()));
         assert!(plan.newly_failed.is_empty());
         assert_eq!(next_check(&plan, &[early], &strategy), Some(at(161)));
 
-        let late = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(161));
+        let late = node_facts(
+            "n1",
+            Some(&ready_node(1)),
+            entry_of(&o, "ns", "set"),
+            report_of(&o, "ns", "set"),
+            at(161),
+        );
         let plan = plan_rollout(&input(vec![late], 161, strategy));
-        let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
+        let current = BTreeMap::from([("n1", &o.spec.pods[0])]);
         let desired = desired_entries(
             &plan,
             "ns",
@@ -666,7 +718,13 @@ mod tests {
             time: Time(at(125)),
             message: "container c: CrashLoopBackOff".into(),
         });
-        let f = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(140));
+        let f = node_facts(
+            "n1",
+            Some(&ready_node(1)),
+            entry_of(&o, "ns", "set"),
+            report_of(&o, "ns", "set"),
+            at(140),
+        );
         assert_eq!(
             f.fallback,
             Some(Fallback {
@@ -677,7 +735,7 @@ mod tests {
             })
         );
         let plan = plan_rollout(&input(vec![f], 140, Strategy::default()));
-        let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
+        let current = BTreeMap::from([("n1", &o.spec.pods[0])]);
         let desired = desired_entries(
             &plan,
             "ns",
@@ -751,7 +809,7 @@ mod tests {
         ];
         let mut on_n1 = entry(r1, Some(10), None);
         on_n1.digest = Some(digest_of(r1, '1'));
-        let current = BTreeMap::from([("n1".to_string(), on_n1)]);
+        let current = BTreeMap::from([("n1", &on_n1)]);
         let digests = revision_digests(&history, &rendered, &current);
         assert_eq!(
             digests,
@@ -766,9 +824,15 @@ mod tests {
     #[test]
     fn entries_carry_the_digest_of_their_revision() {
         let o = object(Some(entry("r1", Some(10), None)), Some(("r1", true, 20)));
-        let f = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(100));
+        let f = node_facts(
+            "n1",
+            Some(&ready_node(1)),
+            entry_of(&o, "ns", "set"),
+            report_of(&o, "ns", "set"),
+            at(100),
+        );
         let plan = plan_rollout(&input(vec![f], 100, Strategy::default()));
-        let current = BTreeMap::from([("n1".to_string(), o.spec.pods[0].clone())]);
+        let current = BTreeMap::from([("n1", &o.spec.pods[0])]);
         let digests = BTreeMap::from([("r2".to_string(), digest_of("r2", '2'))]);
         let desired = desired_entries(
             &plan,
@@ -802,7 +866,13 @@ mod tests {
             progress_deadline_seconds: None,
             ..Strategy::default()
         };
-        let f = node_facts("n1", Some(&ready_node(1)), Some(&o), "ns", "set", at(160));
+        let f = node_facts(
+            "n1",
+            Some(&ready_node(1)),
+            entry_of(&o, "ns", "set"),
+            report_of(&o, "ns", "set"),
+            at(160),
+        );
         let plan = plan_rollout(&input(vec![f.clone()], 160, strategy.clone()));
         assert_eq!(next_check(&plan, &[f], &strategy), Some(at(181)));
     }
