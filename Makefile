@@ -3,7 +3,7 @@ STATICPODSET_CACHE ?= $(HOME)/.cache/staticpodset
 export STATICPODSET_CACHE
 export CARGO_TARGET_DIR ?= $(STATICPODSET_CACHE)/target
 
-.PHONY: test demo unit lint crds images cluster-up cluster-down bench bench-prepull bench-scale kind-up kind-smoke kind-down e2e-kind
+.PHONY: test demo unit lint crds images cluster-up cluster-down bench bench-prepull bench-plan bench-scale kind-up kind-smoke kind-down e2e-kind
 
 ## test: everything — lints, unit tests, real cluster up, e2e suites, the scale small shape, cluster down
 test:
@@ -39,6 +39,10 @@ bench:
 ## bench-prepull: per-node outage of an image change, agent image pre-pull on vs off (needs cluster-up)
 bench-prepull:
 	bash tests/bench/prepull-outage.sh
+
+## bench-plan: the CPU one reconcile's decision costs the operator at 300, 1,000 and 5,000 nodes (no cluster needed)
+bench-plan:
+	cargo run --release -q -p staticpodset-operator --example plan_cost
 
 ## bench-scale: the operator against a real API server with kwok nodes and a simulated agent fleet (SHAPE=small|1k|5k|5k200; no cluster needed)
 bench-scale:

@@ -16,7 +16,8 @@
 # complete, nothing left after deletion; no timing is judged. Other knobs: NODES, SETS, SLICES,
 # READY_DELAY (2s: simulated mirror pods and kwok's DaemonSet pods alike), FAILURE_FRACTION (0),
 # STEADY (60), PROFILE
-# (release|debug), OUT (results dir),
+# (release|debug), OUT (results dir), PPROF_PHASES ("apply rollout": the API server's CPU profile,
+# PPROF_SECONDS (30) from the start of each phase named, its top functions kept with the results),
 # API_PORT (26443), ETCD_PORT (22379), PEER_PORT (22380), KEEP=1 keeps the work directory.
 # Needs etcd, kube-apiserver, kube-controller-manager, kubectl in $STATICPODSET_CACHE (see
 # tests/e2e/cluster/build/components.sh) and kwok (tests/scale/build-kwok.sh, run from here).
@@ -315,11 +316,29 @@ ok "a NodeStaticPods object per node"
 
 # --- phases ---------------------------------------------------------------------------------------
 mkdir -p results
-PHASE_FILES=()
+PHASE_FILES=() PPROF_TOPS=()
 # phase_begin NAME / phase_end NAME [key=json ...]: a window with /metrics on both sides.
-phase_begin() { PHASE=$1; metrics "results/$1.before"; PHASE_T0=$(now); log "phase $1"; }
+PPROF_PHASES=${PPROF_PHASES:-} PPROF_SECONDS=${PPROF_SECONDS:-30} PPROF_PID=
+phase_begin() {
+  PHASE=$1
+  metrics "results/$1.before"
+  PHASE_T0=$(now)
+  log "phase $1"
+  if [[ " $PPROF_PHASES " == *" $1 "* ]]; then
+    # The API server's own profiler (--profiling, on by default); the binary is stripped, but
+    # Go's profiles carry function names.
+    k get --raw "/debug/pprof/profile?seconds=$PPROF_SECONDS" >"results/$1.pprof" &
+    PPROF_PID=$!
+  fi
+}
 phase_end() {
   local t1; t1=$(now)
+  if [[ -n $PPROF_PID ]]; then
+    wait "$PPROF_PID" || log "no API server profile for $PHASE"
+    PPROF_PID=
+    "$(command -v go || echo /usr/local/go/bin/go)" tool pprof -top -nodecount=40 "results/$PHASE.pprof" >"results/$PHASE.pprof.txt" 2>&1 || true
+    PPROF_TOPS+=("results/$PHASE.pprof.txt")
+  fi
   sleep 2 # the audit log is written in batches
   metrics "results/$PHASE.after"
   python3 "$HERE/analyze.py" phase "$PHASE" "$PHASE_T0" "$t1" "results/$PHASE.before" \
@@ -540,3 +559,7 @@ if [[ $CHECK == 1 ]]; then
 else
   python3 "$HERE/analyze.py" table "$OUT/$stamp.json" | tee "$OUT/$stamp.txt"
 fi
+for top in "${PPROF_TOPS[@]}"; do
+  phase=$(basename "$top" .pprof.txt)
+  { echo; echo "API server CPU profile, first ${PPROF_SECONDS}s of phase $phase:"; head -n 50 "$top"; } >>"$OUT/$stamp.profile.txt"
+done
