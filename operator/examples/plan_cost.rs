@@ -1,11 +1,15 @@
 //! What one reconcile's decision costs the operator's CPU, by cluster size: `decide` for one set
 //! over N nodes that each carry S sets' entries and reports, all Ready at the set's revision
-//! (the steady case every agent report re-plans). Prints a table; no assertions.
+//! (the steady case every agent report re-plans). Prints a table; no assertions. Times on a
+//! shared machine vary by tens of percent from run to run, so it also counts the heap
+//! allocations of one decision, which do not vary and were most of its time.
 //!
 //! `cargo run --release -p staticpodset-operator --example plan_cost [N...]` (default
 //! 300 1000 5000; S = 10 at 300 nodes, else 20, as the scale bench's shapes).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +24,32 @@ use staticpodset_api::{
     NodeStaticPodsStatus, PodReport, SetKey, StaticPodSet, StaticPodSetSpec,
 };
 use staticpodset_operator::decide::{decide, evaluate, Snapshot};
+
+/// The system allocator, counting allocations.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` above, that is from the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `dealloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 fn template(image: &str) -> PodTemplateSpec {
     PodTemplateSpec {
@@ -108,7 +138,7 @@ fn main() {
     } else {
         sizes
     };
-    println!("nodes  sets/node  median ms  min ms  runs");
+    println!("nodes  sets/node  median ms  min ms  allocations  runs");
     for n in sizes {
         let per_node = if n <= 300 { 10 } else { 20 };
         let names: Vec<String> = (0..per_node).map(|i| format!("set-{i:03}")).collect();
@@ -154,7 +184,9 @@ fn main() {
         let key = keys[0].clone();
         let runs = (100_000 / n).clamp(30, 200);
         let mut times = Vec::with_capacity(runs);
+        let mut allocations = 0;
         for _ in 0..runs {
+            let counted = ALLOCATIONS.load(Ordering::Relaxed);
             let started = Instant::now();
             // As a reconcile does: the store's objects by name, then the decision.
             let objects: BTreeMap<String, Arc<NodeStaticPods>> =
@@ -172,6 +204,7 @@ fn main() {
                 resync: Duration::from_secs(300),
             });
             times.push(started.elapsed());
+            allocations = ALLOCATIONS.load(Ordering::Relaxed) - counted;
             assert!(
                 decision.writes.is_empty(),
                 "a steady set writes nothing: {} writes",
@@ -181,7 +214,7 @@ fn main() {
         times.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "{n:>5}  {per_node:>9}  {:>9.2}  {:>6.2}  {runs:>4}",
+            "{n:>5}  {per_node:>9}  {:>9.2}  {:>6.2}  {allocations:>11}  {runs:>4}",
             ms(times[times.len() / 2]),
             ms(times[0])
         );
