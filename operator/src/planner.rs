@@ -167,12 +167,16 @@ pub fn matched(name: &str, selector: &NodeSelector, nodes: &[Arc<Node>]) -> Vec<
 /// anywhere: the nodes keep running what they have). Every node object that carries an entry of
 /// the set but should not (the node no longer matches, or the name rule excludes it) gets a
 /// removal. A matched node that `wanted` does not name keeps what it has.
-pub fn writes(
+pub fn writes<K, W>(
     matched: &[MatchedNode],
-    wanted: &BTreeMap<String, AssignedPod>,
+    wanted: &BTreeMap<K, W>,
     nodes: &[Arc<Node>],
     current: &BTreeMap<&str, &AssignedPod>,
-) -> Vec<NodeWrite> {
+) -> Vec<NodeWrite>
+where
+    K: std::borrow::Borrow<str> + Ord,
+    W: std::borrow::Borrow<AssignedPod>,
+{
     let eligible: std::collections::BTreeSet<&str> = matched
         .iter()
         .filter(|m| m.name_problem.is_none())
@@ -182,7 +186,8 @@ pub fn writes(
     for node_name in nodes.iter().filter_map(|n| n.metadata.name.as_deref()) {
         let current = current.get(node_name).copied();
         let keep = eligible.contains(node_name);
-        match (keep.then(|| wanted.get(node_name)).flatten(), current) {
+        let want = keep.then(|| wanted.get(node_name)).flatten().map(W::borrow);
+        match (want, current) {
             (Some(want), Some(current)) if want == current => {}
             (Some(want), current) => writes.push(NodeWrite {
                 node: node_name.to_string(),
