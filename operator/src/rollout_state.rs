@@ -486,13 +486,7 @@ mod tests {
             Some(entry("r2", Some(100), Some("r1"))),
             Some(("r1", true, 50)),
         );
-        let f = node_facts(
-            "n1",
-            Some(&ready_node(10)),
-            entry_of(&o, "ns", "set"),
-            report_of(&o, "ns", "set"),
-            at(200),
-        );
+        let f = facts("n1", &o, 10, at(200));
         assert_eq!(
             f.assignment,
             Some(Assignment {
@@ -518,13 +512,7 @@ mod tests {
     fn an_entry_without_time_counts_as_handed_now_and_is_stamped() {
         let o = object(Some(entry("r2", None, None)), None);
         let now = at(500);
-        let f = node_facts(
-            "n1",
-            Some(&ready_node(10)),
-            entry_of(&o, "ns", "set"),
-            report_of(&o, "ns", "set"),
-            now,
-        );
+        let f = facts("n1", &o, 10, now);
         assert_eq!(f.assignment.as_ref().unwrap().since, now);
         let plan = plan_rollout(&RolloutInput {
             update_revision: "r2".into(),
@@ -555,6 +543,13 @@ mod tests {
         assert_eq!((f.assignment, f.mirror_pod), (None, None));
     }
 
+    /// Node `name`, Ready since `ready_since`, as the planner sees it with set `ns/set` of `o`.
+    fn facts(name: &str, o: &NodeStaticPods, ready_since: i64, now: Timestamp) -> NodeFacts {
+        let node = ready_node(ready_since);
+        let (entry, report) = (entry_of(o, "ns", "set"), report_of(o, "ns", "set"));
+        node_facts(name, Some(&node), entry, report, now)
+    }
+
     fn input(nodes: Vec<NodeFacts>, now: i64, strategy: Strategy) -> RolloutInput {
         RolloutInput {
             update_revision: "r2".into(),
@@ -578,13 +573,7 @@ mod tests {
         built.digest = Some(digest_of("r2", '2'));
         built.fallback_deadline_seconds = Some(30);
         let o = object(Some(built.clone()), Some(("r2", true, 60)));
-        let f = node_facts(
-            "n1",
-            Some(&ready_node(1)),
-            entry_of(&o, "ns", "set"),
-            report_of(&o, "ns", "set"),
-            at(100),
-        );
+        let f = facts("n1", &o, 1, at(100));
         let plan = plan_rollout(&input(vec![f], 100, Strategy::default()));
         let desired_for = |old: &AssignedPod| {
             let current = BTreeMap::from([("n1", old)]);
@@ -638,15 +627,7 @@ mod tests {
             .collect();
         let facts: Vec<NodeFacts> = objects
             .iter()
-            .map(|(n, o)| {
-                node_facts(
-                    n,
-                    Some(&ready_node(1)),
-                    entry_of(o, "ns", "set"),
-                    report_of(o, "ns", "set"),
-                    at(100),
-                )
-            })
+            .map(|(n, o)| facts(n, o, 1, at(100)))
             .collect();
         let plan = plan_rollout(&input(facts, 100, Strategy::default()));
         let current: BTreeMap<&str, &AssignedPod> = objects
@@ -696,24 +677,12 @@ mod tests {
             max_surge: Some(MaxUnavailable::Count(1)),
             ..Strategy::default()
         };
-        let early = node_facts(
-            "n1",
-            Some(&ready_node(1)),
-            entry_of(&o, "ns", "set"),
-            report_of(&o, "ns", "set"),
-            at(120),
-        );
+        let early = facts("n1", &o, 1, at(120));
         assert!(early.previous_pod.is_some());
         let plan = plan_rollout(&input(vec![early.clone()], 120, strategy.clone()));
         assert!(plan.nodes[0].surging && plan.nodes[0].unavailable.is_none());
         assert_eq!(next_check(&plan, &[early], &strategy), Some(at(161)));
-        let late = node_facts(
-            "n1",
-            Some(&ready_node(1)),
-            entry_of(&o, "ns", "set"),
-            report_of(&o, "ns", "set"),
-            at(161),
-        );
+        let late = facts("n1", &o, 1, at(161));
         let plan = plan_rollout(&input(vec![late], 161, strategy));
         assert_eq!(plan.newly_failed.len(), 1);
     }
@@ -725,24 +694,12 @@ mod tests {
             progress_deadline_seconds: Some(60),
             ..Strategy::default()
         };
-        let early = node_facts(
-            "n1",
-            Some(&ready_node(1)),
-            entry_of(&o, "ns", "set"),
-            report_of(&o, "ns", "set"),
-            at(120),
-        );
+        let early = facts("n1", &o, 1, at(120));
         let plan = plan_rollout(&input(vec![early.clone()], 120, strategy.clone()));
         assert!(plan.newly_failed.is_empty());
         assert_eq!(next_check(&plan, &[early], &strategy), Some(at(161)));
 
-        let late = node_facts(
-            "n1",
-            Some(&ready_node(1)),
-            entry_of(&o, "ns", "set"),
-            report_of(&o, "ns", "set"),
-            at(161),
-        );
+        let late = facts("n1", &o, 1, at(161));
         let plan = plan_rollout(&input(vec![late], 161, strategy));
         let current = BTreeMap::from([("n1", &o.spec.pods[0])]);
         let desired = desired_entries(
@@ -833,13 +790,7 @@ mod tests {
             time: Time(at(125)),
             message: "container c: CrashLoopBackOff".into(),
         });
-        let f = node_facts(
-            "n1",
-            Some(&ready_node(1)),
-            entry_of(&o, "ns", "set"),
-            report_of(&o, "ns", "set"),
-            at(140),
-        );
+        let f = facts("n1", &o, 1, at(140));
         assert_eq!(
             f.fallback,
             Some(Fallback {
@@ -939,13 +890,7 @@ mod tests {
     #[test]
     fn entries_carry_the_digest_of_their_revision() {
         let o = object(Some(entry("r1", Some(10), None)), Some(("r1", true, 20)));
-        let f = node_facts(
-            "n1",
-            Some(&ready_node(1)),
-            entry_of(&o, "ns", "set"),
-            report_of(&o, "ns", "set"),
-            at(100),
-        );
+        let f = facts("n1", &o, 1, at(100));
         let plan = plan_rollout(&input(vec![f], 100, Strategy::default()));
         let current = BTreeMap::from([("n1", &o.spec.pods[0])]);
         let digests = BTreeMap::from([("r2".to_string(), digest_of("r2", '2'))]);
@@ -981,13 +926,7 @@ mod tests {
             progress_deadline_seconds: None,
             ..Strategy::default()
         };
-        let f = node_facts(
-            "n1",
-            Some(&ready_node(1)),
-            entry_of(&o, "ns", "set"),
-            report_of(&o, "ns", "set"),
-            at(160),
-        );
+        let f = facts("n1", &o, 1, at(160));
         let plan = plan_rollout(&input(vec![f.clone()], 160, strategy.clone()));
         assert_eq!(next_check(&plan, &[f], &strategy), Some(at(181)));
     }
