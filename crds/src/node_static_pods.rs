@@ -116,9 +116,13 @@ pub struct NodeStaticPodsStatus {
     /// files by default). Absent from agents that only write files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_source: Option<ManifestSource>,
-    /// One report per assigned pod, and per owned manifest still being removed.
+    /// One report per assigned pod, and per owned manifest still being removed. Replaced
+    /// whole by every report.
+    // Atomic: the agent is the list's only writer and always sends all of it, so ownership per
+    // field buys nothing, and its managedFields would be a quarter of the object, which every
+    // write and watch event of it carries.
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["setNamespace", "setName"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub pods: Vec<PodReport>,
 }
 

@@ -57,6 +57,12 @@ use crate::Error;
 /// How soon a deleted set checks again whether its nodes let go of it.
 const DELETION_POLL: Duration = Duration::from_secs(3);
 
+/// Objects per page of the initial and every later list of the per-node kinds (Nodes,
+/// NodeStaticPods). A page is read and decoded whole, managedFields included, before the
+/// watcher hands its objects on to be trimmed; at kube-runtime's 500, a relist of 20-set node
+/// objects held ~10 MB of JSON and its decoding at once, and the heap kept that peak afterwards.
+const PER_NODE_LIST_PAGE: u32 = 100;
+
 /// Runs the StaticPodSet controller and the node-objects loop until `shutdown` resolves (then
 /// gracefully: running reconciles finish). Dropping the returned future stops everything at
 /// once, which is what losing the lease does.
@@ -116,7 +122,9 @@ pub async fn run(
         let mut tracker = Tracker::default();
         watcher(
             Api::<Node>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
+            watcher::Config::default()
+                .any_semantic()
+                .page_size(PER_NODE_LIST_PAGE),
         )
         .default_backoff()
         .modify(trim_node)
@@ -162,7 +170,9 @@ pub async fn run(
         let mut tracker = Tracker::default();
         watcher(
             Api::<NodeStaticPods>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
+            watcher::Config::default()
+                .any_semantic()
+                .page_size(PER_NODE_LIST_PAGE),
         )
         .default_backoff()
         .modify(planner::trim_node_object)

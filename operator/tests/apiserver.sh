@@ -119,7 +119,40 @@ k() { "$KUBECTL" "$@"; }
 eventually 120 "API server ready" k get --raw /readyz
 
 # --- CRDs, RBAC, nodes -------------------------------------------------------------------------
-k apply --server-side -f "$ROOT/crds/" >/dev/null
+# First an upgrade: reports an agent applied while status.pods was a list-map keyed by set (as
+# before it became atomic) are taken over whole by its next apply under today's CRD.
+sed 's/^\( *\)x-kubernetes-list-type: atomic$/\1x-kubernetes-list-map-keys: [setNamespace, setName]\n\1x-kubernetes-list-type: map/' \
+  "$ROOT/crds/nodestaticpods.staticpods.dev.yaml" >"$WORK/nsp-keyed-reports.yaml"
+! grep -q 'x-kubernetes-list-type: atomic' "$WORK/nsp-keyed-reports.yaml" || fail "the keyed CRD still has an atomic list"
+k apply --server-side -f "$WORK/nsp-keyed-reports.yaml" >/dev/null
+eventually 30 "the keyed CRD established" k wait --for condition=Established --timeout=5s crd/nodestaticpods.staticpods.dev
+k apply --server-side --field-manager=staticpodset-operator -f - >/dev/null <<EOF
+apiVersion: staticpods.dev/v1alpha1
+kind: NodeStaticPods
+metadata: {name: upgrade-probe}
+spec: {}
+EOF
+agent_apply() { # phase of the second report
+  k apply --server-side --force-conflicts --field-manager=staticpodset-node-agent --subresource=status -f - >/dev/null <<EOF
+apiVersion: staticpods.dev/v1alpha1
+kind: NodeStaticPods
+metadata: {name: upgrade-probe}
+status:
+  pods:
+    - {setNamespace: apps, setName: one, phase: Written}
+    - {setNamespace: apps, setName: two, phase: $1}
+EOF
+}
+agent_fields() { k get nsp upgrade-probe --show-managed-fields -o jsonpath='{.metadata.managedFields[?(@.manager=="staticpodset-node-agent")].fieldsV1.f:status.f:pods}'; }
+keyed_reports() { agent_apply Pending && [[ $(agent_fields) == *'k:{'* ]]; }
+eventually 30 "reports applied under the keyed CRD are owned per set" keyed_reports
+k apply --server-side --force-conflicts -f "$ROOT/crds/" >/dev/null
+whole_reports() { agent_apply Written && [[ -n $(agent_fields) && $(agent_fields) != *'k:{'* ]]; }
+eventually 30 "after the CRD upgrade the agent's next apply owns the reports whole" whole_reports
+[[ $(k get nsp upgrade-probe -o jsonpath='{range .status.pods[*]}{.setName}={.phase} {end}') == "one=Written two=Written " ]] \
+  || fail "reports after the upgrade: $(k get nsp upgrade-probe -o jsonpath='{.status.pods}')"
+ok "the reports are exactly those last applied"
+k delete nsp upgrade-probe >/dev/null
 eventually 30 "CRDs established" k wait --for condition=Established --timeout=5s \
   crd/staticpodsets.staticpods.dev crd/nodestaticpods.staticpods.dev crd/staticpodrevisions.staticpods.dev
 k create namespace sps-system >/dev/null

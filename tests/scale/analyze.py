@@ -304,7 +304,8 @@ def cmd_table(path):
     print(f'shape {m.get("shape")}: {m.get("nodes")} nodes x {m.get("sets")} sets, '
           f'{m.get("entries")} (set,node) entries, operator {m.get("profile")} build, '
           f'node writes {m.get("write_mode", "apply")}, ready delay {m.get("ready_delay")}, '
-          f'machine {m.get("machine")}')
+          f'machine {m.get("machine")}'
+          + (f', operator env {m["operator_env"]}' if m.get("operator_env") else ''))
     print()
     print(f'{"phase":<18}{"seconds":>9}{"op CPU s":>10}{"op RSS MiB":>11}{"mut. req":>10}'
           f'{"mut p99<=s":>11}  detail')

@@ -280,8 +280,10 @@ until_true 600 "kwok keeps all $NODES Nodes Ready and untainted" all_nodes_ready
 ok "$NODES Nodes Ready, not-ready taints lifted (kwok + nodelifecycle)"
 
 # --- the operator, sampled; the agent fleet -----------------------------------------------------
+# OPERATOR_ENV (e.g. "MALLOC_ARENA_MAX=2") is added to the operator's environment only.
 start_operator() {
-  KUBECONFIG=$WORK/operator.kubeconfig POD_NAME=scale-op RUST_LOG=info \
+  # shellcheck disable=SC2086 # OPERATOR_ENV is a list of NAME=value words
+  env ${OPERATOR_ENV:-} KUBECONFIG="$WORK/operator.kubeconfig" POD_NAME=scale-op RUST_LOG=info \
     "$BIN/staticpodset-operator" --lease-namespace sps-system --config-namespace sps-config \
     --http-addr "127.0.0.1:$OP_PORT" >>operator.log 2>&1 &
   OPERATOR_PID=$!
@@ -517,7 +519,7 @@ rm -rf sizes
 entries=$(python3 -c "import json; print(sum(len(o['spec'].get('pods', [])) for o in json.load(open('nsp.json'))['items']))")
 cat >results/meta.json <<EOF
 {"meta": {"shape": "$SHAPE", "nodes": $NODES, "sets": $SETS, "groups": $SLICES, "entries": $entries,
-  "profile": "$PROFILE", "write_mode": "node-writer", "ready_delay": "$READY_DELAY", "steady_seconds": $STEADY, "failure_fraction": $FAILURE_FRACTION,
+  "profile": "$PROFILE", "write_mode": "node-writer", "ready_delay": "$READY_DELAY", "steady_seconds": $STEADY, "failure_fraction": $FAILURE_FRACTION, "operator_env": "${OPERATOR_ENV:-}",
   "machine": "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)",
   "date": "$(date -u +%FT%TZ)", "commit": "$(git -C "$ROOT" rev-parse --short HEAD)"},
  "sizes": $sizes, "etcd_db_bytes": $db}
