@@ -3,7 +3,6 @@
 snapshots, the audit log, the operator's /proc samples, object lists) and prints JSON or a table.
 
 Subcommands (all print to stdout):
-  progress SET LIST.json            "<nodes with SET's entry> <nodes at the set's updateRevision>"
   entries LIST.json PREFIX SLICES BACKGROUND   checks each node carries exactly its sets
   nsp-times LIST.json SET T0 [DELAY] per-node written (seen by the agent: Ready less DELAY s) / ready seconds after T0
   pod-times PODS.json T0            per-pod Running/Ready seconds after T0 (p50, p99, max)
@@ -163,18 +162,6 @@ def samples_window(path, t0, t1):
 def nsp_items(path):
     with open(path) as f:
         return json.load(f)["items"]
-
-
-def cmd_progress(set_name, path, revision=""):
-    items = nsp_items(path)
-    has = at = 0
-    for o in items:
-        for p in o.get("spec", {}).get("pods", []):
-            if p["setName"] == set_name:
-                has += 1
-                if revision and p["revision"] == revision:
-                    at += 1
-    print(has, at)
 
 
 def cmd_entries(path, prefix, slices, background):
@@ -341,7 +328,7 @@ def cmd_table(path):
 
 def main(argv):
     cmds = {
-        "progress": cmd_progress, "entries": cmd_entries, "nsp-times": cmd_nsp_times,
+        "entries": cmd_entries, "nsp-times": cmd_nsp_times,
         "pod-times": cmd_pod_times, "phase": cmd_phase, "sizes": cmd_sizes,
         "merge": cmd_merge, "table": cmd_table,
     }
