@@ -281,7 +281,6 @@ until_true 600 "kwok keeps all $NODES Nodes Ready and untainted" all_nodes_ready
 ok "$NODES Nodes Ready, not-ready taints lifted (kwok + nodelifecycle)"
 
 # --- the operator, sampled; the agent fleet -----------------------------------------------------
-# OPERATOR_ENV (e.g. "MALLOC_ARENA_MAX=2") is added to the operator's environment only.
 start_operator() {
   # shellcheck disable=SC2086 # OPERATOR_ENV is a list of NAME=value words
   env ${OPERATOR_ENV:-} KUBECONFIG="$WORK/operator.kubeconfig" POD_NAME=scale-op RUST_LOG=info \
