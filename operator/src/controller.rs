@@ -63,6 +63,13 @@ const DELETION_POLL: Duration = Duration::from_secs(3);
 /// objects held ~10 MB of JSON and its decoding at once, and the heap kept that peak afterwards.
 const PER_NODE_LIST_PAGE: u32 = 100;
 
+/// The watch of a per-node kind: from any cached version, listed [`PER_NODE_LIST_PAGE`] a page.
+fn per_node_watch() -> watcher::Config {
+    watcher::Config::default()
+        .any_semantic()
+        .page_size(PER_NODE_LIST_PAGE)
+}
+
 /// Runs the StaticPodSet controller and the node-objects loop until `shutdown` resolves (then
 /// gracefully: running reconciles finish). Dropping the returned future stops everything at
 /// once, which is what losing the lease does.
@@ -120,47 +127,46 @@ pub async fn run(
         let (sets, nodes_store, objects) = (sets.clone(), nodes.clone(), objects.clone());
         let wake = wake.clone();
         let mut tracker = Tracker::default();
-        watcher(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default()
-                .any_semantic()
-                .page_size(PER_NODE_LIST_PAGE),
-        )
-        .default_backoff()
-        .modify(trim_node)
-        .reflect(nodes_writer)
-        .filter_map(move |event| {
-            let keys = match event {
-                Ok(event) => {
-                    let changes = tracker.observe(&event, node_fingerprint);
-                    let deleted = match &event {
-                        Event::Delete(node) => Some(Arc::new(node.clone())),
-                        _ => None,
-                    };
-                    if changes.iter().any(|c| c.old.is_none() || c.new.is_none()) {
-                        wake.notify_one();
-                    }
-                    let all_sets = sets.state();
-                    let mut keys = BTreeSet::new();
-                    for change in changes {
-                        let node = if change.new.is_some() {
-                            nodes_store.get(&ObjectRef::new(&change.name))
-                        } else {
-                            deleted.clone()
+        watcher(Api::<Node>::all(client.clone()), per_node_watch())
+            .default_backoff()
+            .modify(trim_node)
+            .reflect(nodes_writer)
+            .filter_map(move |event| {
+                let keys = match event {
+                    Ok(event) => {
+                        let changes = tracker.observe(&event, node_fingerprint);
+                        let deleted = match &event {
+                            Event::Delete(node) => Some(Arc::new(node.clone())),
+                            _ => None,
                         };
-                        let object = objects.get(&ObjectRef::new(&change.name));
-                        keys.extend(sets_for_node(node.as_deref(), object.as_deref(), &all_sets));
+                        if changes.iter().any(|c| c.old.is_none() || c.new.is_none()) {
+                            wake.notify_one();
+                        }
+                        let all_sets = sets.state();
+                        let mut keys = BTreeSet::new();
+                        for change in changes {
+                            let node = if change.new.is_some() {
+                                nodes_store.get(&ObjectRef::new(&change.name))
+                            } else {
+                                deleted.clone()
+                            };
+                            let object = objects.get(&ObjectRef::new(&change.name));
+                            keys.extend(sets_for_node(
+                                node.as_deref(),
+                                object.as_deref(),
+                                &all_sets,
+                            ));
+                        }
+                        keys
                     }
-                    keys
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "watching Nodes");
-                    BTreeSet::new()
-                }
-            };
-            future::ready(Some(stream::iter(keys.into_iter().map(set_ref))))
-        })
-        .flatten()
+                    Err(error) => {
+                        tracing::warn!(%error, "watching Nodes");
+                        BTreeSet::new()
+                    }
+                };
+                future::ready(Some(stream::iter(keys.into_iter().map(set_ref))))
+            })
+            .flatten()
     };
 
     let sent_writes = Arc::new(SentWrites::default());
@@ -168,39 +174,34 @@ pub async fn run(
         let wake = wake.clone();
         let sent_writes = sent_writes.clone();
         let mut tracker = Tracker::default();
-        watcher(
-            Api::<NodeStaticPods>::all(client.clone()),
-            watcher::Config::default()
-                .any_semantic()
-                .page_size(PER_NODE_LIST_PAGE),
-        )
-        .default_backoff()
-        .modify(planner::trim_node_object)
-        .reflect(objects_writer)
-        .filter_map(move |event| {
-            let keys: BTreeSet<SetKey> = match event {
-                Ok(event) => {
-                    match &event {
-                        Event::Apply(o) | Event::InitApply(o) => {
-                            sent_writes.observe(o, Instant::now());
+        watcher(Api::<NodeStaticPods>::all(client.clone()), per_node_watch())
+            .default_backoff()
+            .modify(planner::trim_node_object)
+            .reflect(objects_writer)
+            .filter_map(move |event| {
+                let keys: BTreeSet<SetKey> = match event {
+                    Ok(event) => {
+                        match &event {
+                            Event::Apply(o) | Event::InitApply(o) => {
+                                sent_writes.observe(o, Instant::now());
+                            }
+                            Event::Delete(o) => sent_writes.observe_deleted(&o.name_any()),
+                            Event::Init | Event::InitDone => {}
                         }
-                        Event::Delete(o) => sent_writes.observe_deleted(&o.name_any()),
-                        Event::Init | Event::InitDone => {}
+                        let changes = tracker.observe(&event, node_object_fingerprint);
+                        if changes.iter().any(|c| c.old.is_none() || c.new.is_none()) {
+                            wake.notify_one();
+                        }
+                        changes.iter().flat_map(changed_sets).collect()
                     }
-                    let changes = tracker.observe(&event, node_object_fingerprint);
-                    if changes.iter().any(|c| c.old.is_none() || c.new.is_none()) {
-                        wake.notify_one();
+                    Err(error) => {
+                        tracing::warn!(%error, "watching NodeStaticPods");
+                        BTreeSet::new()
                     }
-                    changes.iter().flat_map(changed_sets).collect()
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "watching NodeStaticPods");
-                    BTreeSet::new()
-                }
-            };
-            future::ready(Some(stream::iter(keys.into_iter().map(set_ref))))
-        })
-        .flatten()
+                };
+                future::ready(Some(stream::iter(keys.into_iter().map(set_ref))))
+            })
+            .flatten()
     };
 
     // A revision created, renumbered or deleted (by us, by a user, by the garbage collector)

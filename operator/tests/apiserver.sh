@@ -147,7 +147,7 @@ agent_fields() { k get nsp upgrade-probe --show-managed-fields -o jsonpath='{.me
 keyed_reports() { agent_apply Pending && [[ $(agent_fields) == *'k:{'* ]]; }
 eventually 30 "reports applied under the keyed CRD are owned per set" keyed_reports
 k apply --server-side --force-conflicts -f "$ROOT/crds/" >/dev/null
-whole_reports() { agent_apply Written && [[ -n $(agent_fields) && $(agent_fields) != *'k:{'* ]]; }
+whole_reports() { local fields; agent_apply Written && fields=$(agent_fields) && [[ -n $fields && $fields != *'k:{'* ]]; }
 eventually 30 "after the CRD upgrade the agent's next apply owns the reports whole" whole_reports
 [[ $(k get nsp upgrade-probe -o jsonpath='{range .status.pods[*]}{.setName}={.phase} {end}') == "one=Written two=Written " ]] \
   || fail "reports after the upgrade: $(k get nsp upgrade-probe -o jsonpath='{.status.pods}')"
